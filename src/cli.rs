@@ -1,0 +1,121 @@
+//! The command line (clap derive). `run` is the default command; `--once` is accepted both at
+//! top level and after `run`, so `stellantis-sync --once` and `stellantis-sync run --once` agree.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Keeps the vehicle lists of Stellantis connected-car accounts in a SQLite change history.
+#[derive(Debug, Parser)]
+#[command(name = "stellantis-sync", version, about, after_help = crate::exit::HELP)]
+pub struct Cli {
+    /// Configuration file (TOML); `STELLANTIS_SYNC_*` environment variables override it.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/etc/stellantis-sync/config.toml"
+    )]
+    pub config: PathBuf,
+
+    /// Run one pass over every account, then exit (the same as `run --once`).
+    #[arg(long, global = true)]
+    pub once: bool,
+
+    /// Log format: `auto` (text; no colours or timestamps under journald), `text` or `json`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default): poll every account on the configured schedule.
+    Run,
+    /// Validate the configuration and print every problem with its file, key and reason.
+    CheckConfig,
+    /// Log an account in with the authorization-code flow (PKCE) and store its tokens.
+    Login(LoginArgs),
+    /// Print one line per account: state, tokens, last sync, vehicles, last error.
+    Status,
+    /// Run the whole thing against an in-process simulator into ./stellantis-sync-demo.sqlite.
+    Demo(DemoArgs),
+    /// Serve the simulated Stellantis API and identity provider.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The account's `name` in the configuration.
+    #[arg(long)]
+    pub account: String,
+    /// The authorization code, or the whole redirect URL (otherwise read from standard input).
+    #[arg(long)]
+    pub code: Option<String>,
+    /// Country code used in the brand app's redirect URI.
+    #[arg(long, default_value = "fr")]
+    pub country: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo database goes.
+    #[arg(long, default_value = "stellantis-sync-demo.sqlite")]
+    pub database: PathBuf,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Seed of the simulated world.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Number of users (user1@example.com / password1, …).
+    #[arg(long, default_value_t = 3)]
+    pub users: usize,
+    /// Exact vehicle counts of the first users, comma-separated (e.g. `130,0,2`).
+    #[arg(long, value_delimiter = ',')]
+    pub vehicles: Vec<usize>,
+    /// Access-token lifetime in seconds.
+    #[arg(long, default_value_t = 3599)]
+    pub access_ttl: u64,
+    /// Absolute refresh-token lifetime in seconds (default 7 days).
+    #[arg(long, default_value_t = 604_800)]
+    pub refresh_ttl: u64,
+    /// Make the password grant answer 400 `server_error`, as the real IdP has since January 2024.
+    #[arg(long)]
+    pub password_grant_dead: bool,
+    /// Replaying a rotated refresh token revokes the live one (RFC 9700 §4.14.2).
+    #[arg(long)]
+    pub family_revocation: bool,
+    /// Burst quota per client and second (0 = none).
+    #[arg(long, default_value_t = 100)]
+    pub burst: u32,
+    /// Daily quota per client (0 = none).
+    #[arg(long, default_value_t = 100_000)]
+    pub daily_limit: u64,
+    /// Mutate the world every N seconds (0 = only through the admin API).
+    #[arg(long, default_value_t = 0)]
+    pub change_every: u64,
+    /// A fault switch, `NAME=VALUE` (e.g. `gateway_500=0.1`, `retry_after_form=odd`); repeatable.
+    #[arg(long = "fault")]
+    pub faults: Vec<String>,
+    /// Answer with the 2021 body shapes (40410 "No vehicule found", no `totalPage`).
+    #[arg(long)]
+    pub legacy_shapes: bool,
+}
