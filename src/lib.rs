@@ -7,11 +7,22 @@
 //! a listing into changes; [`store`] writes them to SQLite; [`daemon`] schedules passes and handles
 //! signals; [`sim`] is the simulator of the whole remote side.
 
+pub mod api;
+pub mod auth;
 pub mod brand;
 pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod exit;
+pub mod faultpoint;
 pub mod logging;
+pub mod notify;
+pub mod ratelimit;
 pub mod sim;
+pub mod status;
+pub mod store;
+pub mod sync;
 pub mod timefmt;
 
 use std::time::Duration;
@@ -32,14 +43,96 @@ pub fn run(cli: Cli) -> u8 {
         }
     };
     runtime.block_on(async move {
+        let once = cli.once;
         match cli.command {
             Some(Command::Simulate(args)) => simulate(args).await,
-            _ => {
-                tracing::error!("this command is not available yet");
-                exit::USAGE
-            }
+            Some(Command::Demo(args)) => demo::run(&args.database, args.duration).await,
+            Some(Command::CheckConfig) => check_config(&cli.config),
+            Some(Command::Status) => match load(&cli.config, config::Checks::ValuesOnly) {
+                Ok(cfg) => {
+                    print!("{}", status::render(&cfg));
+                    exit::OK
+                }
+                Err(code) => code,
+            },
+            Some(Command::Login(args)) => login(&cli.config, args).await,
+            Some(Command::Run) | None => match load(&cli.config, config::Checks::Full) {
+                Ok(cfg) if once => daemon::once(cfg).await,
+                Ok(cfg) => daemon::run(&cli.config, cfg, daemon::Hooks::default()).await,
+                Err(code) => code,
+            },
         }
     })
+}
+
+/// Loads the configuration or reports every problem and returns exit code 78.
+fn load(path: &std::path::Path, checks: config::Checks) -> Result<config::Config, u8> {
+    config::load(path, checks).map_err(|e| {
+        eprintln!("stellantis-sync: {e}");
+        exit::CONFIG
+    })
+}
+
+fn check_config(path: &std::path::Path) -> u8 {
+    match load(path, config::Checks::Full) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} account{}, schedule \"{}\", database {})",
+                path.display(),
+                cfg.accounts.len(),
+                if cfg.accounts.len() == 1 { "" } else { "s" },
+                cfg.schedule,
+                cfg.database.display()
+            );
+            exit::OK
+        }
+        Err(code) => code,
+    }
+}
+
+async fn login(path: &std::path::Path, args: cli::LoginArgs) -> u8 {
+    let cfg = match load(path, config::Checks::Full) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(account) = cfg
+        .accounts
+        .iter()
+        .find(|a| a.name == args.account)
+        .cloned()
+    else {
+        eprintln!(
+            "stellantis-sync: {}: no enabled account named `{}` (known: {})",
+            path.display(),
+            args.account,
+            cfg.accounts
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return exit::CONFIG;
+    };
+    let mut account = account;
+    account.country = args.country.to_ascii_lowercase();
+    let limits = std::sync::Arc::new(ratelimit::Limits::new(cfg.api_rate, cfg.idp_rate, None));
+    let tokens = auth::TokenManager::new(
+        auth::store::TokenStore::new(&cfg.state_dir),
+        auth::http_client(cfg.idp_timeout),
+        limits,
+        auth::TokenSettings::from_config(&cfg),
+    );
+    match tokens.login(&account, args.code).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("stellantis-sync: {e}");
+            match e {
+                auth::login::LoginError::Io(_) => exit::IOERR,
+                auth::login::LoginError::Auth(auth::AuthError::Store { .. }) => exit::IOERR,
+                _ => exit::NOPERM,
+            }
+        }
+    }
 }
 
 async fn simulate(args: cli::SimulateArgs) -> u8 {

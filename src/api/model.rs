@@ -1,0 +1,212 @@
+//! The HAL bodies of the vehicle list, parsed tolerantly: unknown fields are kept (each vehicle
+//! stays the JSON it arrived as), optional ones may be missing, the 2021 envelope (no
+//! `totalPage`/`currentPage`) and the 2024+ one are both accepted. What cannot be trusted is an
+//! error, never a guess: a page without `_embedded` is incomplete, not empty.
+
+use serde_json::Value;
+
+use super::ApiError;
+
+/// One page of the vehicle list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub total: Option<u64>,
+    pub total_pages: Option<u64>,
+    pub current_page: Option<u64>,
+    /// `_links.next.href`, when there is a next page.
+    pub next: Option<String>,
+    /// The vehicles, each as received.
+    pub vehicles: Vec<Value>,
+}
+
+/// Parses one page. Bodies that are not a JSON object, pages without `_embedded.vehicles`, and
+/// vehicles without a string `id` are refused.
+pub fn parse_page(body: &[u8]) -> Result<Page, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::Malformed(match e.classify() {
+            serde_json::error::Category::Eof => {
+                format!("truncated JSON after {} bytes", body.len())
+            }
+            _ => format!(
+                "not JSON ({} bytes; line {} column {})",
+                body.len(),
+                e.line(),
+                e.column()
+            ),
+        })
+    })?;
+    let Value::Object(mut obj) = v else {
+        return Err(ApiError::Malformed("the body is not a JSON object".into()));
+    };
+    let num = |o: &serde_json::Map<String, Value>, k: &str| -> Result<Option<u64>, ApiError> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| ApiError::Malformed(format!("`{k}` is not a non-negative integer"))),
+            Some(_) => Err(ApiError::Malformed(format!("`{k}` is not a number"))),
+        }
+    };
+    let total = num(&obj, "total")?;
+    let total_pages = num(&obj, "totalPage")?;
+    let current_page = num(&obj, "currentPage")?;
+    let next = match obj.get("_links").and_then(|l| l.get("next")) {
+        None | Some(Value::Null) => None,
+        Some(link) => Some(
+            link.get("href")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::Malformed("`_links.next` has no string href".into()))?
+                .to_owned(),
+        ),
+    };
+    let embedded = obj.remove("_embedded").ok_or_else(|| {
+        ApiError::Incomplete("a 200 without `_embedded` (a transient fault of the API)".into())
+    })?;
+    let vehicles = match embedded {
+        Value::Object(mut e) => match e.remove("vehicles") {
+            Some(Value::Array(a)) => a,
+            Some(_) => {
+                return Err(ApiError::Malformed(
+                    "`_embedded.vehicles` is not an array".into(),
+                ));
+            }
+            None => {
+                return Err(ApiError::Incomplete(
+                    "`_embedded` without `vehicles`".into(),
+                ));
+            }
+        },
+        _ => return Err(ApiError::Malformed("`_embedded` is not an object".into())),
+    };
+    for (i, v) in vehicles.iter().enumerate() {
+        match v.get("id") {
+            Some(Value::String(id)) if !id.is_empty() && id.len() <= 4096 => {}
+            _ => {
+                return Err(ApiError::Malformed(format!(
+                    "vehicle {i} has no usable `id`"
+                )));
+            }
+        }
+    }
+    Ok(Page {
+        total,
+        total_pages,
+        current_page,
+        next,
+        vehicles,
+    })
+}
+
+/// Whether a 404 body is the API's "No vehicle found" (codes 40400/40410, as number or string).
+pub fn is_no_vehicle(body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let code = match v.get("code") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse().ok(),
+        _ => None,
+    };
+    let msg = v
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    matches!(code, Some(40400 | 40410)) && (msg.contains("no vehic") || msg.is_empty())
+}
+
+/// A short, safe message from any of the API's three error-body families
+/// (`httpMessage/moreInformation`, `code/message`, `error/error_description`).
+pub fn error_message(body: &[u8]) -> String {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return format!("(non-JSON body, {} bytes)", body.len());
+    };
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let text = if let Some(more) = s("moreInformation") {
+        format!("{}: {more}", s("httpMessage").unwrap_or_default())
+    } else if let Some(msg) = s("message") {
+        let code = v
+            .get("code")
+            .map(|c| c.to_string().trim_matches('"').to_owned())
+            .unwrap_or_default();
+        format!("{code} {msg}")
+    } else if let Some(err) = s("error") {
+        format!("{err}: {}", s("error_description").unwrap_or_default())
+    } else {
+        "(unrecognised error body)".into()
+    };
+    text.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_and_2021_shapes() {
+        let now = br#"{"_links":{"self":{"href":"x"},"next":{"href":"/v?pageToken=a"}},"total":2,"totalPage":2,"currentPage":1,
+            "_embedded":{"vehicles":[{"id":"abc","vin":"VR3","extra":{"kept":true}}]}}"#;
+        let p = parse_page(now).unwrap();
+        assert_eq!(
+            (p.total, p.total_pages, p.next.as_deref()),
+            (Some(2), Some(2), Some("/v?pageToken=a"))
+        );
+        assert_eq!(p.vehicles[0]["extra"]["kept"], true);
+        let old = br#"{"_links":{"self":{"href":"x?indexRange=0-&pageSize=60"}},"total":1,"_embedded":{"vehicles":[{"id":"a","label":"e-208"}]}}"#;
+        let p = parse_page(old).unwrap();
+        assert_eq!((p.total, p.total_pages, p.next), (Some(1), None, None));
+    }
+
+    #[test]
+    fn what_is_refused() {
+        assert!(
+            matches!(parse_page(b"{\"total\":1,"), Err(ApiError::Malformed(m)) if m.contains("truncated"))
+        );
+        assert!(matches!(parse_page(b"<html>"), Err(ApiError::Malformed(_))));
+        assert!(matches!(parse_page(b"[1]"), Err(ApiError::Malformed(_))));
+        assert!(matches!(
+            parse_page(br#"{"total":3,"_links":{}}"#),
+            Err(ApiError::Incomplete(_))
+        ));
+        assert!(matches!(
+            parse_page(br#"{"_embedded":{"vehicles":[{"vin":"x"}]}}"#),
+            Err(ApiError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_page(br#"{"total":"3","_embedded":{"vehicles":[]}}"#),
+            Err(ApiError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_page(br#"{"total":-1,"_embedded":{"vehicles":[]}}"#),
+            Err(ApiError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn no_vehicle_bodies() {
+        assert!(is_no_vehicle(
+            br#"{"uuid":"u","code":40400,"message":"No vehicle found"}"#
+        ));
+        assert!(is_no_vehicle(
+            br#"{"uuid":"u","code":40410,"message":"No vehicule found"}"#
+        ));
+        assert!(is_no_vehicle(
+            br#"{"code":"40400","message":"No vehicle found"}"#
+        ));
+        assert!(!is_no_vehicle(
+            br#"{"code":40400,"message":"Not Found: No trip was found."}"#
+        ));
+        assert!(!is_no_vehicle(b"not json"));
+    }
+
+    #[test]
+    fn error_messages() {
+        assert_eq!(error_message(br#"{"httpCode":"401","httpMessage":"Unauthorized","moreInformation":"Token is invalid"}"#), "Unauthorized: Token is invalid");
+        assert_eq!(
+            error_message(br#"{"uuid":"u","code":50000,"message":"CORVET Error"}"#),
+            "50000 CORVET Error"
+        );
+        assert_eq!(error_message(b"oops"), "(non-JSON body, 4 bytes)");
+    }
+}

@@ -1,0 +1,308 @@
+//! The token store: one JSON file per account in `state_dir/tokens/` (directory 0700, files
+//! 0600), never in the analytics database.
+//!
+//! Writes follow the protocol of `reliability-notes.md` §1.5: a temporary file in the same
+//! directory, `write_all`, `fsync`, rename over the old file, `fsync` of the directory. A crash at
+//! any instant leaves either the old file or the new one, never a torn one. Stale temporary files
+//! are removed on start.
+//!
+//! Cross-process single flight: `tokens/<name>.lock` is locked exclusively (`File::lock`) by
+//! whoever refreshes that account — the daemon, a `--once` run or `login`.
+//!
+//! # Format (version 1)
+//! ```json
+//! {"version": 1, "account": "alice", "brand": "peugeot",
+//!  "refresh_token": "…", "access_token": "…", "access_expires_at": "2026-11-28T09:15:38.123Z",
+//!  "chain_started_at": "…", "refreshed_at": "…", "source": "login",
+//!  "previous_refresh_sha256": "…", "bootstrap_sha256": "…", "password_sha256": "…",
+//!  "needs_reauth": false, "reason": null, "updated_at": "…"}
+//! ```
+//! `source` is how the chain began (`login`, `password`, `bootstrap`). `previous_refresh_sha256`
+//! is a hash of the rotated-out token, kept only to tell "crashed mid-refresh" from "revoked".
+//! `bootstrap_sha256` is the hash of the configured `refresh_token` this record has seen (so it is
+//! never presented twice) and `password_sha256` a salted hash of the configured password (so a
+//! changed password lifts `needs_reauth`).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Everything stored for one account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub version: u32,
+    pub account: String,
+    pub brand: String,
+    #[serde(serialize_with = "expose_opt")]
+    pub refresh_token: Option<SecretString>,
+    #[serde(serialize_with = "expose_opt")]
+    pub access_token: Option<SecretString>,
+    pub access_expires_at: Option<String>,
+    pub chain_started_at: Option<String>,
+    pub refreshed_at: Option<String>,
+    pub source: Option<String>,
+    pub previous_refresh_sha256: Option<String>,
+    pub bootstrap_sha256: Option<String>,
+    #[serde(default)]
+    pub password_sha256: Option<String>,
+    #[serde(default)]
+    pub needs_reauth: bool,
+    pub reason: Option<String>,
+    pub updated_at: String,
+}
+
+/// The one place a token is written out in clear: into the 0600 store file.
+fn expose_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(secret) => s.serialize_some(secret.expose_secret()),
+        None => s.serialize_none(),
+    }
+}
+
+/// A failed store operation, with the path.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("token store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("token store {path} is not valid JSON: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("token store {path} is locked by another process (a login or another run)")]
+    Locked { path: PathBuf },
+}
+
+/// SHA-256 of a secret as hex (for forensic comparisons; never the secret itself).
+pub fn fingerprint(secret: &SecretString) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.expose_secret().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The directory of token files.
+#[derive(Debug, Clone)]
+pub struct TokenStore {
+    dir: PathBuf,
+}
+
+/// A held cross-process lock on one account's tokens; released on drop.
+#[derive(Debug)]
+pub struct AccountLock {
+    _file: File,
+}
+
+impl TokenStore {
+    /// The store under `state_dir/tokens` (nothing is created until [`TokenStore::prepare`]).
+    pub fn new(state_dir: &Path) -> TokenStore {
+        TokenStore {
+            dir: state_dir.join("tokens"),
+        }
+    }
+
+    /// The directory holding the token files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn io(&self, path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Creates the directory (0700), tightens its mode, removes stale temporary files.
+    pub fn prepare(&self) -> Result<(), StoreError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| self.io(&self.dir, e))?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| self.io(&self.dir, e))?;
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                if name.to_string_lossy().starts_with(".tmp") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The file of one account.
+    pub fn path(&self, account: &str) -> PathBuf {
+        self.dir.join(format!("{account}.json"))
+    }
+
+    /// Reads an account's record; `None` when there is none yet.
+    pub fn load(&self, account: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let path = self.path(account);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        path,
+                        reason: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io(&path, e)),
+        }
+    }
+
+    /// Proves a record can be written now (directory writable, space for a few KiB) before a
+    /// refresh token is spent.
+    pub fn preflight(&self) -> Result<(), StoreError> {
+        let mut probe = tempfile::Builder::new()
+            .prefix(".tmp-probe")
+            .tempfile_in(&self.dir)
+            .map_err(|e| self.io(&self.dir, e))?;
+        probe
+            .write_all(&[0u8; 8192])
+            .and_then(|()| probe.as_file().sync_all())
+            .map_err(|e| self.io(&self.dir, e))?;
+        Ok(())
+    }
+
+    /// Writes a record durably: temp file, fsync, rename, fsync of the directory.
+    pub fn save(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        let path = self.path(&record.account);
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(&self.dir)
+            .map_err(|e| self.io(&path, e))?;
+        crate::faultpoint::hit("store_temp_created");
+        tmp.write_all(&bytes).map_err(|e| self.io(&path, e))?;
+        tmp.as_file().sync_all().map_err(|e| self.io(&path, e))?;
+        crate::faultpoint::hit("store_temp_synced");
+        tmp.persist(&path).map_err(|e| self.io(&path, e.error))?;
+        crate::faultpoint::hit("store_renamed");
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.io(&self.dir, e))?;
+        Ok(())
+    }
+
+    /// Takes the cross-process lock of one account, waiting up to `wait`.
+    pub async fn lock(&self, account: &str, wait: Duration) -> Result<AccountLock, StoreError> {
+        let path = self.dir.join(format!("{account}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode_0600()
+            .open(&path)
+            .map_err(|e| self.io(&path, e))?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(AccountLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path }),
+                Err(std::fs::TryLockError::Error(e)) => return Err(self.io(&path, e)),
+            }
+        }
+    }
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(rt: &str) -> TokenRecord {
+        TokenRecord {
+            version: 1,
+            account: "alice".into(),
+            brand: "peugeot".into(),
+            refresh_token: Some(SecretString::from(rt.to_owned())),
+            access_token: None,
+            access_expires_at: None,
+            chain_started_at: None,
+            refreshed_at: None,
+            source: Some("login".into()),
+            previous_refresh_sha256: None,
+            bootstrap_sha256: None,
+            password_sha256: None,
+            needs_reauth: false,
+            reason: None,
+            updated_at: crate::timefmt::now(),
+        }
+    }
+
+    #[test]
+    fn save_load_modes_and_cleanup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        store.prepare().unwrap();
+        store.save(&record("rt-1")).unwrap();
+        store.save(&record("rt-2")).unwrap();
+        let back = store.load("alice").unwrap().unwrap();
+        assert_eq!(back.refresh_token.unwrap().expose_secret(), "rt-2");
+        let mode = std::fs::metadata(store.path("alice"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let dmode = std::fs::metadata(store.dir()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dmode, 0o700);
+        std::fs::write(store.dir().join(".tmpabc"), b"half").unwrap();
+        store.prepare().unwrap();
+        assert!(!store.dir().join(".tmpabc").exists());
+        assert!(store.load("nobody").unwrap().is_none());
+        store.preflight().unwrap();
+        // Debug of a record never shows the token.
+        assert!(!format!("{:?}", store.load("alice").unwrap()).contains("rt-2"));
+    }
+
+    #[tokio::test]
+    async fn the_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        store.prepare().unwrap();
+        let held = store
+            .lock("alice", Duration::from_millis(10))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.lock("alice", Duration::from_millis(60)).await,
+            Err(StoreError::Locked { .. })
+        ));
+        drop(held);
+        store
+            .lock("alice", Duration::from_millis(10))
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,446 @@
+//! The analytics database: opening SQLite with the right pragmas, migrations, and the few writes
+//! the sync engine makes. Tokens never enter this file (`auth::store` keeps them elsewhere).
+//!
+//! Pragmas: WAL (readers never block the writer), `synchronous=NORMAL` (durable across process
+//! crashes; a power cut may roll back the last pass, which the next poll re-observes),
+//! `foreign_keys=ON`, `busy_timeout` (a checkpointing reader never surfaces as an error),
+//! `journal_size_limit`. Every write transaction is `BEGIN IMMEDIATE`, so a busy database waits
+//! on the busy timeout instead of failing at lock upgrade. After each pass the WAL is
+//! checkpointed when it has grown, so a long reader cannot make it grow without bound.
+//!
+//! Migrations are plain SQL files in `migrations/`, embedded in the binary, applied in order,
+//! each in its own transaction, and tracked with `PRAGMA user_version`. A database from a newer
+//! version is refused.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde_json::Value;
+
+use crate::sync::diff::{Change, CompleteListing, Known, diff};
+use crate::timefmt;
+
+/// The embedded migrations, in order; migration `i` brings the schema to version `i + 1`.
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("migrations/0001_init.sql")),
+    ("0002_views", include_str!("migrations/0002_views.sql")),
+];
+
+/// The schema version this binary writes.
+pub fn schema_version() -> u32 {
+    u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX)
+}
+
+/// A database error, with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this program's {supported}; upgrade stellantis-sync"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("database {path}: journal mode is {mode}, not WAL")]
+    NotWal { path: PathBuf, mode: String },
+}
+
+impl DbError {
+    /// Whether this is the disk being full or read-only (exit 74) rather than a bug.
+    pub fn is_io(&self) -> bool {
+        matches!(self, DbError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. }
+            if matches!(e.code, rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::ReadOnly
+                | rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::SystemIoFailure
+                | rusqlite::ErrorCode::PermissionDenied))
+    }
+}
+
+/// The writer's connection.
+pub struct Db {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// What a successful listing did to the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub vehicles_seen: usize,
+    pub changes: usize,
+}
+
+impl Db {
+    fn err(&self, source: rusqlite::Error) -> DbError {
+        DbError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Opens (creating if needed) and migrates the database.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        let conn = Connection::open(path).map_err(|source| DbError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut db = Db {
+            conn,
+            path: path.to_owned(),
+        };
+        db.configure()?;
+        db.migrate()?;
+        Ok(db)
+    }
+
+    fn configure(&mut self) -> Result<(), DbError> {
+        self.conn
+            .busy_timeout(Duration::from_secs(30))
+            .map_err(|e| self.err(e))?;
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(DbError::NotWal {
+                path: self.path.clone(),
+                mode,
+            });
+        }
+        self.conn
+            .execute_batch(
+                "PRAGMA synchronous = NORMAL;
+                 PRAGMA foreign_keys = ON;
+                 PRAGMA journal_size_limit = 16777216;",
+            )
+            .map_err(|e| self.err(e))?;
+        self.conn.set_prepared_statement_cache_capacity(64);
+        Ok(())
+    }
+
+    /// The schema version stored in the file.
+    pub fn user_version(&self) -> Result<u32, DbError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    fn migrate(&mut self) -> Result<(), DbError> {
+        let found = self.user_version()?;
+        let supported = schema_version();
+        if found > supported {
+            return Err(DbError::TooNew {
+                path: self.path.clone(),
+                found,
+                supported,
+            });
+        }
+        for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let version = i + 1;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|source| DbError::Sqlite {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            tx.execute_batch(sql)
+                .and_then(|()| {
+                    tx.pragma_update(
+                        None,
+                        "user_version",
+                        i64::try_from(version).unwrap_or(i64::MAX),
+                    )
+                })
+                .and_then(|()| tx.commit())
+                .map_err(|source| DbError::Sqlite {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            tracing::info!(
+                migration = name,
+                "database {} migrated to schema {version}",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The account's id, creating its row if needed.
+    pub fn account_id(&mut self, name: &str, brand: &str) -> Result<i64, DbError> {
+        let now = timefmt::now();
+        self.conn
+            .execute(
+                "INSERT INTO accounts (name, brand, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET brand = excluded.brand",
+                params![name, brand, now],
+            )
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .query_row(
+                "SELECT account_id FROM accounts WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records the start of a run (committed at once: a crash leaves it `running`).
+    pub fn begin_run(&mut self, account_id: i64) -> Result<i64, DbError> {
+        let now = timefmt::now();
+        self.conn
+            .execute(
+                "INSERT INTO sync_runs (account_id, started_at, status) VALUES (?1, ?2, 'running')",
+                params![account_id, now],
+            )
+            .map_err(|e| self.err(e))?;
+        let id = self.conn.last_insert_rowid();
+        self.conn
+            .execute(
+                "UPDATE accounts SET last_attempt_at = ?2 WHERE account_id = ?1",
+                params![account_id, now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    /// Records a failed run and the account's state; nothing else changes.
+    pub fn finish_failed(
+        &mut self,
+        run_id: i64,
+        account_id: i64,
+        kind: &str,
+        message: &str,
+        http_requests: u32,
+        state: &str,
+    ) -> Result<(), DbError> {
+        let now = timefmt::now();
+        let message: String = message.chars().take(1000).collect();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|source| DbError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })?;
+        tx.execute(
+            "UPDATE sync_runs SET status = 'failed', finished_at = ?2, error_kind = ?3, error_message = ?4,
+                    http_requests = ?5 WHERE run_id = ?1",
+            params![run_id, now, kind, message, http_requests],
+        )
+        .and_then(|_| {
+            tx.execute(
+                "UPDATE accounts SET state = ?2, state_reason = ?3 WHERE account_id = ?1",
+                params![account_id, state, format!("{kind}: {message}")],
+            )
+        })
+        .and_then(|_| tx.commit())
+        .map_err(|source| DbError::Sqlite { path: self.path.clone(), source })
+    }
+
+    /// Applies a complete listing in one transaction: the diff against what is known, the
+    /// changes, the vehicles' current state, the run's success and the account's state.
+    pub fn apply_listing(
+        &mut self,
+        run_id: i64,
+        account_id: i64,
+        listing: &CompleteListing,
+        http_requests: u32,
+    ) -> Result<Applied, DbError> {
+        let path = self.path.clone();
+        let sq = |source| DbError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq)?;
+        let known = load_known(&tx, account_id).map_err(sq)?;
+        let changes = diff(&known, listing);
+        let now = timefmt::now();
+        write_changes(&tx, run_id, account_id, &now, &changes, listing).map_err(sq)?;
+        crate::faultpoint::hit("inside_db_transaction");
+        tx.execute(
+            "UPDATE sync_runs SET status = 'ok', finished_at = ?2, http_requests = ?3, vehicles_seen = ?4,
+                    changes = ?5 WHERE run_id = ?1",
+            params![run_id, now, http_requests, listing.len() as i64, changes.len() as i64],
+        )
+        .map_err(sq)?;
+        tx.execute(
+            "UPDATE accounts SET state = 'ok', state_reason = NULL, last_sync_at = ?2 WHERE account_id = ?1",
+            params![account_id, now],
+        )
+        .map_err(sq)?;
+        tx.commit().map_err(sq)?;
+        crate::faultpoint::hit("after_db_commit");
+        Ok(Applied {
+            vehicles_seen: listing.len(),
+            changes: changes.len(),
+        })
+    }
+
+    /// Sets an account's state outside a run (e.g. `needs_reauth` noticed by the token manager).
+    pub fn set_account_state(
+        &mut self,
+        account_id: i64,
+        state: &str,
+        reason: Option<&str>,
+    ) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE accounts SET state = ?2, state_reason = ?3 WHERE account_id = ?1",
+                params![account_id, state, reason],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Checkpoints the WAL when it has grown past `threshold` bytes (RESTART, then TRUNCATE if
+    /// no reader is in the way), so a long-lived reader cannot make it grow without bound.
+    pub fn checkpoint_if_large(&mut self, threshold: u64) -> Result<(), DbError> {
+        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
+        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if size < threshold {
+            return Ok(());
+        }
+        let (busy, log, done): (i64, i64, i64) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(|e| self.err(e))?;
+        tracing::debug!(busy, log, done, wal_bytes = size, "WAL checkpoint");
+        Ok(())
+    }
+
+    /// The connection, for read-only helpers and tests.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn load_known(tx: &rusqlite::Transaction<'_>, account_id: i64) -> rusqlite::Result<Vec<Known>> {
+    let mut st = tx.prepare_cached(
+        "SELECT vehicle_id, vin, data, removed_at IS NOT NULL FROM vehicles WHERE account_id = ?1",
+    )?;
+    let rows = st.query_map([account_id], |r| {
+        let data: String = r.get(2)?;
+        Ok(Known {
+            vehicle_id: r.get(0)?,
+            vin: r.get(1)?,
+            data: serde_json::from_str(&data).unwrap_or(Value::Null),
+            removed: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+fn json_text(v: Option<&Value>) -> Option<String> {
+    v.map(Value::to_string)
+}
+
+fn text_field(v: &Value, k: &str) -> Option<String> {
+    v.get(k).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn write_changes(
+    tx: &rusqlite::Transaction<'_>,
+    run_id: i64,
+    account_id: i64,
+    now: &str,
+    changes: &[Change],
+    listing: &CompleteListing,
+) -> rusqlite::Result<()> {
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO vehicle_changes (run_id, account_id, vehicle_id, vin, observed_at, kind, field, old_value, new_value)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    let mut touched = std::collections::HashSet::new();
+    for c in changes {
+        ins.execute(params![
+            run_id,
+            account_id,
+            c.vehicle_id,
+            c.vin,
+            now,
+            c.kind.as_str(),
+            c.field,
+            json_text(c.old.as_ref()),
+            json_text(c.new.as_ref())
+        ])?;
+        touched.insert(c.vehicle_id.as_str());
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO vehicles (account_id, vehicle_id, vin, brand, motorization, label, data, first_seen_at, last_seen_at, removed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, NULL)
+         ON CONFLICT (account_id, vehicle_id) DO UPDATE SET vin = excluded.vin, brand = excluded.brand,
+             motorization = excluded.motorization, label = excluded.label, data = excluded.data,
+             last_seen_at = excluded.last_seen_at, removed_at = NULL",
+    )?;
+    let mut seen = tx.prepare_cached(
+        "UPDATE vehicles SET last_seen_at = ?3 WHERE account_id = ?1 AND vehicle_id = ?2",
+    )?;
+    for v in listing.vehicles() {
+        let id = text_field(v, "id").unwrap_or_default();
+        if touched.contains(id.as_str()) {
+            upsert.execute(params![
+                account_id,
+                id,
+                text_field(v, "vin"),
+                text_field(v, "brand"),
+                text_field(v, "motorization"),
+                text_field(v, "label"),
+                v.to_string(),
+                now
+            ])?;
+        } else {
+            seen.execute(params![account_id, id, now])?;
+        }
+    }
+    let mut removed = tx.prepare_cached(
+        "UPDATE vehicles SET removed_at = ?3 WHERE account_id = ?1 AND vehicle_id = ?2",
+    )?;
+    for c in changes.iter().filter(|c| c.kind.as_str() == "removed") {
+        removed.execute(params![account_id, c.vehicle_id, now])?;
+    }
+    Ok(())
+}
+
+/// Opens a database read-only (for `status` and other readers).
+pub fn open_read_only(path: &Path) -> Result<Connection, DbError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| DbError::Sqlite {
+        path: path.to_owned(),
+        source,
+    })?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|source| DbError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(conn)
+}
+
+/// The newest run of an account: (started_at, status, error_kind, error_message).
+pub type LastRun = (String, String, Option<String>, Option<String>);
+
+/// The newest run of an account, for `status`.
+pub fn last_run(conn: &Connection, account: &str) -> rusqlite::Result<Option<LastRun>> {
+    conn.query_row(
+        "SELECT r.started_at, r.status, r.error_kind, r.error_message FROM sync_runs r
+         JOIN accounts a USING (account_id) WHERE a.name = ?1 ORDER BY r.run_id DESC LIMIT 1",
+        [account],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )
+    .optional()
+}
