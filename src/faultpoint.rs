@@ -1,12 +1,12 @@
 //! Named crash points for crash-consistency tests (`reliability-notes.md` §1.6). In debug builds,
-//! setting `STELLANTIS_SYNC_CRASH_AT=<name>` makes the process abort the first time execution
+//! setting `STELLANTIS_CRASH_AT=<name>` makes the process abort the first time execution
 //! reaches that point, as a power cut or `kill -9` would. Release builds compile this to nothing.
 
 /// Aborts the process here if the crash point `name` is armed.
 pub fn hit(name: &str) {
     #[cfg(debug_assertions)]
     {
-        if std::env::var("STELLANTIS_SYNC_CRASH_AT").is_ok_and(|v| v == name) {
+        if std::env::var("STELLANTIS_CRASH_AT").is_ok_and(|v| v == name) {
             std::process::abort();
         }
     }

@@ -90,11 +90,11 @@ pub fn render(cfg: &Config) -> String {
                 .and_then(|r| r.reason.clone())
                 .or(reason)
                 .unwrap_or_default();
-            format!("{why}; run `stellantis-sync login --account {}`", a.name)
+            format!("run `stellantis-sync login --account {}`: {why}", a.name)
         } else {
             err
         };
-        let err: String = err.chars().take(160).collect();
+        let err: String = err.chars().take(240).collect();
         let _ = writeln!(
             out,
             "{:<16} {:<13} {:<25} {:<9} {:<25} {:<7} {:>8}  {}",

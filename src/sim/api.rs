@@ -455,6 +455,16 @@ async fn list_vehicles(
         (1, size, start, end)
     };
     let mut g = sh.lock();
+    let fail_from = g.cfg.faults.fail_from_page;
+    if fail_from > 0 && page >= fail_from {
+        g.stats.fault("fail_from_page");
+        drop(g);
+        return gateway_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            "Internal Error",
+        );
+    }
     if page > 1 {
         let p = g.cfg.faults.page_shift;
         if g.draw(p) {

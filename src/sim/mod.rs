@@ -97,6 +97,9 @@ pub struct Faults {
     pub idp_down: f64,
     /// Before serving page 2+ of a listing, the account's vehicle list changes.
     pub page_shift: f64,
+    /// Pages numbered this or higher answer a gateway 500 (0 = off): a listing that fails
+    /// halfway through.
+    pub fail_from_page: u32,
     /// The form of `Retry-After` on 429s.
     pub retry_after_form: RetryAfterForm,
 }
@@ -119,6 +122,7 @@ impl Default for Faults {
             idp_timeout_ms: 30_000,
             idp_down: 0.0,
             page_shift: 0.0,
+            fail_from_page: 0,
             retry_after_form: RetryAfterForm::Seconds,
         }
     }

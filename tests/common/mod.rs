@@ -1,0 +1,262 @@
+//! Shared test harness: a simulator on 127.0.0.1:0, a temporary state directory, a written
+//! configuration, and the real binary (`CARGO_BIN_EXE_stellantis-sync`) run against them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use stellantis_sync::sim::{self, SimConfig, SimHandle};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stellantis-sync");
+
+pub async fn start_sim(cfg: SimConfig) -> SimHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    sim::spawn(listener, cfg).unwrap()
+}
+
+/// One `[[accounts]]` entry.
+#[derive(Clone, Debug)]
+pub struct Acct {
+    pub name: String,
+    pub brand: String,
+    pub refresh_token: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Acct {
+    /// An account bootstrapped from a refresh token the simulator issued for `user{n}`.
+    pub fn bootstrapped(sim: &SimHandle, n: usize) -> Acct {
+        let (email, _, brand) = sim.users()[n - 1].clone();
+        Acct {
+            name: format!("user{n}"),
+            brand: brand.key().into(),
+            refresh_token: sim.issue_refresh_token(&email),
+            username: None,
+            password: None,
+        }
+    }
+    /// An account with only a username and password.
+    pub fn with_password(sim: &SimHandle, n: usize) -> Acct {
+        let (email, password, brand) = sim.users()[n - 1].clone();
+        Acct {
+            name: format!("user{n}"),
+            brand: brand.key().into(),
+            refresh_token: None,
+            username: Some(email),
+            password: Some(password),
+        }
+    }
+    /// An account with no credential at all (needs `login`).
+    pub fn bare(sim: &SimHandle, n: usize) -> Acct {
+        let (_, _, brand) = sim.users()[n - 1].clone();
+        Acct {
+            name: format!("user{n}"),
+            brand: brand.key().into(),
+            refresh_token: None,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+/// Knobs of the written configuration.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub schedule: String,
+    pub rps: u32,
+    pub burst: u32,
+    pub idp_rps: u32,
+    pub refresh_margin: String,
+    pub max_retries: u32,
+    pub max_concurrent: u32,
+    pub extra_top: String,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            schedule: "*/2 * * * * *".into(),
+            rps: 200,
+            burst: 1,
+            idp_rps: 200,
+            refresh_margin: "5m".into(),
+            max_retries: 2,
+            max_concurrent: 4,
+            extra_top: String::new(),
+        }
+    }
+}
+
+/// A test environment: simulator, directory, configuration.
+pub struct Env {
+    pub sim: SimHandle,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Env {
+    pub async fn new(
+        cfg: SimConfig,
+        accounts: impl FnOnce(&SimHandle) -> Vec<Acct>,
+        opts: Opts,
+    ) -> Env {
+        let sim = start_sim(cfg).await;
+        let accts = accounts(&sim);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, config_text(&sim, dir.path(), &accts, &opts)).unwrap();
+        Env { sim, dir, config }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("state/stellantis-sync.sqlite")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn rewrite(&self, accounts: &[Acct], opts: &Opts) {
+        std::fs::write(
+            &self.config,
+            config_text(&self.sim, self.dir.path(), accounts, opts),
+        )
+        .unwrap();
+    }
+
+    /// Runs the binary with these arguments (after `--config`), with `envs`.
+    pub async fn run(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd.env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("CREDENTIALS_DIRECTORY");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null());
+        tokio::time::timeout(Duration::from_secs(120), cmd.output())
+            .await
+            .expect("the binary ran for more than 2 minutes")
+            .unwrap()
+    }
+
+    pub async fn once(&self) -> Output {
+        self.run(&["--once"], &[]).await
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(self.db_path()).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Spawns the daemon in the background.
+    pub fn spawn_daemon(&self, envs: &[(&str, &str)]) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.arg("--config").arg(&self.config).arg("run");
+        cmd.env("RUST_LOG", "info").env_remove("NOTIFY_SOCKET");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd.spawn().unwrap()
+    }
+}
+
+pub fn config_text(sim: &SimHandle, dir: &Path, accounts: &[Acct], o: &Opts) -> String {
+    let mut t = format!(
+        "state_dir = \"{}\"\nschedule = \"{}\"\nrefresh_margin = \"{}\"\nmax_concurrent_accounts = {}\nshutdown_timeout = \"2s\"\n{}\n\
+         [rate_limit]\nrequests_per_second = {}\nburst = {}\n\
+         [api]\nbase_url = \"{}\"\ntimeout = \"3s\"\nmax_retries = {}\nretry_base = \"50ms\"\nretry_cap = \"300ms\"\n\
+         [idp]\nbase_url = \"{}\"\ntimeout = \"3s\"\nrequests_per_second = {}\nburst = 1\n\
+         [app]\nclient_id = \"{}\"\nclient_secret = \"{}\"\n",
+        dir.join("state").display(),
+        o.schedule,
+        o.refresh_margin,
+        o.max_concurrent,
+        o.extra_top,
+        o.rps,
+        o.burst,
+        sim.api_base(),
+        o.max_retries,
+        sim.base_url(),
+        o.idp_rps,
+        sim::DEFAULT_CLIENT_ID,
+        sim::DEFAULT_CLIENT_SECRET
+    );
+    for a in accounts {
+        t.push_str(&format!(
+            "\n[[accounts]]\nname = \"{}\"\nbrand = \"{}\"\n",
+            a.name, a.brand
+        ));
+        if let Some(r) = &a.refresh_token {
+            t.push_str(&format!("refresh_token = \"{r}\"\n"));
+        }
+        if let Some(u) = &a.username {
+            t.push_str(&format!("username = \"{u}\"\n"));
+        }
+        if let Some(p) = &a.password {
+            t.push_str(&format!("password = \"{p}\"\n"));
+        }
+    }
+    t
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Asserts the exit code, printing the output if it differs.
+pub fn assert_code(o: &Output, code: i32) {
+    assert_eq!(o.status.code(), Some(code), "output:\n{}", text(o));
+}
+
+/// Reads the stored refresh token of an account from the token store.
+pub fn stored_refresh_token(state_dir: &Path, account: &str) -> Option<String> {
+    let bytes = std::fs::read(state_dir.join(format!("tokens/{account}.json"))).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v["refresh_token"].as_str().map(str::to_owned)
+}
+
+pub fn stored_record(state_dir: &Path, account: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(state_dir.join(format!("tokens/{account}.json"))).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &tokio::process::Child, sig: &str) {
+    let pid = child.id().expect("child is running");
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Waits until `f` holds (polling every 100 ms) or panics after `secs`.
+pub async fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
