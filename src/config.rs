@@ -614,8 +614,14 @@ fn validate(raw: RawConfig, path: &Path, checks: Checks) -> Result<Config, Confi
     }
     if checks == Checks::Full {
         check_dir_usable(&mut v, "state_dir", &raw.state_dir);
+        // The daemon creates `state_dir` (and the database's directory inside it); any other
+        // database directory must already exist, so a typo is caught here.
         match database.parent().filter(|p| !p.as_os_str().is_empty()) {
-            Some(dir) if dir == raw.state_dir => {}
+            Some(dir) if dir.starts_with(&raw.state_dir) => {}
+            Some(dir) if !dir.is_dir() => v.bad(
+                "database",
+                format!("the directory {} does not exist (create it, or put the database under state_dir)", dir.display()),
+            ),
             Some(dir) => check_dir_usable(&mut v, "database", dir),
             None => check_dir_usable(&mut v, "database", Path::new(".")),
         }

@@ -48,7 +48,7 @@ pub fn run(cli: Cli) -> u8 {
             Some(Command::Simulate(args)) => simulate(args).await,
             Some(Command::Demo(args)) => demo::run(&args.database, args.duration).await,
             Some(Command::CheckConfig) => check_config(&cli.config),
-            Some(Command::Status) => match load(&cli.config, config::Checks::ValuesOnly) {
+            Some(Command::Status) => match load(&cli.config, config::Checks::Full) {
                 Ok(cfg) => {
                     print!("{}", status::render(&cfg));
                     exit::OK

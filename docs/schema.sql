@@ -1,0 +1,101 @@
+-- Generated from src/store/migrations by tests/history.rs (UPDATE_EXPECT=1 to refresh).
+CREATE VIEW requests_per_day AS
+SELECT substr(started_at, 1, 10) AS day, count(*) AS runs, sum(http_requests) AS http_requests,
+       sum(status = 'failed') AS failed_runs, sum(changes) AS changes
+FROM sync_runs GROUP BY 1;
+
+CREATE VIEW sync_health AS
+SELECT a.account_id, a.name AS account, a.brand, a.state, a.state_reason,
+       (SELECT max(r.started_at) FROM sync_runs r WHERE r.account_id = a.account_id) AS last_run_at,
+       (SELECT r.status FROM sync_runs r WHERE r.account_id = a.account_id
+         ORDER BY r.run_id DESC LIMIT 1) AS last_run_status,
+       (SELECT max(r.finished_at) FROM sync_runs r
+         WHERE r.account_id = a.account_id AND r.status = 'ok') AS last_success_at,
+       (SELECT count(*) FROM sync_runs r
+         WHERE r.account_id = a.account_id AND r.status = 'failed'
+           AND r.run_id > coalesce((SELECT max(s.run_id) FROM sync_runs s
+                                    WHERE s.account_id = a.account_id AND s.status = 'ok'), 0))
+         AS consecutive_failures,
+       (SELECT r.error_kind || ': ' || r.error_message FROM sync_runs r
+         WHERE r.account_id = a.account_id AND r.status = 'failed'
+         ORDER BY r.run_id DESC LIMIT 1) AS last_error,
+       (SELECT count(*) FROM vehicles v
+         WHERE v.account_id = a.account_id AND v.removed_at IS NULL) AS vehicles
+FROM accounts AS a;
+
+CREATE VIEW vehicle_current AS
+SELECT a.name AS account, a.brand AS account_brand, v.account_id, v.vehicle_id, v.vin, v.brand,
+       v.motorization, v.label, v.first_seen_at, v.last_seen_at, v.data
+FROM vehicles AS v JOIN accounts AS a USING (account_id)
+WHERE v.removed_at IS NULL;
+
+CREATE VIEW vehicle_history AS
+SELECT c.change_id, c.observed_at, a.name AS account, c.vin, c.vehicle_id, c.kind, c.field,
+       c.old_value, c.new_value, c.run_id
+FROM vehicle_changes AS c JOIN accounts AS a USING (account_id);
+
+CREATE TABLE accounts (
+    account_id      INTEGER PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    brand           TEXT NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'unknown'
+                    CHECK (state IN ('unknown', 'ok', 'failing', 'needs_reauth')),
+    state_reason    TEXT,
+    created_at      TEXT NOT NULL,
+    last_attempt_at TEXT,
+    last_sync_at    TEXT
+);
+
+CREATE TABLE sync_runs (
+    run_id        INTEGER PRIMARY KEY,
+    account_id    INTEGER NOT NULL REFERENCES accounts (account_id),
+    started_at    TEXT NOT NULL,
+    finished_at   TEXT,
+    status        TEXT NOT NULL CHECK (status IN ('running', 'ok', 'failed')),
+    error_kind    TEXT,
+    error_message TEXT,
+    http_requests INTEGER NOT NULL DEFAULT 0,
+    vehicles_seen INTEGER,
+    changes       INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE vehicle_changes (
+    change_id   INTEGER PRIMARY KEY,
+    run_id      INTEGER NOT NULL REFERENCES sync_runs (run_id),
+    account_id  INTEGER NOT NULL REFERENCES accounts (account_id),
+    vehicle_id  TEXT NOT NULL,
+    vin         TEXT,
+    observed_at TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('added', 'removed', 'changed')),
+    field       TEXT,
+    old_value   TEXT CHECK (old_value IS NULL OR json_valid(old_value)),
+    new_value   TEXT CHECK (new_value IS NULL OR json_valid(new_value))
+);
+
+CREATE TABLE vehicles (
+    account_id    INTEGER NOT NULL REFERENCES accounts (account_id),
+    vehicle_id    TEXT NOT NULL,
+    vin           TEXT,
+    brand         TEXT,
+    motorization  TEXT,
+    label         TEXT,
+    data          TEXT NOT NULL CHECK (json_valid(data)),
+    first_seen_at TEXT NOT NULL,
+    last_seen_at  TEXT NOT NULL,
+    removed_at    TEXT,
+    PRIMARY KEY (account_id, vehicle_id)
+);
+
+CREATE INDEX sync_runs_by_account ON sync_runs (account_id, run_id);
+
+CREATE INDEX sync_runs_by_start ON sync_runs (started_at);
+
+CREATE INDEX vehicle_changes_by_run ON vehicle_changes (run_id);
+
+CREATE INDEX vehicle_changes_by_time ON vehicle_changes (observed_at);
+
+CREATE INDEX vehicle_changes_by_vehicle ON vehicle_changes (account_id, vehicle_id, change_id);
+
+CREATE INDEX vehicle_changes_by_vin ON vehicle_changes (vin, observed_at);
+
+CREATE INDEX vehicles_by_vin ON vehicles (vin);

@@ -1,0 +1,524 @@
+//! The program as people run it: `--once` exit codes, bad configurations, the daemon on a fast
+//! schedule, signals, one instance per state directory, the rate limit measured by the
+//! simulator, sd_notify, the demo, and the systemd units.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use stellantis_sync::sim::{Faults, SimConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_exit_codes() {
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1), Acct::bootstrapped(s, 2)],
+        Opts::default(),
+    )
+    .await;
+    assert_code(&env.once().await, 0);
+    assert_code(&env.run(&["run", "--once"], &[]).await, 0);
+    env.sim.set_faults(Faults {
+        gateway_500: 1.0,
+        ..Faults::default()
+    });
+    let o = env.once().await;
+    assert_code(&o, 75);
+    assert_eq!(
+        env.count("SELECT count(*) FROM sync_runs WHERE error_kind = 'server_error'"),
+        2
+    );
+    env.sim.set_faults(Faults::default());
+    let bare = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1), Acct::bare(s, 2)],
+        Opts::default(),
+    )
+    .await;
+    assert_code(&bare.once().await, 77);
+    let help = tokio::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    let h = text(&help);
+    assert!(
+        h.contains("75") && h.contains("77") && h.contains("78"),
+        "{h}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_config_exits_78_naming_the_key_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty-secret"), "").unwrap();
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/bad-configs");
+    let mut files: Vec<_> = std::fs::read_dir(corpus)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 25);
+    for f in &files {
+        let state = dir.path().join(format!(
+            "state-{}",
+            f.file_stem().unwrap().to_string_lossy()
+        ));
+        let body = std::fs::read_to_string(f)
+            .unwrap()
+            .replace("@STATE@", &state.display().to_string())
+            .replace("@DIR@", &dir.path().display().to_string());
+        let cfg = dir.path().join("config.toml");
+        std::fs::write(&cfg, &body).unwrap();
+        for args in [
+            vec!["check-config"],
+            vec!["--once"],
+            vec!["status"],
+            vec!["login", "--account", "alice", "--code", "x"],
+        ] {
+            let o = tokio::process::Command::new(BIN)
+                .arg("--config")
+                .arg(&cfg)
+                .args(&args)
+                .output()
+                .await
+                .unwrap();
+            let out = text(&o);
+            assert_eq!(
+                o.status.code(),
+                Some(78),
+                "{}: {args:?}: {out}",
+                f.display()
+            );
+            assert!(
+                out.contains("config.toml"),
+                "{}: the message names the file: {out}",
+                f.display()
+            );
+            for line in body.lines().filter_map(|l| l.strip_prefix("# expect: ")) {
+                assert!(
+                    line.split('|').any(|alt| out.contains(alt)),
+                    "{}: expected `{line}` in: {out}",
+                    f.display()
+                );
+            }
+            assert!(
+                !out.contains("987654321987")
+                    && !out.contains("app-secret")
+                    && !out.contains("rt-value"),
+                "{}: a secret was echoed: {out}",
+                f.display()
+            );
+            assert!(
+                !state.exists(),
+                "{}: the state directory was created",
+                f.display()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_variables_override_the_file() {
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts::default(),
+    )
+    .await;
+    let o = env
+        .run(
+            &["check-config"],
+            &[
+                ("STELLANTIS_SYNC_SCHEDULE", "0 0 3 * * *"),
+                ("STELLANTIS_SYNC_RATE_LIMIT__BURST", "3"),
+            ],
+        )
+        .await;
+    assert_code(&o, 0);
+    assert!(text(&o).contains("0 0 3 * * *"), "{}", text(&o));
+    let bad = env
+        .run(
+            &["check-config"],
+            &[("STELLANTIS_SYNC_RATE_LIMIT__BURST", "0")],
+        )
+        .await;
+    assert_code(&bad, 78);
+    assert!(text(&bad).contains("rate_limit.burst"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_from_files_and_systemd_credentials() {
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts::default(),
+    )
+    .await;
+    let creds = env.dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("client_secret"), "sim-client-secret\n").unwrap();
+    let text_cfg = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("client_secret = \"sim-client-secret\"\n", "");
+    std::fs::write(&env.config, text_cfg).unwrap();
+    assert_code(&env.run(&["check-config"], &[]).await, 78);
+    assert_code(
+        &env.run(
+            &["--once"],
+            &[("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())],
+        )
+        .await,
+        0,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_passes_on_schedule_reloads_on_sighup_and_stops_on_sigterm() {
+    let opts = Opts {
+        schedule: "* * * * * *".into(),
+        ..Opts::default()
+    };
+    let env = Env::new(
+        SimConfig {
+            users: 3,
+            ..SimConfig::default()
+        },
+        |s| vec![Acct::bootstrapped(s, 1)],
+        opts.clone(),
+    )
+    .await;
+    let third = Acct::bootstrapped(&env.sim, 3);
+    let first_cfg = std::fs::read_to_string(&env.config).unwrap();
+    let mut child = env.spawn_daemon(&[]);
+    let db = env.db_path();
+    let runs = |name: &str| -> i64 {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM sync_runs r JOIN accounts a USING (account_id) WHERE a.name = ?1 AND r.status = 'ok'", [name], |r| r.get(0)))
+            .unwrap_or(0)
+    };
+    wait_for(20, "three passes", || runs("user1") >= 3).await;
+    // SIGHUP with an invalid file is refused; the daemon keeps going.
+    std::fs::write(&env.config, "this is not toml [").unwrap();
+    signal(&child, "HUP");
+    let before = runs("user1");
+    wait_for(10, "passes after a bad reload", || {
+        runs("user1") >= before + 2
+    })
+    .await;
+    // SIGHUP with a new account picks it up without a restart.
+    std::fs::write(
+        &env.config,
+        format!(
+            "{first_cfg}\n[[accounts]]\nname = \"{}\"\nbrand = \"{}\"\nrefresh_token = \"{}\"\n",
+            third.name,
+            third.brand,
+            third.refresh_token.clone().unwrap()
+        ),
+    )
+    .unwrap();
+    signal(&child, "HUP");
+    wait_for(15, "the added account to sync", || runs("user3") >= 2).await;
+    let started = Instant::now();
+    signal(&child, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let mut err = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut err)
+        .await
+        .unwrap();
+    assert!(err.contains("reload refused"), "{err}");
+    assert!(err.contains("configuration reloaded"), "{err}");
+    let ok: String = env
+        .db()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_pass_exits_0_within_the_timeout_with_the_database_intact() {
+    let opts = Opts {
+        schedule: "0 0 0 1 1 *".into(),
+        max_concurrent: 2,
+        ..Opts::default()
+    };
+    let env = Env::new(
+        SimConfig {
+            users: 3,
+            ..SimConfig::default()
+        },
+        |s| (1..=3).map(|n| Acct::bootstrapped(s, n)).collect(),
+        opts,
+    )
+    .await;
+    assert_code(&env.once().await, 0);
+    env.sim.set_faults(Faults {
+        slow: 1.0,
+        slow_ms: 8_000,
+        ..Faults::default()
+    });
+    let mut child = env.spawn_daemon(&[]);
+    // The first pass starts at start-up and hangs on the slow API.
+    wait_for(10, "a running pass", || {
+        env.count("SELECT count(*) FROM sync_runs WHERE status = 'running'") >= 1
+    })
+    .await;
+    let started = Instant::now();
+    signal(&child, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown_timeout is 2 s: {:?}",
+        started.elapsed()
+    );
+    let ok: String = env
+        .db()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    assert_eq!(env.count("SELECT count(*) FROM vehicle_changes c JOIN sync_runs r USING (run_id) WHERE r.status != 'ok'"), 0);
+    env.sim.set_faults(Faults::default());
+    assert_code(&env.once().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_is_refused() {
+    let opts = Opts {
+        schedule: "0 0 0 1 1 *".into(),
+        ..Opts::default()
+    };
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1)],
+        opts,
+    )
+    .await;
+    let mut child = env.spawn_daemon(&[]);
+    wait_for(10, "the first pass", || {
+        env.db_path().exists()
+            && env.count("SELECT count(*) FROM sync_runs WHERE status = 'ok'") >= 1
+    })
+    .await;
+    let o = env.once().await;
+    assert_code(&o, 75);
+    assert!(text(&o).contains("already running"), "{}", text(&o));
+    signal(&child, "TERM");
+    assert!(child.wait().await.unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_against_the_simulators_counters() {
+    let users = 60;
+    let cfg = SimConfig {
+        users,
+        burst_per_second: 25,
+        ..SimConfig::default()
+    };
+    let opts = Opts {
+        rps: 25,
+        burst: 1,
+        max_concurrent: 8,
+        ..Opts::default()
+    };
+    let env = Env::new(
+        cfg,
+        |s| (1..=users).map(|n| Acct::bootstrapped(s, n)).collect(),
+        opts,
+    )
+    .await;
+    env.sim.reset_stats();
+    let started = Instant::now();
+    assert_code(&env.once().await, 0);
+    let elapsed = started.elapsed();
+    let s = env.sim.stats();
+    assert_eq!(s.over_quota, 0, "the daemon went over the quota");
+    assert!(
+        s.peak_api_rps <= 25,
+        "peak {} requests in one second",
+        s.peak_api_rps
+    );
+    let ideal = Duration::from_secs_f64(s.api_requests as f64 / 25.0);
+    assert!(
+        elapsed < ideal * 2 + Duration::from_secs(2),
+        "{elapsed:?} vs ideal {ideal:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_cooldown_slows_every_account_and_survives_a_restart() {
+    let opts = Opts {
+        max_retries: 0,
+        ..Opts::default()
+    };
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1), Acct::bootstrapped(s, 2)],
+        opts,
+    )
+    .await;
+    assert_code(&env.once().await, 0);
+    env.sim.set_faults(Faults {
+        rate_limit_storm: 1.0,
+        ..Faults::default()
+    });
+    assert_code(&env.once().await, 75);
+    assert!(env.count("SELECT count(*) FROM sync_runs WHERE error_kind = 'rate_limited'") >= 1);
+    env.sim.set_faults(Faults::default());
+    // The storm said Retry-After: 2; a new process waits for it before its first request.
+    let started = Instant::now();
+    assert_code(&env.once().await, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd_notify_ready_watchdog_and_stopping() {
+    let opts = Opts {
+        schedule: "0 0 0 1 1 *".into(),
+        ..Opts::default()
+    };
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1)],
+        opts,
+    )
+    .await;
+    let sock_path = env.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let child = env.spawn_daemon(&[
+        ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "400000"),
+    ]);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !seen
+        .iter()
+        .any(|m: &String| m.starts_with("STATUS=last pass"))
+    {
+        let n = sock.recv(&mut buf).expect("no notification");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(seen[0].starts_with("READY=1"), "{seen:?}");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1200) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    assert!(
+        seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3,
+        "{seen:?}"
+    );
+    signal(&child, "TERM");
+    loop {
+        let n = sock.recv(&mut buf).expect("no STOPPING=1");
+        if &buf[..n] == b"STOPPING=1" {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_records_changes_within_a_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.sqlite");
+    let o = tokio::process::Command::new(BIN)
+        .args(["demo", "--duration", "12", "--database"])
+        .arg(&db)
+        .output()
+        .await
+        .unwrap();
+    assert_code(&o, 0);
+    let out = text(&o);
+    assert!(
+        out.contains("sqlite3") && out.contains("vehicle_history"),
+        "{out}"
+    );
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let changes: i64 = c
+        .query_row("SELECT count(*) FROM vehicle_changes", [], |r| r.get(0))
+        .unwrap();
+    let runs: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sync_runs WHERE status = 'ok'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(changes >= 10, "{changes} changes");
+    assert!(runs >= 8, "{runs} runs");
+}
+
+/// `systemd-analyze verify` exits 0 even on unknown keys, so any stderr fails the check.
+#[test]
+fn systemd_units_verify_cleanly_and_are_hardened() {
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("systemd-analyze is not installed; skipping the unit checks");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let units = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd");
+    for name in [
+        "stellantis-sync.service",
+        "stellantis-sync-once.service",
+        "stellantis-sync-once.timer",
+    ] {
+        let body = std::fs::read_to_string(format!("{units}/{name}"))
+            .unwrap()
+            .replace("/usr/local/bin/stellantis-sync", BIN);
+        std::fs::write(dir.path().join(name), body).unwrap();
+    }
+    for name in [
+        "stellantis-sync.service",
+        "stellantis-sync-once.service",
+        "stellantis-sync-once.timer",
+    ] {
+        let o = std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(dir.path().join(name))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() && err.trim().is_empty(), "{name}: {err}");
+    }
+    for name in ["stellantis-sync.service", "stellantis-sync-once.service"] {
+        let o = std::process::Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--threshold=20"])
+            .arg(dir.path().join(name))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        let level: f64 = out
+            .lines()
+            .find_map(|l| l.split("exposure level for ").nth(1))
+            .and_then(|l| l.split(": ").nth(1))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no exposure level in {out}"));
+        assert!(level <= 2.0, "{name}: exposure {level}");
+    }
+    let cal = std::process::Command::new("systemd-analyze")
+        .args(["calendar", "*:0/5"])
+        .output()
+        .unwrap();
+    assert!(cal.status.success());
+}
