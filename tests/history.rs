@@ -43,6 +43,14 @@ fn recorded(env: &Env, after: i64) -> Vec<Row> {
         })
         .unwrap()
         .map(Result::unwrap)
+        // The simulator logs added/removed without values; the history carries the vehicle's JSON.
+        .map(|(a, v, k, f, o, n): Row| {
+            if k == "changed" {
+                (a, v, k, f, o, n)
+            } else {
+                (a, v, k, f, None, None)
+            }
+        })
         .collect();
     rows.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
     rows

@@ -1,8 +1,9 @@
 //! The pure core: what changed between what the database knows of an account's vehicles and a
 //! complete listing. No IO, no clock, no client.
 //!
-//! Rules: a vehicle in the listing that is unknown (or was removed) is `added`; a known vehicle
-//! missing from the listing is `removed`; for a vehicle in both, every JSON leaf that differs is
+//! Rules: a vehicle in the listing that is unknown (or was removed) is `added` (its JSON is the
+//! new value); a known vehicle missing from the listing is `removed` (its last JSON is the old
+//! value), so replaying the history from any point reproduces every later state; for a vehicle in both, every JSON leaf that differs is
 //! one `changed` row, named by its JSON pointer. A field that appears or disappears is a change
 //! (the missing side is `None`, stored as SQL NULL); one that becomes `null` is a change to the
 //! JSON value `null`; a change of type is a change. Arrays compare by position; object keys that
@@ -113,7 +114,7 @@ pub fn diff(known: &[Known], listing: &CompleteListing) -> Vec<Change> {
                 kind: Kind::Added,
                 field: None,
                 old: None,
-                new: None,
+                new: Some(v.clone()),
             }),
         }
     }
@@ -126,7 +127,7 @@ pub fn diff(known: &[Known], listing: &CompleteListing) -> Vec<Change> {
             vin: k.vin.clone(),
             kind: Kind::Removed,
             field: None,
-            old: None,
+            old: Some(k.data.clone()),
             new: None,
         });
     }
