@@ -200,6 +200,106 @@ mod tests {
         assert!(!is_no_vehicle(b"not json"));
     }
 
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| serde_json::json!(n)),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(|f| serde_json::json!(f)),
+                ".{0,40}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(5, 32, 5, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(
+                        prop_oneof![
+                            Just("id".to_owned()),
+                            Just("_embedded".to_owned()),
+                            Just("vehicles".to_owned()),
+                            Just("total".to_owned()),
+                            Just("_links".to_owned()),
+                            Just("next".to_owned()),
+                            Just("href".to_owned()),
+                            "[a-z]{1,5}"
+                        ],
+                        inner,
+                        0..6
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Whatever `parse_page` accepts is trustworthy: every vehicle has a usable string id.
+        fn check(body: &[u8]) {
+            if let Ok(page) = parse_page(body) {
+                for v in &page.vehicles {
+                    assert!(
+                        v.get("id")
+                            .and_then(Value::as_str)
+                            .is_some_and(|s| !s.is_empty())
+                    );
+                }
+            }
+            let _ = is_no_vehicle(body);
+            let _ = error_message(body);
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                check(&bytes);
+            }
+
+            #[test]
+            fn random_json_never_panics(v in json()) {
+                check(v.to_string().as_bytes());
+                let wrapped = serde_json::json!({"total": 1, "_embedded": {"vehicles": [v]}});
+                check(wrapped.to_string().as_bytes());
+            }
+        }
+
+        #[test]
+        fn deep_nesting_and_odd_numbers_are_refused_or_parsed_without_panic() {
+            let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+            assert!(parse_page(deep.as_bytes()).is_err());
+            let deep_obj = format!(
+                r#"{{"_embedded":{{"vehicles":[{{"id":"a","x":{}1{}}}]}}}}"#,
+                "[".repeat(5_000),
+                "]".repeat(5_000)
+            );
+            assert!(parse_page(deep_obj.as_bytes()).is_err());
+            for n in [
+                "1e999",
+                "-0",
+                "18446744073709551616",
+                "0.1e-400",
+                "NaN",
+                "Infinity",
+            ] {
+                check(format!(r#"{{"total":{n},"_embedded":{{"vehicles":[]}}}}"#).as_bytes());
+            }
+            check(b"\xff\xfe{\"total\":1}");
+            check(&[0xff, 0xfe, b'{', b'}']);
+            let huge = serde_json::json!({"total": 1, "_embedded": {"vehicles": [{"id": "a", "vin": "x".repeat(5_000_000)}]}});
+            assert!(parse_page(huge.to_string().as_bytes()).is_ok());
+            let huge_id = serde_json::json!({"total": 1, "_embedded": {"vehicles": [{"id": "a".repeat(100_000)}]}});
+            assert!(
+                parse_page(huge_id.to_string().as_bytes()).is_err(),
+                "an id longer than 4 KiB is refused"
+            );
+            check("{\"_embedded\":{\"vehicles\":[{\"id\":\"\u{0}\"}]}}".as_bytes());
+        }
+    }
+
     #[test]
     fn error_messages() {
         assert_eq!(error_message(br#"{"httpCode":"401","httpMessage":"Unauthorized","moreInformation":"Token is invalid"}"#), "Unauthorized: Token is invalid");

@@ -35,7 +35,7 @@ pub fn schema_version() -> u32 {
 /// A database error, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("database {path}: {source}")]
+    #[error("database {path}: {source}{}", diagnose(path, source))]
     Sqlite {
         path: PathBuf,
         #[source]
@@ -51,6 +51,35 @@ pub enum DbError {
     },
     #[error("database {path}: journal mode is {mode}, not WAL")]
     NotWal { path: PathBuf, mode: String },
+}
+
+/// For I/O errors SQLite's own message ("disk I/O error") rarely says why; a small probe write
+/// next to the database asks the operating system (no space, read-only file system, permissions).
+fn diagnose(path: &Path, e: &rusqlite::Error) -> String {
+    let rusqlite::Error::SqliteFailure(f, _) = e else {
+        return String::new();
+    };
+    if !matches!(
+        f.code,
+        rusqlite::ErrorCode::DiskFull
+            | rusqlite::ErrorCode::SystemIoFailure
+            | rusqlite::ErrorCode::ReadOnly
+            | rusqlite::ErrorCode::CannotOpen
+    ) {
+        return String::new();
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let probe = tempfile::tempfile_in(dir).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, &[0u8; 65_536])?;
+        f.sync_all()
+    });
+    match probe {
+        Ok(()) => String::new(),
+        Err(io) => format!(" ({}: {io})", dir.display()),
+    }
 }
 
 impl DbError {
@@ -310,13 +339,30 @@ impl Db {
         if size < threshold {
             return Ok(());
         }
-        let (busy, log, done): (i64, i64, i64) = self
+        // Never wait for readers here: with the normal busy timeout, TRUNCATE would block the
+        // daemon for as long as an analyst holds a snapshot. A busy checkpoint is simply retried
+        // after the next pass.
+        self.conn
+            .busy_timeout(Duration::ZERO)
+            .map_err(|e| self.err(e))?;
+        let result = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            });
+        self.conn
+            .busy_timeout(Duration::from_secs(30))
             .map_err(|e| self.err(e))?;
-        tracing::debug!(busy, log, done, wal_bytes = size, "WAL checkpoint");
+        match result {
+            Ok((busy, log, done)) => {
+                tracing::debug!(busy, log, done, wal_bytes = size, "WAL checkpoint");
+            }
+            Err(e) => tracing::debug!("WAL checkpoint postponed: {e}"),
+        }
         Ok(())
     }
 
@@ -377,15 +423,25 @@ fn write_changes(
         ])?;
         touched.insert(c.vehicle_id.as_str());
     }
+    // Removals first, so that the bulk `last_seen_at` below skips them (they were last seen by
+    // the previous poll).
+    let mut removed = tx.prepare_cached(
+        "UPDATE vehicles SET removed_at = ?3 WHERE account_id = ?1 AND vehicle_id = ?2",
+    )?;
+    for c in changes.iter().filter(|c| c.kind.as_str() == "removed") {
+        removed.execute(params![account_id, c.vehicle_id, now])?;
+    }
+    // One statement for every vehicle still present; a same-length value is overwritten in place.
+    tx.prepare_cached(
+        "UPDATE vehicles SET last_seen_at = ?2 WHERE account_id = ?1 AND removed_at IS NULL",
+    )?
+    .execute(params![account_id, now])?;
     let mut upsert = tx.prepare_cached(
-        "INSERT INTO vehicles (account_id, vehicle_id, vin, brand, motorization, label, data, first_seen_at, last_seen_at, removed_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, NULL)
+        "INSERT INTO vehicles (account_id, vehicle_id, vin, brand, motorization, label, first_seen_at, last_seen_at, removed_at, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, NULL, ?8)
          ON CONFLICT (account_id, vehicle_id) DO UPDATE SET vin = excluded.vin, brand = excluded.brand,
              motorization = excluded.motorization, label = excluded.label, data = excluded.data,
              last_seen_at = excluded.last_seen_at, removed_at = NULL",
-    )?;
-    let mut seen = tx.prepare_cached(
-        "UPDATE vehicles SET last_seen_at = ?3 WHERE account_id = ?1 AND vehicle_id = ?2",
     )?;
     for v in listing.vehicles() {
         let id = text_field(v, "id").unwrap_or_default();
@@ -397,18 +453,10 @@ fn write_changes(
                 text_field(v, "brand"),
                 text_field(v, "motorization"),
                 text_field(v, "label"),
-                v.to_string(),
-                now
+                now,
+                v.to_string()
             ])?;
-        } else {
-            seen.execute(params![account_id, id, now])?;
         }
-    }
-    let mut removed = tx.prepare_cached(
-        "UPDATE vehicles SET removed_at = ?3 WHERE account_id = ?1 AND vehicle_id = ?2",
-    )?;
-    for c in changes.iter().filter(|c| c.kind.as_str() == "removed") {
-        removed.execute(params![account_id, c.vehicle_id, now])?;
     }
     Ok(())
 }

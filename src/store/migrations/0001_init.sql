@@ -36,10 +36,12 @@ CREATE TABLE vehicles (
     brand         TEXT,
     motorization  TEXT,
     label         TEXT,
-    data          TEXT NOT NULL CHECK (json_valid(data)),
     first_seen_at TEXT NOT NULL,
     last_seen_at  TEXT NOT NULL,
     removed_at    TEXT,
+    -- Last: a poll rewrites last_seen_at in place, and SQLite then writes only the first page of
+    -- the record, not the overflow pages that hold the JSON.
+    data          TEXT NOT NULL CHECK (json_valid(data)),
     PRIMARY KEY (account_id, vehicle_id)
 );
 CREATE INDEX vehicles_by_vin ON vehicles (vin);
