@@ -84,7 +84,7 @@ CREATE TABLE vehicles (
     removed_at    TEXT,
     -- Last: a poll rewrites last_seen_at in place, and SQLite then writes only the first page of
     -- the record, not the overflow pages that hold the JSON.
-    data          TEXT NOT NULL CHECK (json_valid(data)),
+    data          TEXT NOT NULL CHECK (json_valid(data)), data_sha256 BLOB,
     PRIMARY KEY (account_id, vehicle_id)
 );
 

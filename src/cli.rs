@@ -22,6 +22,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub once: bool,
 
+    /// Serve only shard I of N (`--shard 0/4`): the accounts whose name hashes to I. Give each
+    /// instance its own `state_dir` and `database`.
+    #[arg(long, global = true, value_parser = parse_shard)]
+    pub shard: Option<(u32, u32)>,
+
     /// Log format: `auto` (text; no colours or timestamps under journald), `text` or `json`.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
@@ -118,4 +123,21 @@ pub struct SimulateArgs {
     /// Answer with the 2021 body shapes (40410 "No vehicule found", no `totalPage`).
     #[arg(long)]
     pub legacy_shapes: bool,
+}
+
+/// Parses `I/N` with `I < N`.
+fn parse_shard(s: &str) -> Result<(u32, u32), String> {
+    let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 0/4")?;
+    let i: u32 = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{i}` is not a number"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{n}` is not a number"))?;
+    if n == 0 || i >= n {
+        return Err(format!("shard {i}/{n}: need 0 <= I < N"));
+    }
+    Ok((i, n))
 }

@@ -283,6 +283,8 @@ pub struct Hooks {
     pub stop: CancellationToken,
     /// Called after every pass.
     pub on_pass: Option<PassHook>,
+    /// `--shard I/N`: applied again to every reloaded configuration.
+    pub shard: Option<(u32, u32)>,
 }
 
 enum Event {
@@ -426,14 +428,16 @@ pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
             Event::Signal(signal_hook::consts::SIGHUP) => {
                 notify::notify("RELOADING=1");
                 match config::load(config_path, Checks::Full) {
-                    Ok(new) => {
+                    Ok(mut new) => {
+                        if let Some((i, n)) = hooks.shard {
+                            new.keep_shard(i, n);
+                        }
                         if new.database != app.cfg.database || new.state_dir != app.cfg.state_dir {
                             tracing::warn!(
                                 "database and state_dir changes take effect after a restart"
                             );
                         }
                         let schedule_changed = new.schedule != app.cfg.schedule;
-                        let mut new = new;
                         new.database = app.cfg.database.clone();
                         new.state_dir = app.cfg.state_dir.clone();
                         app.limits.save();

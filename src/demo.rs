@@ -91,6 +91,7 @@ pub async fn run(database: &Path, duration: Option<u64>) -> u8 {
     let printed = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let db_for_hook = db_path.clone();
     let hooks = Hooks {
+        shard: None,
         stop: tokio_util::sync::CancellationToken::new(),
         on_pass: Some(Box::new(move |summary| {
             println!("{}", summary.line());

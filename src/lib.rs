@@ -44,11 +44,12 @@ pub fn run(cli: Cli) -> u8 {
     };
     runtime.block_on(async move {
         let once = cli.once;
+        let shard = cli.shard;
         match cli.command {
             Some(Command::Simulate(args)) => simulate(args).await,
             Some(Command::Demo(args)) => demo::run(&args.database, args.duration).await,
-            Some(Command::CheckConfig) => check_config(&cli.config),
-            Some(Command::Status) => match load(&cli.config, config::Checks::Full) {
+            Some(Command::CheckConfig) => check_config(&cli.config, shard),
+            Some(Command::Status) => match load(&cli.config, config::Checks::Full, shard) {
                 Ok(cfg) => {
                     print!("{}", status::render(&cfg));
                     exit::OK
@@ -56,9 +57,15 @@ pub fn run(cli: Cli) -> u8 {
                 Err(code) => code,
             },
             Some(Command::Login(args)) => login(&cli.config, args).await,
-            Some(Command::Run) | None => match load(&cli.config, config::Checks::Full) {
+            Some(Command::Run) | None => match load(&cli.config, config::Checks::Full, shard) {
                 Ok(cfg) if once => daemon::once(cfg).await,
-                Ok(cfg) => daemon::run(&cli.config, cfg, daemon::Hooks::default()).await,
+                Ok(cfg) => {
+                    let hooks = daemon::Hooks {
+                        shard,
+                        ..daemon::Hooks::default()
+                    };
+                    daemon::run(&cli.config, cfg, hooks).await
+                }
                 Err(code) => code,
             },
         }
@@ -66,15 +73,24 @@ pub fn run(cli: Cli) -> u8 {
 }
 
 /// Loads the configuration or reports every problem and returns exit code 78.
-fn load(path: &std::path::Path, checks: config::Checks) -> Result<config::Config, u8> {
-    config::load(path, checks).map_err(|e| {
+fn load(
+    path: &std::path::Path,
+    checks: config::Checks,
+    shard: Option<(u32, u32)>,
+) -> Result<config::Config, u8> {
+    let mut cfg = config::load(path, checks).map_err(|e| {
         eprintln!("stellantis-sync: {e}");
         exit::CONFIG
-    })
+    })?;
+    if let Some((i, n)) = shard {
+        cfg.keep_shard(i, n);
+        tracing::info!(shard = %format!("{i}/{n}"), accounts = cfg.accounts.len(), "serving one shard");
+    }
+    Ok(cfg)
 }
 
-fn check_config(path: &std::path::Path) -> u8 {
-    match load(path, config::Checks::Full) {
+fn check_config(path: &std::path::Path, shard: Option<(u32, u32)>) -> u8 {
+    match load(path, config::Checks::Full, shard) {
         Ok(cfg) => {
             println!(
                 "{}: ok ({} account{}, schedule \"{}\", database {})",
@@ -91,7 +107,7 @@ fn check_config(path: &std::path::Path) -> u8 {
 }
 
 async fn login(path: &std::path::Path, args: cli::LoginArgs) -> u8 {
-    let cfg = match load(path, config::Checks::Full) {
+    let cfg = match load(path, config::Checks::Full, None) {
         Ok(c) => c,
         Err(code) => return code,
     };

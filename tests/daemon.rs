@@ -522,3 +522,36 @@ fn systemd_units_verify_cleanly_and_are_hardened() {
         .unwrap();
     assert!(cal.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_split_the_accounts_between_instances() {
+    let env = Env::new(
+        SimConfig {
+            users: 8,
+            ..SimConfig::default()
+        },
+        |s| (1..=8).map(|n| Acct::bootstrapped(s, n)).collect(),
+        Opts::default(),
+    )
+    .await;
+    assert_code(&env.run(&["--shard", "0/2", "--once"], &[]).await, 0);
+    let c = env.db();
+    let mut st = c
+        .prepare("SELECT name FROM accounts ORDER BY name")
+        .unwrap();
+    let synced: Vec<String> = st
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let expected: Vec<String> = (1..=8)
+        .map(|n| format!("user{n}"))
+        .filter(|n| stellantis_sync::config::shard_of(n, 2) == 0)
+        .collect();
+    assert_eq!(synced, expected);
+    assert!(!synced.is_empty() && synced.len() < 8);
+    assert_code(&env.run(&["--shard", "1/2", "--once"], &[]).await, 0);
+    assert_eq!(env.count("SELECT count(*) FROM accounts"), 8);
+    let bad = env.run(&["--shard", "2/2", "--once"], &[]).await;
+    assert_code(&bad, 2);
+}

@@ -442,12 +442,20 @@ async fn random_kills(kills: usize, grace: bool) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sigkills_against_a_grace_server_lose_nothing() {
-    random_kills(50, true).await;
+    // Nightly size: RELIABILITY_KILLS=500 cargo test --release --test reliability random_sigkills
+    random_kills(kills(50), true).await;
+}
+
+fn kills(default: usize) -> usize {
+    std::env::var("RELIABILITY_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sigkills_against_a_strict_server_lose_at_most_the_killed_window() {
-    let (kills, lost) = random_kills(25, false).await;
+    let (kills, lost) = random_kills(kills(50) / 2, false).await;
     assert!(lost <= kills);
 }
 

@@ -15,7 +15,7 @@ use url::Url;
 use crate::auth::grant::describe;
 use crate::config::Account;
 use crate::ratelimit::Limits;
-pub use model::{Page, parse_page};
+pub use model::{ListedVehicle, Page, parse_page};
 
 /// How a request failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

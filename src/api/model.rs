@@ -3,9 +3,43 @@
 //! `totalPage`/`currentPage`) and the 2024+ one are both accepted. What cannot be trusted is an
 //! error, never a guess: a page without `_embedded` is incomplete, not empty.
 
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::ApiError;
+
+/// One vehicle of a listing: its id and its JSON exactly as received. The JSON is parsed into a
+/// tree only when needed (a vehicle that changed), which keeps a poll in which nothing changed
+/// cheap.
+#[derive(Debug, Clone)]
+pub struct ListedVehicle {
+    pub id: String,
+    raw: Box<RawValue>,
+}
+
+impl PartialEq for ListedVehicle {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.raw.get() == other.raw.get()
+    }
+}
+
+impl ListedVehicle {
+    /// The JSON text as the API sent it.
+    pub fn json(&self) -> &str {
+        self.raw.get()
+    }
+    /// The JSON as a tree (it was validated as JSON when the page was parsed).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.raw.get()).unwrap_or(Value::Null)
+    }
+    /// From a tree (tests, benchmarks, the simulator's own listings). `None` without a string id.
+    pub fn from_value(v: &Value) -> Option<ListedVehicle> {
+        let id = v.get("id")?.as_str()?.to_owned();
+        let raw = RawValue::from_string(v.to_string()).ok()?;
+        Some(ListedVehicle { id, raw })
+    }
+}
 
 /// One page of the vehicle list.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,30 +50,93 @@ pub struct Page {
     /// `_links.next.href`, when there is a next page.
     pub next: Option<String>,
     /// The vehicles, each as received.
-    pub vehicles: Vec<Value>,
+    pub vehicles: Vec<ListedVehicle>,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    total: Option<Value>,
+    #[serde(rename = "totalPage")]
+    total_page: Option<Value>,
+    #[serde(rename = "currentPage")]
+    current_page: Option<Value>,
+    #[serde(rename = "_links")]
+    links: Option<Value>,
+    #[serde(rename = "_embedded")]
+    embedded: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct Embedded {
+    vehicles: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    id: Option<Value>,
+}
+
+fn malformed_json(body: &[u8], e: &serde_json::Error) -> ApiError {
+    ApiError::Malformed(match e.classify() {
+        serde_json::error::Category::Eof => format!("truncated JSON after {} bytes", body.len()),
+        serde_json::error::Category::Syntax => format!(
+            "not JSON ({} bytes; line {} column {})",
+            body.len(),
+            e.line(),
+            e.column()
+        ),
+        _ => format!("unexpected JSON structure ({e})"),
+    })
+}
+
+/// Deeper vehicles are refused: the API's are about 4 levels deep, and a vehicle accepted here
+/// must parse later (serde_json stops at 128).
+const MAX_DEPTH: usize = 64;
+
+/// The deepest nesting of arrays and objects in a JSON text, by a byte scan that skips strings.
+fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// Parses one page. Bodies that are not a JSON object, pages without `_embedded.vehicles`, and
 /// vehicles without a string `id` are refused.
 pub fn parse_page(body: &[u8]) -> Result<Page, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::Malformed(match e.classify() {
-            serde_json::error::Category::Eof => {
-                format!("truncated JSON after {} bytes", body.len())
-            }
-            _ => format!(
-                "not JSON ({} bytes; line {} column {})",
-                body.len(),
-                e.line(),
-                e.column()
-            ),
-        })
-    })?;
-    let Value::Object(mut obj) = v else {
-        return Err(ApiError::Malformed("the body is not a JSON object".into()));
-    };
-    let num = |o: &serde_json::Map<String, Value>, k: &str| -> Result<Option<u64>, ApiError> {
-        match o.get(k) {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        // Still tell truncated and non-JSON bodies apart in the message.
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Err(e) => malformed_json(body, &e),
+                Ok(_) => ApiError::Malformed("the body is not a JSON object".into()),
+            },
+        );
+    }
+    // Validate the whole body as JSON first (syntax, depth), without building a tree.
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| malformed_json(body, &e))?;
+    let env: Envelope = serde_json::from_slice(body).map_err(|e| malformed_json(body, &e))?;
+    let num = |v: &Option<Value>, k: &str| -> Result<Option<u64>, ApiError> {
+        match v {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => n
                 .as_u64()
@@ -48,10 +145,10 @@ pub fn parse_page(body: &[u8]) -> Result<Page, ApiError> {
             Some(_) => Err(ApiError::Malformed(format!("`{k}` is not a number"))),
         }
     };
-    let total = num(&obj, "total")?;
-    let total_pages = num(&obj, "totalPage")?;
-    let current_page = num(&obj, "currentPage")?;
-    let next = match obj.get("_links").and_then(|l| l.get("next")) {
+    let total = num(&env.total, "total")?;
+    let total_pages = num(&env.total_page, "totalPage")?;
+    let current_page = num(&env.current_page, "currentPage")?;
+    let next = match env.links.as_ref().and_then(|l| l.get("next")) {
         None | Some(Value::Null) => None,
         Some(link) => Some(
             link.get("href")
@@ -60,28 +157,35 @@ pub fn parse_page(body: &[u8]) -> Result<Page, ApiError> {
                 .to_owned(),
         ),
     };
-    let embedded = obj.remove("_embedded").ok_or_else(|| {
+    let embedded = env.embedded.ok_or_else(|| {
         ApiError::Incomplete("a 200 without `_embedded` (a transient fault of the API)".into())
     })?;
-    let vehicles = match embedded {
-        Value::Object(mut e) => match e.remove("vehicles") {
-            Some(Value::Array(a)) => a,
-            Some(_) => {
-                return Err(ApiError::Malformed(
-                    "`_embedded.vehicles` is not an array".into(),
-                ));
+    if !embedded.get().trim_start().starts_with('{') {
+        return Err(ApiError::Malformed("`_embedded` is not an object".into()));
+    }
+    let embedded: Embedded = serde_json::from_str(embedded.get())
+        .map_err(|_| ApiError::Malformed("`_embedded` is not an object".into()))?;
+    let raw_list = embedded
+        .vehicles
+        .ok_or_else(|| ApiError::Incomplete("`_embedded` without `vehicles`".into()))?;
+    let raws: Vec<Box<RawValue>> = serde_json::from_str(raw_list.get())
+        .map_err(|_| ApiError::Malformed("`_embedded.vehicles` is not an array".into()))?;
+    let mut vehicles = Vec::with_capacity(raws.len());
+    for (i, raw) in raws.into_iter().enumerate() {
+        let head: Option<Head> = if raw.get().trim_start().starts_with('{') {
+            serde_json::from_str(raw.get()).ok()
+        } else {
+            None
+        };
+        if nesting_depth(raw.get()) > MAX_DEPTH {
+            return Err(ApiError::Malformed(format!(
+                "vehicle {i} is nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        match head.and_then(|h| h.id) {
+            Some(Value::String(id)) if !id.is_empty() && id.len() <= 4096 => {
+                vehicles.push(ListedVehicle { id, raw });
             }
-            None => {
-                return Err(ApiError::Incomplete(
-                    "`_embedded` without `vehicles`".into(),
-                ));
-            }
-        },
-        _ => return Err(ApiError::Malformed("`_embedded` is not an object".into())),
-    };
-    for (i, v) in vehicles.iter().enumerate() {
-        match v.get("id") {
-            Some(Value::String(id)) if !id.is_empty() && id.len() <= 4096 => {}
             _ => {
                 return Err(ApiError::Malformed(format!(
                     "vehicle {i} has no usable `id`"
@@ -152,10 +256,21 @@ mod tests {
             (p.total, p.total_pages, p.next.as_deref()),
             (Some(2), Some(2), Some("/v?pageToken=a"))
         );
-        assert_eq!(p.vehicles[0]["extra"]["kept"], true);
+        assert_eq!(p.vehicles[0].value()["extra"]["kept"], true);
+        assert_eq!(
+            p.vehicles[0].json(),
+            r#"{"id":"abc","vin":"VR3","extra":{"kept":true}}"#
+        );
         let old = br#"{"_links":{"self":{"href":"x?indexRange=0-&pageSize=60"}},"total":1,"_embedded":{"vehicles":[{"id":"a","label":"e-208"}]}}"#;
         let p = parse_page(old).unwrap();
         assert_eq!((p.total, p.total_pages, p.next), (Some(1), None, None));
+    }
+
+    #[test]
+    fn nesting_depth_skips_strings() {
+        assert_eq!(nesting_depth(r#"{"a":[1,{"b":"[[[{{"}]}"#), 3);
+        assert_eq!(nesting_depth(r#""\"[[""#), 0);
+        assert_eq!(nesting_depth("1"), 0);
     }
 
     #[test]
@@ -240,10 +355,10 @@ mod tests {
         fn check(body: &[u8]) {
             if let Ok(page) = parse_page(body) {
                 for v in &page.vehicles {
-                    assert!(
-                        v.get("id")
-                            .and_then(Value::as_str)
-                            .is_some_and(|s| !s.is_empty())
+                    assert!(!v.id.is_empty());
+                    assert_eq!(
+                        v.value().get("id").and_then(Value::as_str),
+                        Some(v.id.as_str())
                     );
                 }
             }

@@ -25,6 +25,10 @@ use crate::timefmt;
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("migrations/0001_init.sql")),
     ("0002_views", include_str!("migrations/0002_views.sql")),
+    (
+        "0003_data_hash",
+        include_str!("migrations/0003_data_hash.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.
@@ -96,6 +100,8 @@ impl DbError {
 pub struct Db {
     conn: Connection,
     path: PathBuf,
+    /// Account ids by name (rows are never deleted, so the cache cannot go stale).
+    account_ids: std::collections::HashMap<String, i64>,
 }
 
 /// What a successful listing did to the database.
@@ -122,6 +128,7 @@ impl Db {
         let mut db = Db {
             conn,
             path: path.to_owned(),
+            account_ids: std::collections::HashMap::new(),
         };
         db.configure()?;
         db.migrate()?;
@@ -203,6 +210,9 @@ impl Db {
 
     /// The account's id, creating its row if needed.
     pub fn account_id(&mut self, name: &str, brand: &str) -> Result<i64, DbError> {
+        if let Some(id) = self.account_ids.get(name) {
+            return Ok(*id);
+        }
         let now = timefmt::now();
         self.conn
             .execute(
@@ -211,31 +221,41 @@ impl Db {
                 params![name, brand, now],
             )
             .map_err(|e| self.err(e))?;
-        self.conn
+        let id = self
+            .conn
             .query_row(
                 "SELECT account_id FROM accounts WHERE name = ?1",
                 [name],
                 |r| r.get(0),
             )
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        self.account_ids.insert(name.to_owned(), id);
+        Ok(id)
     }
 
-    /// Records the start of a run (committed at once: a crash leaves it `running`).
+    /// Records the start of a run in one small transaction (committed at once: a crash leaves
+    /// it `running`).
     pub fn begin_run(&mut self, account_id: i64) -> Result<i64, DbError> {
         let now = timefmt::now();
-        self.conn
-            .execute(
-                "INSERT INTO sync_runs (account_id, started_at, status) VALUES (?1, ?2, 'running')",
-                params![account_id, now],
-            )
-            .map_err(|e| self.err(e))?;
-        let id = self.conn.last_insert_rowid();
-        self.conn
-            .execute(
-                "UPDATE accounts SET last_attempt_at = ?2 WHERE account_id = ?1",
-                params![account_id, now],
-            )
-            .map_err(|e| self.err(e))?;
+        let path = self.path.clone();
+        let sq = |source| DbError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq)?;
+        tx.prepare_cached(
+            "INSERT INTO sync_runs (account_id, started_at, status) VALUES (?1, ?2, 'running')",
+        )
+        .and_then(|mut st| st.execute(params![account_id, now]))
+        .map_err(sq)?;
+        let id = tx.last_insert_rowid();
+        tx.prepare_cached("UPDATE accounts SET last_attempt_at = ?2 WHERE account_id = ?1")
+            .and_then(|mut st| st.execute(params![account_id, now]))
+            .map_err(sq)?;
+        tx.commit().map_err(sq)?;
         Ok(id)
     }
 
@@ -291,10 +311,21 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sq)?;
-        let known = load_known(&tx, account_id).map_err(sq)?;
+        let hashes: Vec<Vec<u8>> = listing
+            .vehicles()
+            .iter()
+            .map(|v| data_hash(v.json()))
+            .collect();
+        let listed: std::collections::HashMap<&str, Vec<u8>> = listing
+            .vehicles()
+            .iter()
+            .zip(&hashes)
+            .map(|(v, h)| (v.id.as_str(), h.clone()))
+            .collect();
+        let known = load_known(&tx, account_id, &listed).map_err(sq)?;
         let changes = diff(&known, listing);
         let now = timefmt::now();
-        write_changes(&tx, run_id, account_id, &now, &changes, listing).map_err(sq)?;
+        write_changes(&tx, run_id, account_id, &now, &changes, listing, &hashes).map_err(sq)?;
         crate::faultpoint::hit("inside_db_transaction");
         tx.execute(
             "UPDATE sync_runs SET status = 'ok', finished_at = ?2, http_requests = ?3, vehicles_seen = ?4,
@@ -372,20 +403,48 @@ impl Db {
     }
 }
 
-fn load_known(tx: &rusqlite::Transaction<'_>, account_id: i64) -> rusqlite::Result<Vec<Known>> {
+/// SHA-256 of a vehicle's JSON text, first 16 bytes (a hint for "unchanged").
+pub fn data_hash(text: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())[..16].to_vec()
+}
+
+/// What is known of the account's vehicles. The JSON is loaded only for vehicles whose stored
+/// hash differs from the listed one; for the others `data` stays `None`, which the diff reads
+/// as "unchanged".
+fn load_known(
+    tx: &rusqlite::Transaction<'_>,
+    account_id: i64,
+    listed: &std::collections::HashMap<&str, Vec<u8>>,
+) -> rusqlite::Result<Vec<Known>> {
     let mut st = tx.prepare_cached(
-        "SELECT vehicle_id, vin, data, removed_at IS NOT NULL FROM vehicles WHERE account_id = ?1",
+        "SELECT vehicle_id, vin, data_sha256, removed_at IS NOT NULL FROM vehicles WHERE account_id = ?1",
     )?;
-    let rows = st.query_map([account_id], |r| {
-        let data: String = r.get(2)?;
-        Ok(Known {
-            vehicle_id: r.get(0)?,
-            vin: r.get(1)?,
-            data: serde_json::from_str(&data).unwrap_or(Value::Null),
-            removed: r.get(3)?,
-        })
-    })?;
-    rows.collect()
+    let rows: Vec<(String, Option<String>, Option<Vec<u8>>, bool)> = st
+        .query_map([account_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut data_st =
+        tx.prepare_cached("SELECT data FROM vehicles WHERE account_id = ?1 AND vehicle_id = ?2")?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (vehicle_id, vin, hash, removed) in rows {
+        let unchanged =
+            !removed && hash.is_some() && listed.get(vehicle_id.as_str()) == hash.as_ref();
+        let data = if unchanged {
+            None
+        } else {
+            let text: String = data_st.query_row(params![account_id, vehicle_id], |r| r.get(0))?;
+            Some(serde_json::from_str(&text).unwrap_or(Value::Null))
+        };
+        out.push(Known {
+            vehicle_id,
+            vin,
+            data,
+            removed,
+        });
+    }
+    Ok(out)
 }
 
 fn json_text(v: Option<&Value>) -> Option<String> {
@@ -403,6 +462,7 @@ fn write_changes(
     now: &str,
     changes: &[Change],
     listing: &CompleteListing,
+    hashes: &[Vec<u8>],
 ) -> rusqlite::Result<()> {
     let mut ins = tx.prepare_cached(
         "INSERT INTO vehicle_changes (run_id, account_id, vehicle_id, vin, observed_at, kind, field, old_value, new_value)
@@ -437,24 +497,26 @@ fn write_changes(
     )?
     .execute(params![account_id, now])?;
     let mut upsert = tx.prepare_cached(
-        "INSERT INTO vehicles (account_id, vehicle_id, vin, brand, motorization, label, first_seen_at, last_seen_at, removed_at, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, NULL, ?8)
+        "INSERT INTO vehicles (account_id, vehicle_id, vin, brand, motorization, label, first_seen_at, last_seen_at, removed_at, data, data_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, NULL, ?8, ?9)
          ON CONFLICT (account_id, vehicle_id) DO UPDATE SET vin = excluded.vin, brand = excluded.brand,
              motorization = excluded.motorization, label = excluded.label, data = excluded.data,
-             last_seen_at = excluded.last_seen_at, removed_at = NULL",
+             data_sha256 = excluded.data_sha256, last_seen_at = excluded.last_seen_at, removed_at = NULL",
     )?;
-    for v in listing.vehicles() {
-        let id = text_field(v, "id").unwrap_or_default();
-        if touched.contains(id.as_str()) {
+    for (listed, hash) in listing.vehicles().iter().zip(hashes) {
+        if touched.contains(listed.id.as_str()) {
+            // Only added or changed vehicles are parsed, for the convenience columns.
+            let v = listed.value();
             upsert.execute(params![
                 account_id,
-                id,
-                text_field(v, "vin"),
-                text_field(v, "brand"),
-                text_field(v, "motorization"),
-                text_field(v, "label"),
+                listed.id,
+                text_field(&v, "vin"),
+                text_field(&v, "brand"),
+                text_field(&v, "motorization"),
+                text_field(&v, "label"),
                 now,
-                v.to_string()
+                listed.json(),
+                hash
             ])?;
         }
     }

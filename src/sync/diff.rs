@@ -17,27 +17,43 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
+use crate::api::ListedVehicle;
+
 /// A vehicle as the database knows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Known {
     pub vehicle_id: String,
     pub vin: Option<String>,
-    pub data: Value,
+    /// Its JSON; `None` means the store already established that the listed JSON is identical
+    /// (same hash), so there is nothing to compare.
+    pub data: Option<Value>,
     /// It was removed from the account earlier.
     pub removed: bool,
 }
 
 /// Every vehicle of an account, from a listing that is known to be complete.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CompleteListing(Vec<Value>);
+pub struct CompleteListing(Vec<ListedVehicle>);
 
 impl CompleteListing {
     /// Only the fetcher (and tests) vouch for completeness.
-    pub(crate) fn new(vehicles: Vec<Value>) -> CompleteListing {
+    pub(crate) fn new(vehicles: Vec<ListedVehicle>) -> CompleteListing {
         CompleteListing(vehicles)
     }
+    /// For benchmarks and tests that feed the store directly. Production code gets a listing
+    /// only from the fetcher, which checks completeness first. Vehicles without a string id are
+    /// dropped.
+    #[doc(hidden)]
+    pub fn assume_complete(vehicles: &[Value]) -> CompleteListing {
+        CompleteListing(
+            vehicles
+                .iter()
+                .filter_map(ListedVehicle::from_value)
+                .collect(),
+        )
+    }
     /// The vehicles, each as received.
-    pub fn vehicles(&self) -> &[Value] {
+    pub fn vehicles(&self) -> &[ListedVehicle] {
         &self.0
     }
     pub fn len(&self) -> usize {
@@ -77,10 +93,6 @@ pub struct Change {
     pub new: Option<Value>,
 }
 
-fn id_of(v: &Value) -> Option<&str> {
-    v.get("id").and_then(Value::as_str)
-}
-
 fn vin_of(v: &Value) -> Option<String> {
     v.get("vin").and_then(Value::as_str).map(str::to_owned)
 }
@@ -90,32 +102,38 @@ pub fn diff(known: &[Known], listing: &CompleteListing) -> Vec<Change> {
     let by_id: HashMap<&str, &Known> = known.iter().map(|k| (k.vehicle_id.as_str(), k)).collect();
     let mut out = Vec::new();
     let mut present = HashSet::new();
-    for v in listing.vehicles() {
-        let Some(id) = id_of(v) else { continue };
+    for listed in listing.vehicles() {
+        let id = listed.id.as_str();
         if !present.insert(id) {
             continue;
         }
         match by_id.get(id) {
             Some(k) if !k.removed => {
+                // `None`: the store saw the same hash; nothing to compare, nothing to parse.
+                let Some(old) = &k.data else { continue };
+                let v = listed.value();
                 let mut leaves = Vec::new();
-                leaf_diff(&mut String::new(), Some(&k.data), Some(v), &mut leaves);
+                leaf_diff(&mut String::new(), Some(old), Some(&v), &mut leaves);
                 out.extend(leaves.into_iter().map(|(field, old, new)| Change {
                     vehicle_id: id.to_owned(),
-                    vin: vin_of(v).or_else(|| k.vin.clone()),
+                    vin: vin_of(&v).or_else(|| k.vin.clone()),
                     kind: Kind::Changed,
                     field: Some(field),
                     old,
                     new,
                 }));
             }
-            _ => out.push(Change {
-                vehicle_id: id.to_owned(),
-                vin: vin_of(v),
-                kind: Kind::Added,
-                field: None,
-                old: None,
-                new: Some(v.clone()),
-            }),
+            _ => {
+                let v = listed.value();
+                out.push(Change {
+                    vehicle_id: id.to_owned(),
+                    vin: vin_of(&v),
+                    kind: Kind::Added,
+                    field: None,
+                    old: None,
+                    new: Some(v),
+                });
+            }
         }
     }
     for k in known
@@ -127,7 +145,7 @@ pub fn diff(known: &[Known], listing: &CompleteListing) -> Vec<Change> {
             vin: k.vin.clone(),
             kind: Kind::Removed,
             field: None,
-            old: Some(k.data.clone()),
+            old: k.data.clone(),
             new: None,
         });
     }
@@ -180,14 +198,14 @@ mod tests {
         Known {
             vehicle_id: id.into(),
             vin: data.get("vin").and_then(Value::as_str).map(str::to_owned),
-            data,
+            data: Some(data),
             removed: false,
         }
     }
 
     /// Renders changes one per line: `kind id field old -> new` (`-` for a missing side).
     fn check(before: &[Known], after: Vec<Value>, expect: &[&str]) {
-        let got: Vec<String> = diff(before, &CompleteListing::new(after))
+        let got: Vec<String> = diff(before, &CompleteListing::assume_complete(&after))
             .iter()
             .map(|c| {
                 let side = |v: &Option<Value>| v.as_ref().map_or("-".to_owned(), Value::to_string);
@@ -399,14 +417,14 @@ mod tests {
             fn equal_snapshots_have_no_changes(v in json_value()) {
                 let doc = json!({"id": "a", "d": v});
                 let k = [known("a", doc.clone())];
-                prop_assert!(diff(&k, &CompleteListing::new(vec![doc])).is_empty());
+                prop_assert!(diff(&k, &CompleteListing::assume_complete(&[doc])).is_empty());
             }
 
             #[test]
             fn applying_the_changes_reproduces_the_new_value(a in json_value(), b in json_value()) {
                 let old = json!({"id": "a", "d": a});
                 let new = json!({"id": "a", "d": b});
-                let changes = diff(&[known("a", old.clone())], &CompleteListing::new(vec![new.clone()]));
+                let changes = diff(&[known("a", old.clone())], &CompleteListing::assume_complete(&[new.clone()]));
                 // Array truncations are applied from the highest index down.
                 let mut sorted = changes.clone();
                 sorted.sort_by_key(|c| std::cmp::Reverse(c.new.is_none()));

@@ -228,11 +228,7 @@ impl Engine {
                 _ => {}
             }
             for v in page.vehicles {
-                let id = v
-                    .get("id")
-                    .and_then(|i| i.as_str())
-                    .unwrap_or_default()
-                    .to_owned();
+                let id = v.id.clone();
                 if !seen.insert(id.clone()) {
                     return Err(FetchError::Api(ApiError::Incomplete(format!(
                         "vehicle {} listed twice (the list changed while paging)",
