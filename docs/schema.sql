@@ -82,9 +82,12 @@ CREATE TABLE vehicles (
     first_seen_at TEXT NOT NULL,
     last_seen_at  TEXT NOT NULL,
     removed_at    TEXT,
-    -- Last: a poll rewrites last_seen_at in place, and SQLite then writes only the first page of
-    -- the record, not the overflow pages that hold the JSON.
-    data          TEXT NOT NULL CHECK (json_valid(data)), data_sha256 BLOB,
+    -- A hash of `data` (XXH3-128), read by every poll to skip unchanged vehicles without parsing
+    -- them; a hint only (NULL or a mismatch means "compare the JSON").
+    data_hash   BLOB,
+    -- Last: a poll rewrites last_seen_at in place and reads data_hash; both stay on the first
+    -- page of the record, away from the overflow pages that hold the JSON.
+    data          TEXT NOT NULL CHECK (json_valid(data)),
     PRIMARY KEY (account_id, vehicle_id)
 );
 

@@ -555,3 +555,58 @@ async fn shards_split_the_accounts_between_instances() {
     let bad = env.run(&["--shard", "2/2", "--once"], &[]).await;
     assert_code(&bad, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_ticks_are_skipped_and_json_logs_work() {
+    let opts = Opts {
+        schedule: "* * * * * *".into(),
+        ..Opts::default()
+    };
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1)],
+        opts,
+    )
+    .await;
+    assert_code(&env.once().await, 0);
+    env.sim.set_faults(Faults {
+        slow: 1.0,
+        slow_ms: 2_500,
+        ..Faults::default()
+    });
+    let child = {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&env.config)
+            .args(["--log-format", "json", "run"]);
+        cmd.env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd.spawn().unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    signal(&child, "TERM");
+    let out = child.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("schedule tick skipped"), "{err}");
+    for line in err.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{line}"
+        );
+    }
+    // Never two runs of one account at once.
+    let c = env.db();
+    let overlapping: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sync_runs a JOIN sync_runs b ON a.account_id = b.account_id AND a.run_id < b.run_id
+             WHERE b.started_at < coalesce(a.finished_at, '9999')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(overlapping, 0);
+}

@@ -213,13 +213,20 @@ async fn fault_matrix(matrix: &[(&str, &[&str], &str)]) {
             max_retries: 1,
             ..Opts::default()
         };
+        let mut configured = Vec::new();
         let env = Env::new(
             cfg,
-            |s| (1..=3).map(|n| Acct::bootstrapped(s, n)).collect(),
+            |s| {
+                let a: Vec<Acct> = (1..=3).map(|n| Acct::bootstrapped(s, n)).collect();
+                configured.extend(a.iter().filter_map(|x| x.refresh_token.clone()));
+                a
+            },
             opts,
         )
         .await;
-        assert_code(&env.once().await, 0);
+        let first = env.once().await;
+        assert_code(&first, 0);
+        let mut outputs = text(&first);
         let revoked = switches.is_empty();
         if revoked {
             env.sim.revoke_user("user2@example.com");
@@ -234,6 +241,7 @@ async fn fault_matrix(matrix: &[(&str, &[&str], &str)]) {
             env.sim.tick(1);
             let o = env.once().await;
             let out = text(&o);
+            outputs.push_str(&out);
             assert!(!out.contains("panicked"), "{name}: {out}");
             let code = o.status.code().unwrap();
             if revoked {
@@ -271,7 +279,33 @@ async fn fault_matrix(matrix: &[(&str, &[&str], &str)]) {
         }
         env.sim.set_faults(Faults::default());
         let o = env.once().await;
+        outputs.push_str(&text(&o));
         assert_code(&o, if revoked { 77 } else { 0 });
+        // No secret in any output or in the database, in this scenario either.
+        let mut secrets = vec![stellantis_sync::sim::DEFAULT_CLIENT_SECRET.to_owned()];
+        secrets.extend(configured.iter().cloned());
+        for a in accounts {
+            if let Ok(bytes) = std::fs::read(env.state_dir().join(format!("tokens/{a}.json"))) {
+                let v: Value = serde_json::from_slice(&bytes).unwrap();
+                secrets.extend(
+                    ["refresh_token", "access_token"]
+                        .iter()
+                        .filter_map(|k| v[*k].as_str().map(str::to_owned)),
+                );
+            }
+        }
+        let dump = std::process::Command::new("sqlite3")
+            .arg(env.db_path())
+            .arg(".dump")
+            .output()
+            .unwrap();
+        outputs.push_str(&String::from_utf8_lossy(&dump.stdout));
+        for secret in &secrets {
+            assert!(
+                !outputs.contains(secret.as_str()),
+                "{name}: a secret leaked"
+            );
+        }
         let live: Vec<&str> = if revoked {
             vec!["user1", "user3"]
         } else {

@@ -444,3 +444,86 @@ async fn no_secret_in_any_output_at_trace_level() {
         "the run really logged at trace level"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warns_ahead_of_the_refresh_tokens_absolute_age() {
+    let opts = Opts {
+        extra_top: "refresh_token_max_age = \"10m\"\nrefresh_token_warn_before = \"10m\"\n".into(),
+        ..Opts::default()
+    };
+    let env = Env::new(sim_cfg(), |s| vec![Acct::bootstrapped(s, 1)], opts).await;
+    assert_code(&env.once().await, 0);
+    let o = env.once().await;
+    assert_code(&o, 0);
+    let out = text(&o);
+    assert!(
+        out.contains("Stellantis ends it after about")
+            && out.contains("run `stellantis-sync login --account user1` before then"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_daemon_picks_up_a_login_without_a_restart() {
+    let opts = Opts {
+        schedule: "* * * * * *".into(),
+        ..Opts::default()
+    };
+    let env = Env::new(
+        sim_cfg(),
+        |s| vec![Acct::bare(s, 1), Acct::bootstrapped(s, 2)],
+        opts,
+    )
+    .await;
+    let mut daemon = env.spawn_daemon(&[]);
+    let runs = |name: &str, status: &str| {
+        rusqlite::Connection::open(env.db_path())
+            .and_then(|c| c.query_row("SELECT count(*) FROM sync_runs r JOIN accounts a USING (account_id) WHERE a.name = ?1 AND r.status = ?2", [name, status], |r| r.get::<_, i64>(0)))
+            .unwrap_or(0)
+    };
+    wait_for(15, "user1 to need a login while user2 syncs", || {
+        runs("user1", "failed") >= 1 && runs("user2", "ok") >= 1
+    })
+    .await;
+    // Log in out of band (as `login --code` would after the browser step): get a code from the
+    // simulated form, then hand it to the login command.
+    let pending = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["login", "--account", "user1"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let url = text(&pending)
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("http"))
+        .unwrap()
+        .to_owned();
+    let parsed = url::Url::parse(&url).unwrap();
+    let mut form: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+    form.push(("username".into(), "user1@example.com".into()));
+    form.push(("password".into(), "password1".into()));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("{}/am/oauth2/authorize", env.sim.base_url()))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let done = env
+        .run(&["login", "--account", "user1", "--code", &location], &[])
+        .await;
+    assert_code(&done, 0);
+    wait_for(15, "the daemon to sync user1 with the new token", || {
+        runs("user1", "ok") >= 1
+    })
+    .await;
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().await.unwrap().success());
+}

@@ -25,10 +25,6 @@ use crate::timefmt;
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("migrations/0001_init.sql")),
     ("0002_views", include_str!("migrations/0002_views.sql")),
-    (
-        "0003_data_hash",
-        include_str!("migrations/0003_data_hash.sql"),
-    ),
 ];
 
 /// The schema version this binary writes.
@@ -403,11 +399,17 @@ impl Db {
     }
 }
 
-/// SHA-256 of a vehicle's JSON text, first 16 bytes (a hint for "unchanged").
+/// XXH3-128 of a vehicle's JSON text (a hint for "unchanged"; big-endian bytes). A fixed,
+/// documented algorithm, so stored hashes stay valid across versions; an accidental collision of
+/// two different texts has a probability near 2^-128.
 pub fn data_hash(text: &str) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())[..16].to_vec()
+    xxhash_rust::xxh3::xxh3_128(text.as_bytes())
+        .to_be_bytes()
+        .to_vec()
 }
+
+/// (vehicle_id, vin, data_hash, removed) of one stored vehicle.
+type KnownRow = (String, Option<String>, Option<Vec<u8>>, bool);
 
 /// What is known of the account's vehicles. The JSON is loaded only for vehicles whose stored
 /// hash differs from the listed one; for the others `data` stays `None`, which the diff reads
@@ -418,9 +420,9 @@ fn load_known(
     listed: &std::collections::HashMap<&str, Vec<u8>>,
 ) -> rusqlite::Result<Vec<Known>> {
     let mut st = tx.prepare_cached(
-        "SELECT vehicle_id, vin, data_sha256, removed_at IS NOT NULL FROM vehicles WHERE account_id = ?1",
+        "SELECT vehicle_id, vin, data_hash, removed_at IS NOT NULL FROM vehicles WHERE account_id = ?1",
     )?;
-    let rows: Vec<(String, Option<String>, Option<Vec<u8>>, bool)> = st
+    let rows: Vec<KnownRow> = st
         .query_map([account_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
@@ -497,11 +499,11 @@ fn write_changes(
     )?
     .execute(params![account_id, now])?;
     let mut upsert = tx.prepare_cached(
-        "INSERT INTO vehicles (account_id, vehicle_id, vin, brand, motorization, label, first_seen_at, last_seen_at, removed_at, data, data_sha256)
+        "INSERT INTO vehicles (account_id, vehicle_id, vin, brand, motorization, label, first_seen_at, last_seen_at, removed_at, data, data_hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, NULL, ?8, ?9)
          ON CONFLICT (account_id, vehicle_id) DO UPDATE SET vin = excluded.vin, brand = excluded.brand,
              motorization = excluded.motorization, label = excluded.label, data = excluded.data,
-             data_sha256 = excluded.data_sha256, last_seen_at = excluded.last_seen_at, removed_at = NULL",
+             data_hash = excluded.data_hash, last_seen_at = excluded.last_seen_at, removed_at = NULL",
     )?;
     for (listed, hash) in listing.vehicles().iter().zip(hashes) {
         if touched.contains(listed.id.as_str()) {

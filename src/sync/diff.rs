@@ -424,7 +424,7 @@ mod tests {
             fn applying_the_changes_reproduces_the_new_value(a in json_value(), b in json_value()) {
                 let old = json!({"id": "a", "d": a});
                 let new = json!({"id": "a", "d": b});
-                let changes = diff(&[known("a", old.clone())], &CompleteListing::assume_complete(&[new.clone()]));
+                let changes = diff(&[known("a", old.clone())], &CompleteListing::assume_complete(std::slice::from_ref(&new)));
                 // Array truncations are applied from the highest index down.
                 let mut sorted = changes.clone();
                 sorted.sort_by_key(|c| std::cmp::Reverse(c.new.is_none()));
