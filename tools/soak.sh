@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Soak test (RELIABILITY.md, T15): the release daemon against the simulator for MINUTES minutes,
 # ACCOUNTS accounts, a pass every 10 s, 1 % random faults; samples RSS, open fds, threads and the
-# WAL every 30 s into soak.tsv and checks the growth at the end.
+# WAL every 30 s into $SOAK_OUT (default ./soak.tsv in the directory it is started from) and checks
+# the growth at the end.
 #   tools/soak.sh [MINUTES=10] [ACCOUNTS=1000]        (6 h nightly: tools/soak.sh 360)
 set -euo pipefail
+out=$(realpath -m "${SOAK_OUT:-soak.tsv}")
 minutes=${1:-10}
 accounts=${2:-1000}
 cd "$(dirname "$0")/.."
@@ -28,7 +30,7 @@ sleep 1
 } > "$dir/config.toml"
 "$bin" --config "$dir/config.toml" run > "$dir/daemon.log" 2>&1 &
 daemon=$!
-printf 'seconds\trss_kib\tfds\tthreads\twal_bytes\tok_runs\tfailed_runs\n' > soak.tsv
+printf 'seconds\trss_kib\tfds\tthreads\twal_bytes\tok_runs\tfailed_runs\n' > "$out"
 end=$((SECONDS + minutes * 60))
 while [ $SECONDS -lt $end ]; do
   sleep 30
@@ -38,13 +40,13 @@ while [ $SECONDS -lt $end ]; do
   wal=$(stat -c %s "$dir/state/stellantis-sync.sqlite-wal" 2>/dev/null || echo 0)
   ok=$(sqlite3 -readonly "$dir/state/stellantis-sync.sqlite" "select count(*) from sync_runs where status='ok'")
   failed=$(sqlite3 -readonly "$dir/state/stellantis-sync.sqlite" "select count(*) from sync_runs where status='failed'")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $SECONDS "$rss" "$fds" "$threads" "$wal" "$ok" "$failed" | tee -a soak.tsv
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $SECONDS "$rss" "$fds" "$threads" "$wal" "$ok" "$failed" | tee -a "$out"
 done
 kill -TERM $daemon; wait $daemon || true
 grep -c panicked "$dir/daemon.log" && { echo "PANIC in the daemon log"; exit 1; } || true
-python3 - <<'PY'
-import csv
-rows = list(csv.DictReader(open("soak.tsv"), delimiter="\t"))
+SOAK_OUT="$out" python3 - <<'PY'
+import csv, os
+rows = list(csv.DictReader(open(os.environ["SOAK_OUT"]), delimiter="\t"))
 tail = rows[max(1, len(rows) // 10):]
 rss = [int(r["rss_kib"]) for r in tail]
 fds = [int(r["fds"]) for r in tail]
