@@ -311,23 +311,7 @@ async fn login_end_to_end_against_the_simulated_form() {
     };
     assert!(url.contains("code_challenge_method=S256"));
     // The person signs in on the simulated IdP's form.
-    let page = reqwest::get(&url).await.unwrap();
-    assert_eq!(page.status(), 200);
-    let parsed = url::Url::parse(&url).unwrap();
-    let mut form: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
-    form.push(("username".into(), "user1@example.com".into()));
-    form.push(("password".into(), "password1".into()));
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let r = client
-        .post(format!("{}/am/oauth2/authorize", env.sim.base_url()))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let location = sign_in(&env.sim, &url, "user1@example.com", "password1").await;
     assert!(location.starts_with("mymap://oauth2redirect/"));
     let mut stdin = child.stdin.take().unwrap();
     stdin
@@ -501,21 +485,7 @@ async fn a_running_daemon_picks_up_a_login_without_a_restart() {
         .find(|l| l.starts_with("http"))
         .unwrap()
         .to_owned();
-    let parsed = url::Url::parse(&url).unwrap();
-    let mut form: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
-    form.push(("username".into(), "user1@example.com".into()));
-    form.push(("password".into(), "password1".into()));
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let r = client
-        .post(format!("{}/am/oauth2/authorize", env.sim.base_url()))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let location = sign_in(&env.sim, &url, "user1@example.com", "password1").await;
     let done = env
         .run(&["login", "--account", "user1", "--code", &location], &[])
         .await;

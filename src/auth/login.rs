@@ -14,8 +14,8 @@ use chrono::Utc;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::store::{TokenRecord, fingerprint};
-use super::{AuthError, TokenManager, boot_fp, grant, pw_fp};
+use super::store::fingerprint;
+use super::{AuthError, TokenManager, grant, issued_record};
 use crate::config::Account;
 use crate::timefmt;
 
@@ -213,25 +213,15 @@ impl TokenManager {
             .ok()
             .flatten()
             .and_then(|r| r.refresh_token.as_ref().map(fingerprint));
-        let record = TokenRecord {
-            version: 1,
-            account: a.name.clone(),
-            brand: a.brand.key().into(),
-            refresh_token: Some(refresh),
-            access_token: Some(tokens.access_token),
-            access_expires_at: Some(timefmt::format(
-                now + chrono::Duration::seconds(i64::try_from(tokens.expires_in).unwrap_or(3599)),
-            )),
-            chain_started_at: Some(timefmt::format(now)),
-            refreshed_at: Some(timefmt::format(now)),
-            source: Some("login".into()),
-            previous_refresh_sha256: previous,
-            bootstrap_sha256: boot_fp(a),
-            password_sha256: pw_fp(a),
-            needs_reauth: false,
-            reason: None,
-            updated_at: timefmt::format(now),
-        };
+        let record = issued_record(
+            a,
+            tokens.access_token,
+            Some(refresh),
+            tokens.expires_in,
+            "login",
+            Some(timefmt::format(now)),
+            previous,
+        );
         self.save_durably(a, record)?;
         let _ = std::fs::remove_file(&pending_path);
         println!(

@@ -450,24 +450,15 @@ impl TokenManager {
             Plan::Refresh { token, .. } => Some(token.clone()),
             _ => None,
         });
-        let secs = i64::try_from(t.expires_in).unwrap_or(3599);
-        TokenRecord {
-            version: 1,
-            account: a.name.clone(),
-            brand: a.brand.key().into(),
-            refresh_token: refresh,
-            access_token: Some(t.access_token),
-            access_expires_at: Some(timefmt::format(now + chrono::Duration::seconds(secs))),
-            chain_started_at: chain_start,
-            refreshed_at: Some(timefmt::format(now)),
-            source: Some(source),
-            previous_refresh_sha256: previous,
-            bootstrap_sha256: boot_fp(a),
-            password_sha256: pw_fp(a),
-            needs_reauth: false,
-            reason: None,
-            updated_at: timefmt::format(now),
-        }
+        issued_record(
+            a,
+            t.access_token,
+            refresh,
+            t.expires_in,
+            &source,
+            chain_start,
+            previous,
+        )
     }
 
     /// Saves with retries; if every try fails, keeps the record in memory (it holds the only
@@ -609,6 +600,37 @@ impl TokenManager {
             self.settings.max_age.as_secs() / 86_400,
             a.name
         );
+    }
+}
+
+/// The record of freshly issued tokens (after a refresh, a password grant or a login).
+pub(crate) fn issued_record(
+    a: &Account,
+    access: SecretString,
+    refresh: Option<SecretString>,
+    expires_in: u64,
+    source: &str,
+    chain_started_at: Option<String>,
+    previous_refresh_sha256: Option<String>,
+) -> TokenRecord {
+    let now = Utc::now();
+    let secs = i64::try_from(expires_in).unwrap_or(3599);
+    TokenRecord {
+        version: 1,
+        account: a.name.clone(),
+        brand: a.brand.key().into(),
+        refresh_token: refresh,
+        access_token: Some(access),
+        access_expires_at: Some(timefmt::format(now + chrono::Duration::seconds(secs))),
+        chain_started_at,
+        refreshed_at: Some(timefmt::format(now)),
+        source: Some(source.to_owned()),
+        previous_refresh_sha256,
+        bootstrap_sha256: boot_fp(a),
+        password_sha256: pw_fp(a),
+        needs_reauth: false,
+        reason: None,
+        updated_at: timefmt::format(now),
     }
 }
 

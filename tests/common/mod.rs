@@ -260,3 +260,25 @@ pub async fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Signs in on the simulated IdP's login form at an authorize URL, as a person would, and returns
+/// the redirect the browser would then fail to open (`mymap://…?code=…&state=…`).
+pub async fn sign_in(sim: &SimHandle, authorize_url: &str, user: &str, password: &str) -> String {
+    let page = reqwest::get(authorize_url).await.unwrap();
+    assert_eq!(page.status(), 200, "the login form");
+    let parsed = url::Url::parse(authorize_url).unwrap();
+    let mut form: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+    form.push(("username".into(), user.into()));
+    form.push(("password".into(), password.into()));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("{}/am/oauth2/authorize", sim.base_url()))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    r.headers()["location"].to_str().unwrap().to_owned()
+}
