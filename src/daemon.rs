@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiClient;
 use crate::auth::store::TokenStore;
-use crate::auth::{TokenManager, TokenSettings, http_client};
+use crate::auth::{TokenManager, http_client};
 use crate::config::{self, Account, Checks, Config};
 use crate::ratelimit::Limits;
 use crate::store::{Db, DbError};
@@ -167,13 +167,7 @@ pub fn build(cfg: Config, db: Option<Arc<Mutex<Db>>>) -> Result<App, StartError>
         Some(&cfg.state_dir),
     ));
     let api_http = http_client(cfg.api_timeout);
-    let idp_http = http_client(cfg.idp_timeout);
-    let tokens = Arc::new(TokenManager::new(
-        tokens_store,
-        idp_http,
-        limits.clone(),
-        TokenSettings::from_config(&cfg),
-    ));
+    let tokens = Arc::new(TokenManager::for_config(&cfg, limits.clone()));
     let api = ApiClient::new(
         api_http,
         cfg.api_base.clone(),

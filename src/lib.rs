@@ -132,12 +132,7 @@ async fn login(path: &std::path::Path, args: cli::LoginArgs) -> u8 {
     let mut account = account;
     account.country = args.country.to_ascii_lowercase();
     let limits = std::sync::Arc::new(ratelimit::Limits::new(cfg.api_rate, cfg.idp_rate, None));
-    let tokens = auth::TokenManager::new(
-        auth::store::TokenStore::new(&cfg.state_dir),
-        auth::http_client(cfg.idp_timeout),
-        limits,
-        auth::TokenSettings::from_config(&cfg),
-    );
+    let tokens = auth::TokenManager::for_config(&cfg, limits);
     match tokens.login(&account, args.code).await {
         Ok(()) => exit::OK,
         Err(e) => {

@@ -244,9 +244,8 @@ async fn the_daemon_runs_passes_on_schedule_reloads_on_sighup_and_stops_on_sigte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_pass_exits_0_within_the_timeout_with_the_database_intact() {
     let opts = Opts {
-        schedule: "0 0 0 1 1 *".into(),
         max_concurrent: 2,
-        ..Opts::default()
+        ..Opts::idle()
     };
     let env = Env::new(
         SimConfig {
@@ -293,10 +292,7 @@ async fn sigterm_during_a_pass_exits_0_within_the_timeout_with_the_database_inta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_is_refused() {
-    let opts = Opts {
-        schedule: "0 0 0 1 1 *".into(),
-        ..Opts::default()
-    };
+    let opts = Opts::idle();
     let env = Env::new(
         SimConfig::default(),
         |s| vec![Acct::bootstrapped(s, 1)],
@@ -386,22 +382,16 @@ async fn a_429_cooldown_slows_every_account_and_survives_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sd_notify_ready_watchdog_and_stopping() {
-    let opts = Opts {
-        schedule: "0 0 0 1 1 *".into(),
-        ..Opts::default()
-    };
+    let opts = Opts::idle();
     let env = Env::new(
         SimConfig::default(),
         |s| vec![Acct::bootstrapped(s, 1)],
         opts,
     )
     .await;
-    let sock_path = env.dir.path().join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let (sock, sock_path) = env.notify_socket();
     let child = env.spawn_daemon(&[
-        ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+        ("NOTIFY_SOCKET", sock_path.as_str()),
         ("WATCHDOG_USEC", "400000"),
     ]);
     let mut seen = Vec::new();

@@ -17,10 +17,6 @@ type Row = (
     Option<Value>,
 );
 
-fn parse(v: Option<String>) -> Option<Value> {
-    v.map(|t| serde_json::from_str(&t).unwrap())
-}
-
 /// Rows of `vehicle_changes` after `after`, as comparable tuples.
 fn recorded(env: &Env, after: i64) -> Vec<Row> {
     let c = env.db();
@@ -37,8 +33,8 @@ fn recorded(env: &Env, after: i64) -> Vec<Row> {
                 r.get(1)?,
                 r.get(2)?,
                 r.get(3)?,
-                parse(r.get(4)?),
-                parse(r.get(5)?),
+                parse_json(r.get(4)?),
+                parse_json(r.get(5)?),
             ))
         })
         .unwrap()

@@ -13,10 +13,6 @@ use rand::Rng;
 use serde_json::Value;
 use stellantis_sync::sim::{Faults, SimConfig};
 
-fn parse(v: Option<String>) -> Option<Value> {
-    v.map(|t| serde_json::from_str(&t).unwrap())
-}
-
 fn segs(ptr: &str) -> Vec<String> {
     ptr.split('/')
         .skip(1)
@@ -87,8 +83,8 @@ fn replay_equals_simulator(env: &Env, accounts: &[&str]) -> usize {
                 r.get(2)?,
                 r.get(3)?,
                 r.get(4)?,
-                parse(r.get(5)?),
-                parse(r.get(6)?),
+                parse_json(r.get(5)?),
+                parse_json(r.get(6)?),
             ))
         })
         .unwrap()
@@ -902,21 +898,15 @@ async fn disk_full_and_read_only_state() {
 /// T14: RELOADING=1 then READY=1 around SIGHUP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sd_notify_around_a_reload() {
-    let opts = Opts {
-        schedule: "0 0 0 1 1 *".into(),
-        ..Opts::default()
-    };
+    let opts = Opts::idle();
     let env = Env::new(
         SimConfig::default(),
         |s| vec![Acct::bootstrapped(s, 1)],
         opts,
     )
     .await;
-    let sock_path = env.dir.path().join("n.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let child = env.spawn_daemon(&[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    let (sock, sock_path) = env.notify_socket();
+    let child = env.spawn_daemon(&[("NOTIFY_SOCKET", sock_path.as_str())]);
     let mut buf = [0u8; 512];
     let mut recv = || {
         let n = sock.recv(&mut buf).expect("notification");

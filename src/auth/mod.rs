@@ -171,6 +171,17 @@ impl TokenManager {
         }
     }
 
+    /// The token manager of a configuration: its state directory's store, an HTTP client with
+    /// the identity provider's timeout, and its refresh settings.
+    pub fn for_config(cfg: &Config, limits: Arc<Limits>) -> TokenManager {
+        TokenManager::new(
+            TokenStore::new(&cfg.state_dir),
+            http_client(cfg.idp_timeout),
+            limits,
+            TokenSettings::from_config(cfg),
+        )
+    }
+
     /// The store (for `status` and `login`).
     pub fn store(&self) -> &TokenStore {
         &self.store

@@ -57,9 +57,7 @@ async fn put_faults(State(sh): State<Arc<Shared>>, Json(f): Json<Faults>) -> Sta
 
 async fn tick(State(sh): State<Arc<Shared>>, Query(q): Query<HashMap<String, String>>) -> Response {
     let n: usize = q.get("n").and_then(|n| n.parse().ok()).unwrap_or(1);
-    let mut g = sh.lock();
-    let wall = g.wall_now();
-    let events: usize = (0..n).map(|_| g.world.tick(wall)).sum();
+    let events = sh.lock().tick(n);
     Json(json!({"events": events})).into_response()
 }
 
@@ -86,15 +84,7 @@ async fn revoke(
     let Some(u) = q.get("user").and_then(|e| g.world.user_index(e)) else {
         return (StatusCode::NOT_FOUND, "unknown user").into_response();
     };
-    let chains: Vec<u64> = g
-        .refresh
-        .values()
-        .filter(|t| t.user == u)
-        .map(|t| t.chain)
-        .collect();
-    for c in chains {
-        g.revoke_chain(c);
-    }
+    g.revoke_user(u);
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -593,7 +593,7 @@ async fn status(
         );
     }
     let mut g = sh.lock();
-    let shuffle = g.rng_bool(0.5);
+    let shuffle = g.draw(0.5);
     let base = g.cfg.public_api_base.clone();
     let found = g.world.users[caller.user]
         .vehicles
@@ -608,13 +608,6 @@ async fn status(
             40300,
             "Forbidden: this vehicle is not associated with the user",
         ),
-    }
-}
-
-impl Inner {
-    fn rng_bool(&mut self, p: f64) -> bool {
-        use rand::Rng;
-        self.rng.random_bool(p)
     }
 }
 

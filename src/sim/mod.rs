@@ -406,6 +406,25 @@ impl Inner {
         (access, refresh)
     }
 
+    /// Revokes every token of user `u` server-side.
+    fn revoke_user(&mut self, u: usize) {
+        let chains: Vec<u64> = self
+            .refresh
+            .values()
+            .filter(|t| t.user == u)
+            .map(|t| t.chain)
+            .collect();
+        for c in chains {
+            self.revoke_chain(c);
+        }
+    }
+
+    /// Applies `n` world mutations now; returns the number of events logged.
+    fn tick(&mut self, n: usize) -> usize {
+        let wall = self.wall_now();
+        (0..n).map(|_| self.world.tick(wall)).sum()
+    }
+
     fn revoke_chain(&mut self, chain: u64) {
         for t in self.refresh.values_mut().filter(|t| t.chain == chain) {
             t.state = RefreshState::Revoked;
@@ -567,9 +586,7 @@ impl SimHandle {
     }
     /// Applies `n` world mutations now; returns the number of events logged.
     pub fn tick(&self, n: usize) -> usize {
-        let mut g = self.shared.lock();
-        let wall = g.wall_now();
-        (0..n).map(|_| g.world.tick(wall)).sum()
+        self.shared.lock().tick(n)
     }
     /// Everything the simulator did to vehicle lists, in order.
     pub fn events(&self) -> Vec<WorldEvent> {
@@ -611,15 +628,7 @@ impl SimHandle {
     pub fn revoke_user(&self, email: &str) {
         let mut g = self.shared.lock();
         if let Some(u) = g.world.user_index(email) {
-            let chains: Vec<u64> = g
-                .refresh
-                .values()
-                .filter(|t| t.user == u)
-                .map(|t| t.chain)
-                .collect();
-            for c in chains {
-                g.revoke_chain(c);
-            }
+            g.revoke_user(u);
         }
     }
     /// How many refresh tokens of this user the IdP would accept now.

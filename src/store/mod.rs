@@ -115,6 +115,24 @@ impl Db {
         }
     }
 
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction (a busy database waits on the busy
+    /// timeout instead of failing at lock upgrade) and commits; an error rolls back and names the
+    /// file.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, DbError> {
+        let result = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                let value = f(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            });
+        result.map_err(|e| self.err(e))
+    }
+
     /// Opens (creating if needed) and migrates the database.
     pub fn open(path: &Path) -> Result<Db, DbError> {
         let conn = Connection::open(path).map_err(|source| DbError::Sqlite {
@@ -175,26 +193,11 @@ impl Db {
         }
         for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
             let version = i + 1;
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|source| DbError::Sqlite {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            tx.execute_batch(sql)
-                .and_then(|()| {
-                    tx.pragma_update(
-                        None,
-                        "user_version",
-                        i64::try_from(version).unwrap_or(i64::MAX),
-                    )
-                })
-                .and_then(|()| tx.commit())
-                .map_err(|source| DbError::Sqlite {
-                    path: self.path.clone(),
-                    source,
-                })?;
+            let version_i64 = i64::try_from(version).unwrap_or(i64::MAX);
+            self.write(|tx| {
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", version_i64)
+            })?;
             tracing::info!(
                 migration = name,
                 "database {} migrated to schema {version}",
@@ -233,26 +236,16 @@ impl Db {
     /// it `running`).
     pub fn begin_run(&mut self, account_id: i64) -> Result<i64, DbError> {
         let now = timefmt::now();
-        let path = self.path.clone();
-        let sq = |source| DbError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sq)?;
-        tx.prepare_cached(
-            "INSERT INTO sync_runs (account_id, started_at, status) VALUES (?1, ?2, 'running')",
-        )
-        .and_then(|mut st| st.execute(params![account_id, now]))
-        .map_err(sq)?;
-        let id = tx.last_insert_rowid();
-        tx.prepare_cached("UPDATE accounts SET last_attempt_at = ?2 WHERE account_id = ?1")
-            .and_then(|mut st| st.execute(params![account_id, now]))
-            .map_err(sq)?;
-        tx.commit().map_err(sq)?;
-        Ok(id)
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO sync_runs (account_id, started_at, status) VALUES (?1, ?2, 'running')",
+            )?
+            .execute(params![account_id, now])?;
+            let id = tx.last_insert_rowid();
+            tx.prepare_cached("UPDATE accounts SET last_attempt_at = ?2 WHERE account_id = ?1")?
+                .execute(params![account_id, now])?;
+            Ok(id)
+        })
     }
 
     /// Records a failed run and the account's state; nothing else changes.
@@ -267,26 +260,18 @@ impl Db {
     ) -> Result<(), DbError> {
         let now = timefmt::now();
         let message: String = message.chars().take(1000).collect();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|source| DbError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })?;
-        tx.execute(
-            "UPDATE sync_runs SET status = 'failed', finished_at = ?2, error_kind = ?3, error_message = ?4,
-                    http_requests = ?5 WHERE run_id = ?1",
-            params![run_id, now, kind, message, http_requests],
-        )
-        .and_then(|_| {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE sync_runs SET status = 'failed', finished_at = ?2, error_kind = ?3, error_message = ?4,
+                        http_requests = ?5 WHERE run_id = ?1",
+                params![run_id, now, kind, message, http_requests],
+            )?;
             tx.execute(
                 "UPDATE accounts SET state = ?2, state_reason = ?3 WHERE account_id = ?1",
                 params![account_id, state, format!("{kind}: {message}")],
-            )
+            )?;
+            Ok(())
         })
-        .and_then(|_| tx.commit())
-        .map_err(|source| DbError::Sqlite { path: self.path.clone(), source })
     }
 
     /// Applies a complete listing in one transaction: the diff against what is known, the
@@ -298,64 +283,39 @@ impl Db {
         listing: &CompleteListing,
         http_requests: u32,
     ) -> Result<Applied, DbError> {
-        let path = self.path.clone();
-        let sq = |source| DbError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sq)?;
         let hashes: Vec<Vec<u8>> = listing
             .vehicles()
             .iter()
             .map(|v| data_hash(v.json()))
             .collect();
-        let listed: std::collections::HashMap<&str, Vec<u8>> = listing
+        let listed: std::collections::HashMap<&str, &[u8]> = listing
             .vehicles()
             .iter()
             .zip(&hashes)
-            .map(|(v, h)| (v.id.as_str(), h.clone()))
+            .map(|(v, h)| (v.id.as_str(), h.as_slice()))
             .collect();
-        let known = load_known(&tx, account_id, &listed).map_err(sq)?;
-        let changes = diff(&known, listing);
-        let now = timefmt::now();
-        write_changes(&tx, run_id, account_id, &now, &changes, listing, &hashes).map_err(sq)?;
-        crate::faultpoint::hit("inside_db_transaction");
-        tx.execute(
-            "UPDATE sync_runs SET status = 'ok', finished_at = ?2, http_requests = ?3, vehicles_seen = ?4,
-                    changes = ?5 WHERE run_id = ?1",
-            params![run_id, now, http_requests, listing.len() as i64, changes.len() as i64],
-        )
-        .map_err(sq)?;
-        tx.execute(
-            "UPDATE accounts SET state = 'ok', state_reason = NULL, last_sync_at = ?2 WHERE account_id = ?1",
-            params![account_id, now],
-        )
-        .map_err(sq)?;
-        tx.commit().map_err(sq)?;
+        let changes = self.write(|tx| {
+            let known = load_known(tx, account_id, &listed)?;
+            let changes = diff(&known, listing);
+            let now = timefmt::now();
+            write_changes(tx, run_id, account_id, &now, &changes, listing, &hashes)?;
+            crate::faultpoint::hit("inside_db_transaction");
+            tx.execute(
+                "UPDATE sync_runs SET status = 'ok', finished_at = ?2, http_requests = ?3, vehicles_seen = ?4,
+                        changes = ?5 WHERE run_id = ?1",
+                params![run_id, now, http_requests, listing.len() as i64, changes.len() as i64],
+            )?;
+            tx.execute(
+                "UPDATE accounts SET state = 'ok', state_reason = NULL, last_sync_at = ?2 WHERE account_id = ?1",
+                params![account_id, now],
+            )?;
+            Ok(changes.len())
+        })?;
         crate::faultpoint::hit("after_db_commit");
         Ok(Applied {
             vehicles_seen: listing.len(),
-            changes: changes.len(),
+            changes,
         })
-    }
-
-    /// Sets an account's state outside a run (e.g. `needs_reauth` noticed by the token manager).
-    pub fn set_account_state(
-        &mut self,
-        account_id: i64,
-        state: &str,
-        reason: Option<&str>,
-    ) -> Result<(), DbError> {
-        self.conn
-            .execute(
-                "UPDATE accounts SET state = ?2, state_reason = ?3 WHERE account_id = ?1",
-                params![account_id, state, reason],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
     }
 
     /// Checkpoints the WAL when it has grown past `threshold` bytes (RESTART, then TRUNCATE if
@@ -417,7 +377,7 @@ type KnownRow = (String, Option<String>, Option<Vec<u8>>, bool);
 fn load_known(
     tx: &rusqlite::Transaction<'_>,
     account_id: i64,
-    listed: &std::collections::HashMap<&str, Vec<u8>>,
+    listed: &std::collections::HashMap<&str, &[u8]>,
 ) -> rusqlite::Result<Vec<Known>> {
     let mut st = tx.prepare_cached(
         "SELECT vehicle_id, vin, data_hash, removed_at IS NOT NULL FROM vehicles WHERE account_id = ?1",
@@ -431,8 +391,9 @@ fn load_known(
         tx.prepare_cached("SELECT data FROM vehicles WHERE account_id = ?1 AND vehicle_id = ?2")?;
     let mut out = Vec::with_capacity(rows.len());
     for (vehicle_id, vin, hash, removed) in rows {
-        let unchanged =
-            !removed && hash.is_some() && listed.get(vehicle_id.as_str()) == hash.as_ref();
+        let unchanged = !removed
+            && hash.is_some()
+            && listed.get(vehicle_id.as_str()).copied() == hash.as_deref();
         let data = if unchanged {
             None
         } else {

@@ -123,7 +123,6 @@ impl Engine {
                         message,
                     },
                 }
-                .with_kind(e.kind())
             }
             Err(FetchError::Api(e)) => Outcome::Temporary {
                 kind: e.kind().into(),
@@ -258,18 +257,6 @@ impl Engine {
             ))));
         }
         Ok(CompleteListing::new(vehicles))
-    }
-}
-
-impl Outcome {
-    fn with_kind(self, kind: &str) -> Outcome {
-        match self {
-            Outcome::Temporary { message, .. } => Outcome::Temporary {
-                kind: kind.to_owned(),
-                message,
-            },
-            o => o,
-        }
     }
 }
 

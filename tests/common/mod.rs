@@ -74,6 +74,16 @@ pub struct Opts {
     pub extra_top: String,
 }
 
+impl Opts {
+    /// A daemon that runs only its start-up pass: the schedule is a year away.
+    pub fn idle() -> Opts {
+        Opts {
+            schedule: "0 0 0 1 1 *".into(),
+            ..Opts::default()
+        }
+    }
+}
+
 impl Default for Opts {
     fn default() -> Self {
         Opts {
@@ -108,6 +118,15 @@ impl Env {
         let config = dir.path().join("config.toml");
         std::fs::write(&config, config_text(&sim, dir.path(), &accts, &opts)).unwrap();
         Env { sim, dir, config }
+    }
+
+    /// A datagram socket standing in for systemd's `NOTIFY_SOCKET`, and its path.
+    pub fn notify_socket(&self) -> (std::os::unix::net::UnixDatagram, String) {
+        let path = self.dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        (sock, path.to_str().unwrap().to_owned())
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -281,4 +300,9 @@ pub async fn sign_in(sim: &SimHandle, authorize_url: &str, user: &str, password:
         .await
         .unwrap();
     r.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// A JSON column read back from SQLite (NULL stays `None`).
+pub fn parse_json(v: Option<String>) -> Option<serde_json::Value> {
+    v.map(|t| serde_json::from_str(&t).unwrap())
 }
