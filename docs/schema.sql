@@ -46,6 +46,43 @@ CREATE TABLE accounts (
     last_sync_at    TEXT
 );
 
+CREATE TABLE charging_sessions (
+    session_id       INTEGER PRIMARY KEY,
+    account_id       INTEGER NOT NULL REFERENCES accounts (account_id),
+    vin              TEXT NOT NULL,
+    started_ts       INTEGER NOT NULL,
+    ended_ts         INTEGER,
+    start_soc        REAL,
+    end_soc          REAL,
+    start_range_km   INTEGER,
+    end_range_km     INTEGER,
+    max_rate_kmh     REAL,
+    charging_mode    TEXT,
+    latitude         REAL,
+    longitude        REAL,
+    odometer_km      REAL,
+    energy_added_kwh REAL,
+    end_reason       TEXT,
+    CHECK (ended_ts IS NULL OR ended_ts >= started_ts)
+);
+
+CREATE TABLE maintenance (
+    maintenance_id INTEGER PRIMARY KEY,
+    account_id     INTEGER NOT NULL REFERENCES accounts (account_id),
+    vin            TEXT NOT NULL,
+    observed_ts    INTEGER NOT NULL,
+    days_before    INTEGER,
+    km_before      REAL
+);
+
+CREATE TABLE status_bodies (
+    body_hash        BLOB PRIMARY KEY,
+    account_id       INTEGER NOT NULL REFERENCES accounts (account_id),
+    vin              TEXT NOT NULL,
+    first_fetched_ts INTEGER NOT NULL,
+    body             TEXT NOT NULL CHECK (json_valid(body))
+) WITHOUT ROWID;
+
 CREATE TABLE sync_runs (
     run_id        INTEGER PRIMARY KEY,
     account_id    INTEGER NOT NULL REFERENCES accounts (account_id),
@@ -59,6 +96,58 @@ CREATE TABLE sync_runs (
     changes       INTEGER NOT NULL DEFAULT 0
 );
 
+CREATE TABLE telemetry_endpoints (
+    account_id           INTEGER NOT NULL REFERENCES accounts (account_id),
+    vin                  TEXT NOT NULL,
+    endpoint             TEXT NOT NULL CHECK (endpoint IN ('status', 'trips', 'alerts', 'maintenance')),
+    last_attempt_ts      INTEGER,
+    last_success_ts      INTEGER,
+    next_due_ts          INTEGER,
+    unavailable_since_ts INTEGER,
+    unavailable_reason   TEXT,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    bookmark             TEXT,
+    PRIMARY KEY (account_id, vin, endpoint)
+) WITHOUT ROWID;
+
+CREATE TABLE trips (
+    account_id                INTEGER NOT NULL REFERENCES accounts (account_id),
+    vin                       TEXT NOT NULL,
+    trip_id                   TEXT NOT NULL,
+    started_ts                INTEGER NOT NULL,
+    ended_ts                  INTEGER,
+    distance_km               REAL,
+    duration_s                INTEGER,
+    start_odometer_km         REAL,
+    start_soc                 REAL,
+    end_soc                   REAL,
+    electric_consumption      REAL,
+    electric_avg_consumption  REAL,
+    fuel_consumption          REAL,
+    fuel_avg_consumption      REAL,
+    avg_speed_kmh             REAL,
+    max_speed_kmh             REAL,
+    start_latitude            REAL,
+    start_longitude           REAL,
+    end_latitude              REAL,
+    end_longitude             REAL,
+    done                      INTEGER CHECK (done IN (0, 1)),
+    data                      TEXT NOT NULL CHECK (json_valid(data)),
+    PRIMARY KEY (account_id, vin, trip_id)
+);
+
+CREATE TABLE vehicle_alerts (
+    account_id INTEGER NOT NULL REFERENCES accounts (account_id),
+    vin        TEXT NOT NULL,
+    alert_id   TEXT NOT NULL,
+    type       TEXT,
+    severity   TEXT,
+    active     INTEGER CHECK (active IN (0, 1)),
+    started_ts INTEGER,
+    ended_ts   INTEGER,
+    PRIMARY KEY (account_id, vin, alert_id)
+);
+
 CREATE TABLE vehicle_changes (
     change_id   INTEGER PRIMARY KEY,
     run_id      INTEGER NOT NULL REFERENCES sync_runs (run_id),
@@ -70,6 +159,45 @@ CREATE TABLE vehicle_changes (
     field       TEXT,
     old_value   TEXT CHECK (old_value IS NULL OR json_valid(old_value)),
     new_value   TEXT CHECK (new_value IS NULL OR json_valid(new_value))
+);
+
+CREATE TABLE vehicle_states (
+    state_id   INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts (account_id),
+    vin        TEXT NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('driving', 'charging', 'parked', 'unreachable')),
+    started_ts INTEGER NOT NULL,
+    ended_ts   INTEGER,
+    CHECK (ended_ts IS NULL OR ended_ts >= started_ts)
+);
+
+CREATE TABLE vehicle_status (
+    status_id              INTEGER PRIMARY KEY,
+    account_id             INTEGER NOT NULL REFERENCES accounts (account_id),
+    vin                    TEXT NOT NULL,
+    observed_ts            INTEGER NOT NULL,
+    first_fetched_ts       INTEGER NOT NULL,
+    last_fetched_ts        INTEGER NOT NULL,
+    soc                    REAL,
+    range_km               INTEGER,
+    fuel_pct               REAL,
+    fuel_range_km          INTEGER,
+    odometer_km            REAL,
+    charging_status        TEXT,
+    plugged                INTEGER CHECK (plugged IN (0, 1)),
+    charging_rate_kmh      REAL,
+    charging_mode          TEXT,
+    charging_remaining_min INTEGER,
+    latitude               REAL,
+    longitude              REAL,
+    position_ts            INTEGER,
+    ignition               TEXT,
+    moving                 INTEGER CHECK (moving IN (0, 1)),
+    speed_kmh              REAL,
+    outside_temp_c         REAL,
+    doors_locked           INTEGER CHECK (doors_locked IN (0, 1)),
+    body_hash              BLOB NOT NULL,
+    CHECK (last_fetched_ts >= first_fetched_ts)
 );
 
 CREATE TABLE vehicles (
@@ -91,9 +219,21 @@ CREATE TABLE vehicles (
     PRIMARY KEY (account_id, vehicle_id)
 );
 
+CREATE INDEX charging_sessions_by_vin_time ON charging_sessions (vin, started_ts);
+
+CREATE UNIQUE INDEX charging_sessions_one_open ON charging_sessions (account_id, vin) WHERE ended_ts IS NULL;
+
+CREATE INDEX maintenance_by_vin_time ON maintenance (vin, observed_ts);
+
+CREATE INDEX status_bodies_by_vin_time ON status_bodies (vin, first_fetched_ts);
+
 CREATE INDEX sync_runs_by_account ON sync_runs (account_id, run_id);
 
 CREATE INDEX sync_runs_by_start ON sync_runs (started_at);
+
+CREATE INDEX trips_by_vin_time ON trips (vin, started_ts);
+
+CREATE INDEX vehicle_alerts_by_vin_time ON vehicle_alerts (vin, started_ts);
 
 CREATE INDEX vehicle_changes_by_run ON vehicle_changes (run_id);
 
@@ -102,5 +242,13 @@ CREATE INDEX vehicle_changes_by_time ON vehicle_changes (observed_at);
 CREATE INDEX vehicle_changes_by_vehicle ON vehicle_changes (account_id, vehicle_id, change_id);
 
 CREATE INDEX vehicle_changes_by_vin ON vehicle_changes (vin, observed_at);
+
+CREATE INDEX vehicle_states_by_vin_time ON vehicle_states (vin, started_ts);
+
+CREATE UNIQUE INDEX vehicle_states_one_open ON vehicle_states (account_id, vin) WHERE ended_ts IS NULL;
+
+CREATE INDEX vehicle_status_by_account_time ON vehicle_status (account_id, vin, observed_ts);
+
+CREATE INDEX vehicle_status_by_vin_time ON vehicle_status (vin, observed_ts);
 
 CREATE INDEX vehicles_by_vin ON vehicles (vin);

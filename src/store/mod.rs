@@ -25,6 +25,7 @@ use crate::timefmt;
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("migrations/0001_init.sql")),
     ("0002_views", include_str!("migrations/0002_views.sql")),
+    ("0003_telemetry", include_str!("migrations/0003_telemetry.sql")),
 ];
 
 /// The schema version this binary writes.
