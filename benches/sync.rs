@@ -98,6 +98,7 @@ async fn measured_pass(cfg: Config, sim: &SimHandle) -> Pass {
         app.cfg.accounts.clone(),
         app.cfg.max_concurrent_accounts,
         CancellationToken::new(),
+        Default::default(),
     )
     .await;
     assert!(warm.outcomes.len() == n);
@@ -109,6 +110,7 @@ async fn measured_pass(cfg: Config, sim: &SimHandle) -> Pass {
         app.cfg.accounts.clone(),
         app.cfg.max_concurrent_accounts,
         CancellationToken::new(),
+        Default::default(),
     )
     .await;
     let secs = t.elapsed().as_secs_f64();

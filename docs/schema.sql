@@ -136,6 +136,14 @@ CREATE TABLE trips (
     PRIMARY KEY (account_id, vin, trip_id)
 );
 
+CREATE TABLE vehicle_absences (
+    account_id INTEGER NOT NULL REFERENCES accounts (account_id),
+    vehicle_id TEXT NOT NULL,
+    since      TEXT NOT NULL,
+    run_id     INTEGER NOT NULL REFERENCES sync_runs (run_id),
+    PRIMARY KEY (account_id, vehicle_id)
+) WITHOUT ROWID;
+
 CREATE TABLE vehicle_alerts (
     account_id INTEGER NOT NULL REFERENCES accounts (account_id),
     vin        TEXT NOT NULL,

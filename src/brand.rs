@@ -1,6 +1,6 @@
 //! The five Stellantis brands this project serves and the facts attached to each: the realm sent as
 //! `x-introspect-realm`, the identity provider's host, the app's redirect-URI scheme and the VIN
-//! manufacturer prefixes. Sources: `api-spec.md` §1.1 (realm table) and public VIN WMI registries.
+//! manufacturer prefixes. Sources: `docs/api.md` (realm table) and public VIN WMI registries.
 
 use std::fmt;
 use std::str::FromStr;

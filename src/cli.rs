@@ -67,9 +67,9 @@ pub struct LoginArgs {
     /// The authorization code, or the whole redirect URL (otherwise read from standard input).
     #[arg(long)]
     pub code: Option<String>,
-    /// Country code used in the brand app's redirect URI.
-    #[arg(long, default_value = "fr")]
-    pub country: String,
+    /// Country code used in the brand app's redirect URI (default: the account's `country`).
+    #[arg(long)]
+    pub country: Option<String>,
 }
 
 #[derive(Debug, Args)]

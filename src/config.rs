@@ -181,7 +181,7 @@ impl Default for RawConfig {
             refresh_token_warn_before: Span(Duration::from_secs(86_400)),
             rate_limit: RawRateLimit {
                 requests_per_second: 5,
-                burst: 5,
+                burst: 1,
             },
             api: RawApi {
                 base_url: DEFAULT_API_BASE.into(),
@@ -195,7 +195,7 @@ impl Default for RawConfig {
                 base_url: None,
                 timeout: Span(Duration::from_secs(30)),
                 requests_per_second: 2,
-                burst: 2,
+                burst: 1,
             },
             app: RawApp::default(),
             accounts: Vec::new(),

@@ -1,16 +1,25 @@
 //! The program people run: one pass over every account (`--once`), or the daemon that runs
 //! passes on the cron schedule until SIGTERM.
 //!
-//! One event loop owns the state (`Event::Tick`, `Event::Signal`, `Event::PassDone`): the cron
-//! job only sends ticks, so "passes never overlap" is decided in one place. SIGTERM/SIGINT stop
-//! scheduling and let the running pass finish within `shutdown_timeout` (its database writes are
-//! whole transactions, so cutting it off loses nothing committed); a second SIGINT exits at once.
-//! SIGHUP reloads the configuration and keeps the old one if the new one is invalid. One instance
-//! per state directory (`daemon.lock`).
+//! One event loop owns the state: the cron job and the signal thread only send typed events
+//! ([`Event`], [`Sig`]); [`Daemon`]'s `on_tick`, `on_pass_done`, `on_reload` and `on_shutdown` are
+//! plain methods, so "passes never overlap" is decided in one place.
+//!
+//! Stopping (SIGTERM/SIGINT, in the daemon and in `--once` alike): scheduling stops, the running
+//! pass gets `shutdown_timeout` to finish (a second signal cuts that short), then its API fetches
+//! are abandoned (database writes are whole transactions, so nothing committed is lost). A token
+//! exchange that has been sent is NOT abandoned: it runs in a task of its own, and shutdown waits
+//! for every one to finish and be saved, whatever signal arrives ([`TokenManager::drain`]); records
+//! that could not be saved are written once more. Runs cut off are closed as `aborted`.
+//!
+//! SIGHUP reloads the configuration and keeps the old one if the new one is invalid; records kept
+//! in memory after a failed save survive the reload. One instance per state directory
+//! (`daemon.lock`). The watchdog is fed only while no pass is stuck.
 
 use std::fs::File;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,8 +28,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiClient;
+use crate::auth::TokenManager;
 use crate::auth::store::TokenStore;
-use crate::auth::{TokenManager, http_client};
 use crate::config::{self, Account, Checks, Config};
 use crate::ratelimit::Limits;
 use crate::store::{Db, DbError};
@@ -40,18 +49,6 @@ pub enum StartError {
     Db(#[from] DbError),
 }
 
-impl StartError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            StartError::AlreadyRunning { .. } => exit::TEMPFAIL,
-            StartError::StateDir { .. } => exit::IOERR,
-            StartError::Db(e) if e.is_io() => exit::IOERR,
-            StartError::Db(DbError::TooNew { .. }) => exit::CONFIG,
-            StartError::Db(_) => exit::SOFTWARE,
-        }
-    }
-}
-
 /// Everything a pass needs; rebuilt on reload.
 pub struct App {
     pub cfg: Config,
@@ -67,44 +64,19 @@ pub struct PassSummary {
 }
 
 impl PassSummary {
-    /// The `--once` exit code: 77 if any account needs re-authorization, else 74 if a local file
-    /// could not be written, else 75 if any account failed, else 0.
-    pub fn exit_code(&self) -> u8 {
-        let any = |f: fn(&Outcome) -> bool| self.outcomes.iter().any(|(_, o)| f(o));
-        if any(|o| matches!(o, Outcome::NeedsReauth { .. })) {
-            exit::NOPERM
-        } else if any(|o| matches!(o, Outcome::LocalIo { .. })) {
-            exit::IOERR
-        } else if any(|o| matches!(o, Outcome::Temporary { .. })) {
-            exit::TEMPFAIL
-        } else {
-            exit::OK
-        }
-    }
-
     /// One line for logs and `STATUS=`.
     pub fn line(&self) -> String {
-        let ok = self
-            .outcomes
-            .iter()
-            .filter(|(_, o)| matches!(o, Outcome::Ok { .. }))
-            .count();
+        let count = |f: fn(&Outcome) -> bool| self.outcomes.iter().filter(|(_, o)| f(o)).count();
+        let ok = count(|o| matches!(o, Outcome::Ok { .. }));
+        let reauth = count(|o| matches!(o, Outcome::NeedsReauth { .. }));
         let changes: usize = self
             .outcomes
             .iter()
-            .map(|(_, o)| {
-                if let Outcome::Ok { changes, .. } = o {
-                    *changes
-                } else {
-                    0
-                }
+            .map(|(_, o)| match o {
+                Outcome::Ok { changes, .. } => *changes,
+                _ => 0,
             })
             .sum();
-        let reauth = self
-            .outcomes
-            .iter()
-            .filter(|(_, o)| matches!(o, Outcome::NeedsReauth { .. }))
-            .count();
         format!(
             "last pass: {ok}/{} accounts synced, {changes} changes, {reauth} need re-authorization, {:.1} s",
             self.outcomes.len(),
@@ -115,24 +87,22 @@ impl PassSummary {
 
 /// Takes the per-state-directory instance lock (held until the returned file is dropped).
 pub fn instance_lock(state_dir: &Path) -> Result<File, StartError> {
+    let state_err = |e: std::io::Error| StartError::StateDir {
+        dir: state_dir.display().to_string(),
+        reason: e.to_string(),
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o750)
         .create(state_dir)
-        .map_err(|e| StartError::StateDir {
-            dir: state_dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        .map_err(state_err)?;
     let path = state_dir.join("daemon.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| StartError::StateDir {
-            dir: state_dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        .map_err(state_err)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(_) => Err(StartError::AlreadyRunning {
@@ -142,15 +112,16 @@ pub fn instance_lock(state_dir: &Path) -> Result<File, StartError> {
     }
 }
 
-/// Builds the engine for a configuration (the database connection may be reused).
-pub fn build(cfg: Config, db: Option<Arc<Mutex<Db>>>) -> Result<App, StartError> {
+/// Builds the engine for a configuration. On reload, `prev` hands over the database connection
+/// and the token manager's records kept in memory and exchanges in flight.
+pub fn build(cfg: Config, prev: Option<&App>) -> Result<App, StartError> {
     let tokens_store = TokenStore::new(&cfg.state_dir);
     tokens_store.prepare().map_err(|e| StartError::StateDir {
         dir: cfg.state_dir.display().to_string(),
         reason: e.to_string(),
     })?;
-    let db = match db {
-        Some(d) => d,
+    let db = match prev {
+        Some(p) => p.engine.db.clone(),
         None => {
             if let Some(parent) = cfg.database.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| StartError::StateDir {
@@ -158,7 +129,10 @@ pub fn build(cfg: Config, db: Option<Arc<Mutex<Db>>>) -> Result<App, StartError>
                     reason: e.to_string(),
                 })?;
             }
-            Arc::new(Mutex::new(Db::open(&cfg.database)?))
+            let mut db = Db::open(&cfg.database)?;
+            // We hold the instance lock: a run still `running` belongs to a process that died.
+            db.close_abandoned_runs("the process running it ended before it finished")?;
+            Arc::new(Mutex::new(db))
         }
     };
     let limits = Arc::new(Limits::new(
@@ -166,10 +140,12 @@ pub fn build(cfg: Config, db: Option<Arc<Mutex<Db>>>) -> Result<App, StartError>
         cfg.idp_rate,
         Some(&cfg.state_dir),
     ));
-    let api_http = http_client(cfg.api_timeout);
-    let tokens = Arc::new(TokenManager::for_config(&cfg, limits.clone()));
+    let tokens = Arc::new(match prev {
+        Some(p) => p.engine.tokens.reconfigured(&cfg, limits.clone()),
+        None => TokenManager::for_config(&cfg, limits.clone()),
+    });
     let api = ApiClient::new(
-        api_http,
+        crate::http::client(cfg.api_timeout),
         cfg.api_base.clone(),
         limits.clone(),
         cfg.page_size,
@@ -191,15 +167,28 @@ pub fn build(cfg: Config, db: Option<Arc<Mutex<Db>>>) -> Result<App, StartError>
     })
 }
 
+/// Unix milliseconds now (for the progress stamp).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// One pass over `accounts`, at most `max_concurrent` at a time. Accounts not yet started when
-/// `stop` fires are skipped.
+/// `stop` fires are skipped. `progress` is stamped whenever an account finishes.
 pub async fn run_pass(
     engine: Arc<Engine>,
     accounts: Vec<Account>,
     max_concurrent: usize,
     stop: CancellationToken,
+    progress: Arc<AtomicU64>,
 ) -> PassSummary {
     let started = Instant::now();
+    progress.store(now_ms(), Ordering::Relaxed);
+    let unsaved = engine.tokens.flush_pending().await;
+    if !unsaved.is_empty() {
+        tracing::error!(accounts = ?unsaved, "rotated refresh tokens are still only in memory: free space or fix permissions in the state directory");
+    }
     let sem = Arc::new(Semaphore::new(max_concurrent.max(1)));
     let mut set = tokio::task::JoinSet::new();
     for a in accounts {
@@ -208,9 +197,10 @@ pub async fn run_pass(
             () = stop.cancelled() => break,
         };
         let Ok(permit) = permit else { break };
-        let engine = engine.clone();
+        let (engine, progress) = (engine.clone(), progress.clone());
         set.spawn(async move {
             let outcome = engine.sync_account(&a).await;
+            progress.store(now_ms(), Ordering::Relaxed);
             drop(permit);
             (a.name, outcome)
         });
@@ -224,47 +214,167 @@ pub async fn run_pass(
     }
     outcomes.sort_by(|a, b| a.0.cmp(&b.0));
     engine.api.limits().save();
-    {
-        let db = engine.db.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let mut g = db.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = g.checkpoint_if_large(8 * 1024 * 1024) {
-                tracing::warn!("WAL checkpoint failed: {e}");
-            }
-        })
-        .await;
-    }
+    let db = engine.db.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let mut g = db.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = g.checkpoint_if_large(8 * 1024 * 1024) {
+            tracing::warn!("WAL checkpoint failed: {e}");
+        }
+    })
+    .await;
     PassSummary {
         outcomes,
         elapsed: started.elapsed(),
     }
 }
 
-/// `--once`: one pass over every account; returns the exit code.
+/// The signals the program handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sig {
+    /// SIGTERM: stop.
+    Terminate,
+    /// SIGINT (Ctrl-C): stop.
+    Interrupt,
+    /// SIGHUP: reload the configuration.
+    Reload,
+}
+
+impl Sig {
+    fn name(self) -> &'static str {
+        match self {
+            Sig::Terminate => "SIGTERM",
+            Sig::Interrupt => "SIGINT",
+            Sig::Reload => "SIGHUP",
+        }
+    }
+}
+
+/// What the event loop reacts to.
+enum Event {
+    Tick,
+    Signal(Sig),
+    PassDone(PassSummary),
+}
+
+fn spawn_signal_thread(
+    tx: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                let sig = match s {
+                    SIGHUP => Sig::Reload,
+                    SIGINT => Sig::Interrupt,
+                    _ => Sig::Terminate,
+                };
+                if tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(handle)
+}
+
+/// The end of every run, after the last pass: wait for token exchanges in flight, write what was
+/// kept in memory, close runs that were cut off, save the budget.
+async fn finish(app: &App) {
+    let tokens = &app.engine.tokens;
+    if !tokens.drain(Duration::from_secs(5)).await {
+        tracing::error!("a token exchange did not finish within the identity provider's timeout");
+    }
+    let mut unsaved = tokens.flush_pending().await;
+    for _ in 0..4 {
+        if unsaved.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        unsaved = tokens.flush_pending().await;
+    }
+    if !unsaved.is_empty() {
+        tracing::error!(accounts = ?unsaved, "rotated refresh tokens could not be written and are lost at exit; these accounts will need `login`");
+    }
+    let db = app.engine.db.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let mut g = db.lock().unwrap_or_else(|e| e.into_inner());
+        g.close_abandoned_runs("stopped (SIGTERM/SIGINT) before the run finished")
+    })
+    .await;
+    app.limits.save();
+}
+
+/// Waits for a pass to end on its own within `timeout` (a signal cuts the wait short), then
+/// abandons it: its API fetches stop, its token exchanges carry on (see [`finish`]).
+async fn stop_pass(
+    mut handle: tokio::task::JoinHandle<()>,
+    stop: &CancellationToken,
+    timeout: Duration,
+    rx: &mut mpsc::UnboundedReceiver<Event>,
+) {
+    stop.cancel();
+    let abort = handle.abort_handle();
+    tokio::select! {
+        _ = &mut handle => return,
+        () = tokio::time::sleep(timeout) => {
+            tracing::warn!("the running pass did not finish within {timeout:?}; abandoning its requests (its uncommitted work is rolled back)");
+        }
+        Some(Event::Signal(s)) = rx.recv() => {
+            tracing::warn!("second signal ({}): abandoning the running pass now (committed data is safe; token exchanges in flight still finish)", s.name());
+        }
+    }
+    abort.abort();
+    let _ = handle.await;
+}
+
+/// `--once`: one pass over every account; returns the exit code. SIGTERM/SIGINT stop it like the
+/// daemon (token exchanges in flight finish and are saved).
 pub async fn once(cfg: Config) -> u8 {
     let _lock = match instance_lock(&cfg.state_dir) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("{e}");
-            return e.exit_code();
+            return exit::for_start(&e);
         }
     };
     let app = match build(cfg, None) {
         Ok(a) => a,
         Err(e) => {
             tracing::error!("{e}");
-            return e.exit_code();
+            return exit::for_start(&e);
         }
     };
-    let summary = run_pass(
-        app.engine.clone(),
-        app.cfg.accounts.clone(),
-        app.cfg.max_concurrent_accounts,
-        CancellationToken::new(),
-    )
-    .await;
-    tracing::info!("{}", summary.line());
-    summary.exit_code()
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let signals = spawn_signal_thread(tx.clone()).ok();
+    let stop = CancellationToken::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let (engine, accounts, s) = (app.engine.clone(), app.cfg.accounts.clone(), stop.clone());
+    let max = app.cfg.max_concurrent_accounts;
+    let handle = tokio::spawn(async move {
+        let summary = run_pass(engine, accounts, max, s, Arc::default()).await;
+        let _ = done_tx.send(summary);
+    });
+    let summary = tokio::select! {
+        Some(summary) = done_rx.recv() => Some(summary),
+        Some(Event::Signal(sig)) = rx.recv() => {
+            tracing::info!("received {}, stopping", sig.name());
+            stop_pass(handle, &stop, app.cfg.shutdown_timeout, &mut rx).await;
+            done_rx.try_recv().ok()
+        }
+    };
+    finish(&app).await;
+    if let Some(h) = signals {
+        h.close();
+    }
+    match summary {
+        Some(s) => {
+            tracing::info!("{}", s.line());
+            exit::for_pass(&s)
+        }
+        None => exit::TEMPFAIL,
+    }
 }
 
 /// A callback run after every pass.
@@ -279,30 +389,6 @@ pub struct Hooks {
     pub on_pass: Option<PassHook>,
     /// `--shard I/N`: applied again to every reloaded configuration.
     pub shard: Option<(u32, u32)>,
-}
-
-enum Event {
-    Tick,
-    Signal(i32),
-    PassDone(PassSummary),
-}
-
-fn spawn_signal_thread(
-    tx: mpsc::UnboundedSender<Event>,
-) -> std::io::Result<signal_hook::iterator::Handle> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
-    let handle = signals.handle();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for s in signals.forever() {
-                if tx.send(Event::Signal(s)).is_err() {
-                    break;
-                }
-            }
-        })?;
-    Ok(handle)
 }
 
 async fn schedule(
@@ -323,38 +409,162 @@ async fn schedule(
         .map_err(|e| format!("cannot add the scheduled job: {e}"))
 }
 
+/// A pass in progress.
+struct Running {
+    handle: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+/// The daemon's state, owned by its event loop.
+struct Daemon<'a> {
+    config_path: &'a Path,
+    app: App,
+    hooks: Hooks,
+    tx: mpsc::UnboundedSender<Event>,
+    sched: tokio_cron_scheduler::JobScheduler,
+    job: uuid::Uuid,
+    pass: Option<Running>,
+    /// Unix ms of the running pass's last progress (an account finished, or the pass started).
+    progress: Arc<AtomicU64>,
+    stalled: bool,
+}
+
+/// How long a pass may go without any account finishing before it counts as stuck (then the
+/// watchdog is no longer fed and systemd restarts the service).
+fn stall_limit(cfg: &Config) -> Duration {
+    let one_account = cfg.api_timeout * (cfg.api_max_retries + 1) * 2 + cfg.idp_timeout * 2;
+    one_account.max(Duration::from_secs(300))
+}
+
+impl Daemon<'_> {
+    fn on_tick(&mut self) {
+        if self.pass.is_some() {
+            tracing::warn!("schedule tick skipped: the previous pass is still running");
+            return;
+        }
+        let stop = CancellationToken::new();
+        let engine = self.app.engine.clone();
+        let accounts = self.app.cfg.accounts.clone();
+        let max = self.app.cfg.max_concurrent_accounts;
+        let jitter = self.app.cfg.schedule_jitter;
+        let (tx, s, progress) = (self.tx.clone(), stop.clone(), self.progress.clone());
+        progress.store(now_ms(), Ordering::Relaxed);
+        let handle = tokio::spawn(async move {
+            if !jitter.is_zero() {
+                let ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
+                let d = Duration::from_millis(rand::rng().random_range(0..=ms));
+                tokio::select! { () = tokio::time::sleep(d) => {}, () = s.cancelled() => return }
+            }
+            let summary = run_pass(engine, accounts, max, s, progress).await;
+            let _ = tx.send(Event::PassDone(summary));
+        });
+        self.pass = Some(Running { handle, stop });
+    }
+
+    fn on_pass_done(&mut self, summary: &PassSummary) {
+        self.pass = None;
+        self.stalled = false;
+        tracing::info!("{}", summary.line());
+        notify::notify(&format!("STATUS={}", summary.line()));
+        if let Some(f) = &self.hooks.on_pass {
+            f(summary);
+        }
+    }
+
+    async fn on_reload(&mut self) {
+        notify::notify("RELOADING=1");
+        match config::load(self.config_path, Checks::Full) {
+            Ok(mut new) => {
+                if let Some((i, n)) = self.hooks.shard {
+                    new.keep_shard(i, n);
+                }
+                if new.database != self.app.cfg.database || new.state_dir != self.app.cfg.state_dir
+                {
+                    tracing::warn!("database and state_dir changes take effect after a restart");
+                }
+                let schedule_changed = new.schedule != self.app.cfg.schedule;
+                new.database = self.app.cfg.database.clone();
+                new.state_dir = self.app.cfg.state_dir.clone();
+                self.app.limits.save();
+                match build(new, Some(&self.app)) {
+                    Ok(next) => {
+                        if schedule_changed {
+                            let _ = self.sched.remove(&self.job).await;
+                            match schedule(&self.sched, &next.cfg.schedule, self.tx.clone()).await {
+                                Ok(j) => self.job = j,
+                                Err(e) => tracing::error!("{e}"),
+                            }
+                        }
+                        tracing::info!(accounts = next.cfg.accounts.len(), schedule = %next.cfg.schedule, "configuration reloaded");
+                        self.app = next;
+                        let unsaved = self.app.engine.tokens.flush_pending().await;
+                        if !unsaved.is_empty() {
+                            tracing::error!(accounts = ?unsaved, "rotated refresh tokens are still only in memory after the reload");
+                        }
+                    }
+                    Err(e) => tracing::error!("reload failed, keeping the old configuration: {e}"),
+                }
+            }
+            Err(e) => tracing::error!("reload refused, keeping the old configuration: {e}"),
+        }
+        notify::notify("READY=1");
+    }
+
+    async fn on_shutdown(&mut self, sig: Sig, rx: &mut mpsc::UnboundedReceiver<Event>) {
+        tracing::info!("received {}, shutting down", sig.name());
+        notify::notify("STOPPING=1");
+        let _ = self.sched.remove(&self.job).await;
+        if let Some(Running { handle, stop }) = self.pass.take() {
+            stop_pass(handle, &stop, self.app.cfg.shutdown_timeout, rx).await;
+        }
+        finish(&self.app).await;
+    }
+
+    /// Feeds the watchdog unless a pass is stuck (no account finished for [`stall_limit`]).
+    fn on_watchdog(&mut self) {
+        let idle_ms = now_ms().saturating_sub(self.progress.load(Ordering::Relaxed));
+        let limit = stall_limit(&self.app.cfg);
+        if self.pass.is_some() && Duration::from_millis(idle_ms) > limit {
+            if !self.stalled {
+                self.stalled = true;
+                tracing::error!(
+                    "the running pass has made no progress for {} s; the watchdog is no longer fed, so systemd restarts the service",
+                    idle_ms / 1000
+                );
+                notify::notify("STATUS=stuck: the running pass makes no progress");
+            }
+            return;
+        }
+        notify::notify("WATCHDOG=1");
+    }
+}
+
 /// The daemon: passes on the schedule until SIGTERM/SIGINT (or `hooks.stop`). Returns the exit code.
 pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
     let _lock = match instance_lock(&cfg.state_dir) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("{e}");
-            return e.exit_code();
+            return exit::for_start(&e);
         }
     };
-    let mut app = match build(cfg, None) {
+    let app = match build(cfg, None) {
         Ok(a) => a,
         Err(e) => {
             tracing::error!("{e}");
-            return e.exit_code();
+            return exit::for_start(&e);
         }
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let signals = match spawn_signal_thread(tx.clone()) {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::error!("cannot install signal handlers: {e}");
-            return exit::SOFTWARE;
-        }
+    let Ok(signals) = spawn_signal_thread(tx.clone()) else {
+        tracing::error!("cannot install signal handlers");
+        return exit::SOFTWARE;
     };
-    let mut sched = match tokio_cron_scheduler::JobScheduler::new().await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot start the scheduler: {e}");
-            return exit::SOFTWARE;
-        }
+    let Ok(sched) = tokio_cron_scheduler::JobScheduler::new().await else {
+        tracing::error!("cannot start the scheduler");
+        return exit::SOFTWARE;
     };
-    let mut job = match schedule(&sched, &app.cfg.schedule, tx.clone()).await {
+    let job = match schedule(&sched, &app.cfg.schedule, tx.clone()).await {
         Ok(j) => j,
         Err(e) => {
             tracing::error!("{e}");
@@ -376,130 +586,40 @@ pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
     if app.cfg.run_at_startup {
         let _ = tx.send(Event::Tick);
     }
+    let mut d = Daemon {
+        config_path,
+        app,
+        hooks,
+        tx,
+        sched,
+        job,
+        pass: None,
+        progress: Arc::new(AtomicU64::new(now_ms())),
+        stalled: false,
+    };
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
-    let mut pass: Option<(tokio::task::JoinHandle<()>, CancellationToken)> = None;
+    let stop = d.hooks.stop.clone();
     loop {
         let event = tokio::select! {
             e = rx.recv() => match e { Some(e) => e, None => break },
-            () = hooks.stop.cancelled() => Event::Signal(signal_hook::consts::SIGTERM),
+            () = stop.cancelled() => Event::Signal(Sig::Terminate),
             _ = async { match watchdog.as_mut() { Some(w) => w.tick().await, None => std::future::pending().await } } => {
-                notify::notify("WATCHDOG=1");
+                d.on_watchdog();
                 continue;
             }
         };
         match event {
-            Event::Tick => {
-                if pass.is_some() {
-                    tracing::warn!("schedule tick skipped: the previous pass is still running");
-                    continue;
-                }
-                let stop = CancellationToken::new();
-                let engine = app.engine.clone();
-                let accounts = app.cfg.accounts.clone();
-                let max = app.cfg.max_concurrent_accounts;
-                let jitter = app.cfg.schedule_jitter;
-                let tx = tx.clone();
-                let s = stop.clone();
-                let handle = tokio::spawn(async move {
-                    if !jitter.is_zero() {
-                        let ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
-                        let d = Duration::from_millis(rand::rng().random_range(0..=ms));
-                        tokio::select! { () = tokio::time::sleep(d) => {}, () = s.cancelled() => return }
-                    }
-                    let summary = run_pass(engine, accounts, max, s).await;
-                    let _ = tx.send(Event::PassDone(summary));
-                });
-                pass = Some((handle, stop));
-            }
-            Event::PassDone(summary) => {
-                pass = None;
-                tracing::info!("{}", summary.line());
-                notify::notify(&format!("STATUS={}", summary.line()));
-                if let Some(f) = &hooks.on_pass {
-                    f(&summary);
-                }
-            }
-            Event::Signal(signal_hook::consts::SIGHUP) => {
-                notify::notify("RELOADING=1");
-                match config::load(config_path, Checks::Full) {
-                    Ok(mut new) => {
-                        if let Some((i, n)) = hooks.shard {
-                            new.keep_shard(i, n);
-                        }
-                        if new.database != app.cfg.database || new.state_dir != app.cfg.state_dir {
-                            tracing::warn!(
-                                "database and state_dir changes take effect after a restart"
-                            );
-                        }
-                        let schedule_changed = new.schedule != app.cfg.schedule;
-                        new.database = app.cfg.database.clone();
-                        new.state_dir = app.cfg.state_dir.clone();
-                        app.limits.save();
-                        match build(new, Some(app.engine.db.clone())) {
-                            Ok(next) => {
-                                if schedule_changed {
-                                    let _ = sched.remove(&job).await;
-                                    match schedule(&sched, &next.cfg.schedule, tx.clone()).await {
-                                        Ok(j) => job = j,
-                                        Err(e) => tracing::error!("{e}"),
-                                    }
-                                }
-                                tracing::info!(accounts = next.cfg.accounts.len(), schedule = %next.cfg.schedule, "configuration reloaded");
-                                app = next;
-                            }
-                            Err(e) => {
-                                tracing::error!("reload failed, keeping the old configuration: {e}")
-                            }
-                        }
-                    }
-                    Err(e) => tracing::error!("reload refused, keeping the old configuration: {e}"),
-                }
-                notify::notify("READY=1");
-            }
+            Event::Tick => d.on_tick(),
+            Event::PassDone(summary) => d.on_pass_done(&summary),
+            Event::Signal(Sig::Reload) => d.on_reload().await,
             Event::Signal(sig) => {
-                // Shutdown: the loop ends below, so no later event is handled here; a second
-                // signal during the wait is handled inside it.
-                let name = if sig == signal_hook::consts::SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                };
-                tracing::info!("received {name}, shutting down");
-                notify::notify("STOPPING=1");
-                let _ = sched.remove(&job).await;
-                match pass.take() {
-                    None => break,
-                    Some((handle, stop)) => {
-                        stop.cancel();
-                        let timeout = app.cfg.shutdown_timeout;
-                        let abort = handle.abort_handle();
-                        let mut handle = handle;
-                        tokio::select! {
-                            _ = &mut handle => {}
-                            () = tokio::time::sleep(timeout) => {
-                                tracing::warn!("the running pass did not finish within {timeout:?}; abandoning it (its uncommitted work is rolled back)");
-                                abort.abort();
-                            }
-                            Some(Event::Signal(s)) = rx.recv() => {
-                                if s == signal_hook::consts::SIGINT {
-                                    tracing::warn!("second SIGINT: exiting now (committed data is safe)");
-                                }
-                                abort.abort();
-                            }
-                        }
-                        break;
-                    }
-                }
+                d.on_shutdown(sig, &mut rx).await;
+                break;
             }
         }
     }
-    let _ = sched.shutdown().await;
+    let _ = d.sched.shutdown().await;
     signals.close();
-    app.limits.save();
-    let unsaved = app.engine.tokens.has_unsaved();
-    if !unsaved.is_empty() {
-        tracing::error!(accounts = ?unsaved, "rotated refresh tokens could not be written and are lost at exit; these accounts will need `login`");
-    }
     tracing::info!("stopped");
     exit::OK
 }

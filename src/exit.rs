@@ -1,5 +1,6 @@
-//! Exit codes, from `sysexits.h`, and the one place that decides which one a run ends with.
-//! Nothing below `main` calls `std::process::exit`; every command returns one of these.
+//! Exit codes, from `sysexits.h`, and the one place that maps outcomes to them ([`for_pass`],
+//! [`for_start`], [`for_login`]). Nothing below `main` calls `std::process::exit`; every command
+//! returns one of these.
 
 /// Everything worked (for `--once`: every account synced).
 pub const OK: u8 = 0;
@@ -22,4 +23,55 @@ pub const HELP: &str = "Exit codes:
   74  a local file or the database could not be written
   75  at least one account failed for a reason that may pass (retry later)
   77  at least one account needs re-authorization: run `stellantis-sync login --account NAME`
-  78  invalid configuration (nothing was touched)";
+  78  invalid configuration (nothing was touched), or an account's configuration is refused by
+      Stellantis (app credentials, brand)";
+
+use crate::daemon::{PassSummary, StartError};
+use crate::store::DbError;
+use crate::sync::Outcome;
+
+/// The `--once` exit code of a pass: 77 if any account needs re-authorization, else 78 if an
+/// account's configuration is wrong (app credentials, brand), else 74 if a local file could not
+/// be written, else 75 if any account failed for a reason that may pass, else 0.
+pub fn for_pass(summary: &PassSummary) -> u8 {
+    let any = |f: fn(&Outcome) -> bool| summary.outcomes.iter().any(|(_, o)| f(o));
+    if any(|o| matches!(o, Outcome::NeedsReauth { .. })) {
+        NOPERM
+    } else if any(|o| matches!(o, Outcome::Config { .. })) {
+        CONFIG
+    } else if any(|o| matches!(o, Outcome::LocalIo { .. })) {
+        IOERR
+    } else if any(|o| matches!(o, Outcome::Temporary { .. })) {
+        TEMPFAIL
+    } else {
+        OK
+    }
+}
+
+/// The exit code when the program could not start.
+pub fn for_start(e: &StartError) -> u8 {
+    match e {
+        StartError::AlreadyRunning { .. } => TEMPFAIL,
+        StartError::StateDir { .. } => IOERR,
+        StartError::Db(e) if e.is_io() => IOERR,
+        StartError::Db(DbError::TooNew { .. }) => CONFIG,
+        StartError::Db(_) => SOFTWARE,
+    }
+}
+
+/// The exit code of a failed `login`.
+pub fn for_login(e: &crate::auth::login::LoginError) -> u8 {
+    use crate::auth::AuthError;
+    use crate::auth::login::LoginError;
+    use crate::auth::store::StoreError;
+    match e {
+        LoginError::Io(_) => IOERR,
+        LoginError::Auth(AuthError::Store {
+            source: StoreError::Locked { .. },
+            ..
+        }) => TEMPFAIL,
+        LoginError::Auth(AuthError::Store { .. }) => IOERR,
+        LoginError::Auth(AuthError::InvalidClient { .. }) => CONFIG,
+        _ => NOPERM,
+    }
+}

@@ -1,4 +1,4 @@
-//! Named crash points for crash-consistency tests (`reliability-notes.md` §1.6). In debug builds,
+//! Named crash points for crash-consistency tests (`RELIABILITY.md`). In debug builds,
 //! setting `STELLANTIS_CRASH_AT=<name>` makes the process abort the first time execution
 //! reaches that point, as a power cut or `kill -9` would. Release builds compile this to nothing.
 

@@ -14,8 +14,12 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod diff;
 pub mod exit;
 pub mod faultpoint;
+pub mod fsutil;
+pub mod http;
+pub mod listing;
 pub mod logging;
 pub mod notify;
 pub mod ratelimit;
@@ -42,6 +46,10 @@ pub fn run(cli: Cli) -> u8 {
             return exit::SOFTWARE;
         }
     };
+    if let Err(msg) = check_global_flags(&cli) {
+        eprintln!("stellantis-sync: {msg}");
+        return exit::USAGE;
+    }
     runtime.block_on(async move {
         let once = cli.once;
         let shard = cli.shard;
@@ -70,6 +78,35 @@ pub fn run(cli: Cli) -> u8 {
             },
         }
     })
+}
+
+/// Refuses global flags a command does not honour (`demo --once` would otherwise run forever
+/// while the user waits for it to end).
+fn check_global_flags(cli: &Cli) -> Result<(), String> {
+    let name = match &cli.command {
+        None | Some(Command::Run) => return Ok(()),
+        Some(Command::CheckConfig) | Some(Command::Status) => {
+            // `--shard` narrows what they show; `--once` means nothing to them.
+            if cli.once {
+                return Err("--once only applies to `run` (e.g. `stellantis-sync --once`)".into());
+            }
+            return Ok(());
+        }
+        Some(Command::Login(_)) => "login",
+        Some(Command::Demo(_)) => "demo",
+        Some(Command::Simulate(_)) => "simulate",
+    };
+    if cli.once {
+        return Err(format!(
+            "--once only applies to `run`, not to `{name}` (`demo` takes --duration SECS)"
+        ));
+    }
+    if cli.shard.is_some() {
+        return Err(format!(
+            "--shard only applies to `run`, `status` and `check-config`, not to `{name}`"
+        ));
+    }
+    Ok(())
 }
 
 /// Loads the configuration or reports every problem and returns exit code 78.
@@ -130,18 +167,17 @@ async fn login(path: &std::path::Path, args: cli::LoginArgs) -> u8 {
         return exit::CONFIG;
     };
     let mut account = account;
-    account.country = args.country.to_ascii_lowercase();
+    // The account's own `country` unless overridden (the redirect URI depends on it).
+    if let Some(c) = &args.country {
+        account.country = c.to_ascii_lowercase();
+    }
     let limits = std::sync::Arc::new(ratelimit::Limits::new(cfg.api_rate, cfg.idp_rate, None));
     let tokens = auth::TokenManager::for_config(&cfg, limits);
     match tokens.login(&account, args.code).await {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("stellantis-sync: {e}");
-            match e {
-                auth::login::LoginError::Io(_) => exit::IOERR,
-                auth::login::LoginError::Auth(auth::AuthError::Store { .. }) => exit::IOERR,
-                _ => exit::NOPERM,
-            }
+            exit::for_login(&e)
         }
     }
 }

@@ -4,7 +4,14 @@
 //!
 //! The budget outlives the process: the time of the last API request and any `Retry-After`
 //! cooldown are written to `state_dir/budget.json`, so a restart or a `--once` run from cron every
-//! minute starts where the last one stopped instead of bursting.
+//! minute starts where the last one stopped instead of bursting. What is read back is clamped (a
+//! clock stepped back must not turn a cooldown into a day of silence), and a cooldown longer than
+//! [`MAX_BLOCKING_WAIT`] is not slept through inside a pass: the request fails at once with
+//! [`CoolingDown`], so a pass always ends and says why.
+//!
+//! A 429 that says nothing about when to come back (no readable `Retry-After`, no
+//! `X-RateLimit-Reset`) backs off exponentially across passes (`retry_cap` × 2^n, at most an
+//! hour), so a daily quota is not hammered by every account on every pass.
 //!
 //! With `burst = 1` (the default) no one-second window ever holds more than
 //! `requests_per_second` requests (see [`quota`] for how that holds at high rates), with a 1 %
@@ -28,6 +35,51 @@ struct Budget {
     last_api_request_ms: Option<u64>,
     /// Unix milliseconds until which no API request may be sent (a server-asked cooldown).
     cooldown_until_ms: Option<u64>,
+    /// 429s in a row that gave no hint of when to come back (the exponent of the back-off).
+    #[serde(default)]
+    unhinted_429s: u32,
+}
+
+/// The longest cooldown ever believed: a daily quota resets within a day.
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(86_400);
+/// The longest a request waits for a cooldown inside a pass; beyond, it fails with [`CoolingDown`].
+pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(60);
+/// The longest back-off after 429s without a hint.
+pub const MAX_UNHINTED_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// The API asked us to wait longer than a pass should block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the API asked every request to wait until {until} (rate limit); no request sent")]
+pub struct CoolingDown {
+    /// When requests may resume (RFC 3339).
+    pub until: TimeText,
+}
+
+/// A Unix-millisecond instant that prints as RFC 3339.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeText(pub u64);
+
+impl std::fmt::Display for TimeText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = chrono::DateTime::from_timestamp_millis(i64::try_from(self.0).unwrap_or(i64::MAX))
+            .unwrap_or_default();
+        f.write_str(&crate::timefmt::format(t))
+    }
+}
+
+impl Budget {
+    /// Clamps what was read from disk: nothing further than [`MAX_COOLDOWN`] ahead (a clock
+    /// stepped back, a corrupt file), no last request in the future.
+    fn clamped(mut self, now_ms: u64) -> Budget {
+        let max = now_ms.saturating_add(u64::try_from(MAX_COOLDOWN.as_millis()).unwrap_or(0));
+        if self.cooldown_until_ms.is_some_and(|c| c > max) {
+            self.cooldown_until_ms = Some(max);
+        }
+        if self.last_api_request_ms.is_some_and(|l| l > now_ms) {
+            self.last_api_request_ms = None;
+        }
+        self
+    }
 }
 
 /// The limiters shared by every account.
@@ -76,8 +128,9 @@ impl Limits {
         let budget = path
             .as_deref()
             .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+            .and_then(|b| serde_json::from_slice::<Budget>(&b).ok())
+            .unwrap_or_default()
+            .clamped(unix_ms(SystemTime::now()));
         Limits {
             api: RateLimiter::direct(api_quota),
             idp: RateLimiter::direct(idp_quota),
@@ -114,12 +167,20 @@ impl Limits {
         Duration::from_millis(until.saturating_sub(now))
     }
 
-    /// Waits until an API request may be sent, then takes a permit.
-    pub async fn api_permit(&self) {
+    /// Waits until an API request may be sent, then takes a permit; fails at once when the
+    /// cooldown lasts longer than [`MAX_BLOCKING_WAIT`].
+    pub async fn api_permit(&self) -> Result<(), CoolingDown> {
         loop {
             let wait = self.wait_from_budget();
             if wait.is_zero() {
                 break;
+            }
+            if wait > MAX_BLOCKING_WAIT {
+                let until = unix_ms(SystemTime::now())
+                    .saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+                return Err(CoolingDown {
+                    until: TimeText(until),
+                });
             }
             tokio::time::sleep(wait).await;
         }
@@ -127,6 +188,7 @@ impl Limits {
         self.started
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.budget().last_api_request_ms = Some(unix_ms(SystemTime::now()));
+        Ok(())
     }
 
     /// Waits until an identity-provider request may be sent.
@@ -134,15 +196,48 @@ impl Limits {
         self.idp.until_ready().await;
     }
 
+    /// A 429 with no usable hint of when to come back: the cooldown doubles with every such 429
+    /// in a row (from `base`, at most [`MAX_UNHINTED_BACKOFF`]), across passes and processes.
+    /// Returns the cooldown applied.
+    pub fn unhinted_429(&self, base: Duration) -> Duration {
+        let n = {
+            let mut b = self.budget();
+            b.unhinted_429s = b.unhinted_429s.saturating_add(1);
+            b.unhinted_429s
+        };
+        let d = base
+            .saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(20)))
+            .min(MAX_UNHINTED_BACKOFF);
+        self.cooldown(d);
+        d
+    }
+
+    /// A request went through: the next hint-less 429 starts the back-off from the beginning.
+    pub fn note_success(&self) {
+        let mut b = self.budget();
+        if b.unhinted_429s != 0 {
+            b.unhinted_429s = 0;
+        }
+    }
+
     /// The server asked every request to wait `d` (a 429): applies to all accounts, and is
     /// saved at once so that the next process honours it too.
     pub fn cooldown(&self, d: Duration) {
-        let until = unix_ms(SystemTime::now() + d);
+        let until = unix_ms(SystemTime::now() + d.min(MAX_COOLDOWN));
         {
             let mut b = self.budget();
             b.cooldown_until_ms = Some(b.cooldown_until_ms.unwrap_or(0).max(until));
         }
         self.save();
+    }
+
+    /// The cooldown saved in a state directory, if one is in force: when it ends (for `status`).
+    pub fn saved_cooldown(state_dir: &Path) -> Option<TimeText> {
+        let now = unix_ms(SystemTime::now());
+        let b: Budget =
+            serde_json::from_slice(&std::fs::read(state_dir.join("budget.json")).ok()?).ok()?;
+        let until = b.clamped(now).cooldown_until_ms?;
+        (until > now).then_some(TimeText(until))
     }
 
     /// How long the current cooldown still lasts.
@@ -156,21 +251,15 @@ impl Limits {
         )
     }
 
-    /// Writes the budget to the state directory (temp file + rename; losing it costs at most
+    /// Writes the budget to the state directory (atomic; losing the last write costs at most
     /// one second of spacing, so it is not fsynced).
     pub fn save(&self) {
         let Some(path) = &self.path else { return };
-        let Some(dir) = path.parent() else { return };
         let bytes = match serde_json::to_vec(&*self.budget()) {
             Ok(b) => b,
             Err(_) => return,
         };
-        let result = tempfile::NamedTempFile::new_in(dir).and_then(|mut f| {
-            std::io::Write::write_all(&mut f, &bytes)?;
-            f.persist(path).map_err(|e| e.error)?;
-            Ok(())
-        });
-        if let Err(e) = result {
+        if let Err(e) = crate::fsutil::write_atomic(path, &bytes, 0o640, false) {
             tracing::warn!(
                 "cannot save the rate-limit budget to {}: {e}",
                 path.display()
@@ -196,7 +285,7 @@ mod tests {
         let l = Limits::new(rate(10, 1), rate(1, 1), None);
         let start = std::time::Instant::now();
         for _ in 0..11 {
-            l.api_permit().await;
+            l.api_permit().await.unwrap();
         }
         assert!(
             start.elapsed() >= Duration::from_millis(1000),
@@ -212,7 +301,7 @@ mod tests {
         let start = std::time::Instant::now();
         let mut times = Vec::new();
         while start.elapsed() < Duration::from_millis(1500) {
-            l.api_permit().await;
+            l.api_permit().await.unwrap();
             times.push(std::time::Instant::now());
         }
         for (i, t) in times.iter().enumerate() {
@@ -235,7 +324,43 @@ mod tests {
         let again = Limits::new(rate(100, 1), rate(1, 1), Some(dir.path()));
         assert!(again.cooldown_remaining() > Duration::from_millis(200));
         let start = std::time::Instant::now();
-        again.api_permit().await;
+        again.api_permit().await.unwrap();
         assert!(start.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn a_cooldown_read_back_from_the_future_is_clamped_and_long_ones_fail_fast() {
+        // Issue 10 item 10: a budget written before the clock was stepped back by a year.
+        let dir = tempfile::tempdir().unwrap();
+        let year = unix_ms(SystemTime::now()) + 365 * 86_400_000;
+        std::fs::write(
+            dir.path().join("budget.json"),
+            format!("{{\"last_api_request_ms\":{year},\"cooldown_until_ms\":{year}}}"),
+        )
+        .unwrap();
+        let l = Limits::new(rate(100, 1), rate(1, 1), Some(dir.path()));
+        assert!(l.cooldown_remaining() <= MAX_COOLDOWN);
+        // A long cooldown is not slept through: the permit fails at once, saying until when.
+        let start = std::time::Instant::now();
+        let err = l.api_permit().await.unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert!(err.to_string().contains("wait until"), "{err}");
+    }
+
+    #[test]
+    fn hintless_429s_back_off_exponentially_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = Duration::from_secs(30);
+        let l = Limits::new(rate(100, 1), rate(1, 1), Some(dir.path()));
+        assert_eq!(l.unhinted_429(base), Duration::from_secs(30));
+        assert_eq!(l.unhinted_429(base), Duration::from_secs(60));
+        let again = Limits::new(rate(100, 1), rate(1, 1), Some(dir.path()));
+        assert_eq!(again.unhinted_429(base), Duration::from_secs(120));
+        for _ in 0..20 {
+            again.unhinted_429(base);
+        }
+        assert_eq!(again.unhinted_429(base), MAX_UNHINTED_BACKOFF);
+        again.note_success();
+        assert_eq!(again.unhinted_429(base), Duration::from_secs(30));
     }
 }

@@ -101,5 +101,11 @@ pub fn render(cfg: &Config) -> String {
             a.name, state, valid, age, when, result, vehicles, err
         );
     }
+    if let Some(until) = crate::ratelimit::Limits::saved_cooldown(&cfg.state_dir) {
+        let _ = writeln!(
+            out,
+            "rate limit: the API asked every request to wait until {until}; passes fail fast (rate_limited) until then"
+        );
+    }
     out
 }

@@ -93,6 +93,93 @@ fn the_example_config_documents_every_key() {
     }
 }
 
+/// Issue 10 item 18: the shipped example says it shows every default, so every value in it must
+/// be the code's default (the accounts, the app credentials and the database path aside).
+#[test]
+fn the_example_config_shows_the_codes_defaults() {
+    use figment::providers::{Format, Serialized, Toml};
+    use stellantis_sync::config::RawConfig;
+    let path = Path::new(ROOT).join("config/stellantis-sync.toml");
+    let shipped: RawConfig = figment::Figment::from(Serialized::defaults(RawConfig::default()))
+        .merge(Toml::file_exact(&path))
+        .extract()
+        .unwrap();
+    let shipped = serde_json::to_value(&shipped).unwrap();
+    let defaults = serde_json::to_value(RawConfig::default()).unwrap();
+    let mut compared = 0;
+    for (section, value) in defaults.as_object().unwrap() {
+        if ["accounts", "app", "database"].contains(&section.as_str()) {
+            continue;
+        }
+        let pairs: Vec<(String, &serde_json::Value, &serde_json::Value)> = match value {
+            serde_json::Value::Object(inner) => inner
+                .iter()
+                .map(|(k, v)| (format!("{section}.{k}"), v, &shipped[section][k]))
+                .collect(),
+            v => vec![(section.clone(), v, &shipped[section])],
+        };
+        for (key, want, got) in pairs {
+            assert_eq!(
+                got, want,
+                "config/stellantis-sync.toml: `{key}` is not the default"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 20, "{compared} keys compared");
+}
+
+/// Issue 10 item 19: every document a source file or a document cites exists in the repository
+/// (the reference notes outside it are not for readers of the code).
+#[test]
+fn cited_documents_exist_in_the_repository() {
+    let mut files = Vec::new();
+    rs_files(&Path::new(ROOT).join("src"), &mut files);
+    for doc in [
+        "README.md",
+        "ARCHITECTURE.md",
+        "RELIABILITY.md",
+        "BENCHMARKS.md",
+    ] {
+        files.push(Path::new(ROOT).join(doc));
+    }
+    let mut docs = Vec::new();
+    for entry in std::fs::read_dir(Path::new(ROOT).join("docs"))
+        .unwrap()
+        .flatten()
+    {
+        if entry.path().extension().is_some_and(|e| e == "md") {
+            docs.push(entry.path());
+        }
+    }
+    files.extend(docs);
+    let mut checked = 0;
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for cited in text.split('`').skip(1).step_by(2) {
+            let cited = cited.split_whitespace().next().unwrap_or("");
+            let cited = cited
+                .split('#')
+                .next()
+                .unwrap_or("")
+                .trim_end_matches([',', '.', ')']);
+            if !cited.ends_with(".md") || cited.contains('*') || cited.contains('<') {
+                continue;
+            }
+            let found = Path::new(ROOT).join(cited).exists()
+                || f.parent().is_some_and(|d| d.join(cited).exists())
+                || Path::new(ROOT).join("docs").join(cited).exists();
+            assert!(
+                found,
+                "{} cites `{cited}`, which is not in the repository",
+                f.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_describes_every_column_and_every_documented_query_runs() {
     let env = Env::new(

@@ -12,8 +12,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use crate::auth::grant::describe;
 use crate::config::Account;
+use crate::http::{BodyError, TransportError, TransportKind};
 use crate::ratelimit::Limits;
 pub use model::{ListedVehicle, Page, parse_page};
 
@@ -23,16 +23,23 @@ pub enum ApiError {
     /// 401: the access token was refused.
     #[error("HTTP 401 {0}")]
     Unauthorized(String),
-    /// 429: over quota; `retry_after` when the header could be read.
+    /// 429: over quota. `retry_after` from `Retry-After` when readable, `reset` from
+    /// `X-RateLimit-Reset`; `day_exhausted` when `X-RateLimit-Remaining-1` is 0.
     #[error("HTTP 429 rate limited (Retry-After: {raw})")]
     RateLimited {
         retry_after: Option<Duration>,
+        reset: Option<Duration>,
+        day_exhausted: bool,
         raw: String,
     },
+    /// A cooldown asked by an earlier 429 lasts longer than a pass may wait; nothing was sent.
+    #[error(transparent)]
+    CoolingDown(#[from] crate::ratelimit::CoolingDown),
     /// 5xx from the gateway or the backend.
     #[error("HTTP {status} {message}")]
     Server { status: u16, message: String },
-    /// 404 with code 40400/40410 "No vehicle found": the account has no vehicles.
+    /// 404 with code 40400/40410 and the documented "No vehicle found": the account has no
+    /// vehicles. A 404 that says anything else (or nothing) is a [`ApiError::Client`] error.
     #[error("no vehicle found")]
     NoVehicles,
     /// Any other 4xx.
@@ -40,8 +47,8 @@ pub enum ApiError {
     Client { status: u16, message: String },
     /// Timeouts, refused or reset connections, cut-off bodies.
     #[error("{0}")]
-    Transport(String),
-    /// A body that is not the JSON the API sends.
+    Transport(TransportError),
+    /// A body that is not the JSON the API sends (or is too large to be one).
     #[error("malformed response: {0}")]
     Malformed(String),
     /// A listing that cannot be complete (no `_embedded`, totals that do not add up, …).
@@ -54,11 +61,11 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::RateLimited { .. } | ApiError::CoolingDown(_) => "rate_limited",
             ApiError::Server { .. } => "server_error",
             ApiError::NoVehicles => "no_vehicles",
             ApiError::Client { .. } => "client_error",
-            ApiError::Transport(m) if m.contains("timed out") => "timeout",
+            ApiError::Transport(t) if t.kind == TransportKind::Timeout => "timeout",
             ApiError::Transport(_) => "transport",
             ApiError::Malformed(_) => "malformed",
             ApiError::Incomplete(_) => "incomplete",
@@ -72,6 +79,22 @@ impl ApiError {
             ApiError::RateLimited { .. } | ApiError::Server { .. } | ApiError::Transport(_)
         )
     }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> ApiError {
+        match e {
+            BodyError::Transport(t) => ApiError::Transport(t),
+            BodyError::TooLarge { .. } => ApiError::Malformed(e.to_string()),
+        }
+    }
+}
+
+/// A header's value as text (lossy), if present.
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
 }
 
 /// The API client shared by every account.
@@ -133,7 +156,23 @@ impl ApiClient {
         url: &str,
         token: &SecretString,
     ) -> Result<Page, ApiError> {
-        self.limits.api_permit().await;
+        let (status, body) = self.get(a, url, token).await?;
+        match status {
+            200 => parse_page(&body),
+            404 if model::is_no_vehicle(&body) => Err(ApiError::NoVehicles),
+            s => Err(classify(s, &body)),
+        }
+    }
+
+    /// One authorised GET through the rate limiter, with the body read under the size cap.
+    /// 401 and 429 are errors here already; any other status is returned with its body.
+    pub async fn get(
+        &self,
+        a: &Account,
+        url: &str,
+        token: &SecretString,
+    ) -> Result<(u16, Vec<u8>), ApiError> {
+        self.limits.api_permit().await?;
         let resp = self
             .http
             .get(url)
@@ -142,35 +181,43 @@ impl ApiClient {
             .header(reqwest::header::ACCEPT, "application/hal+json")
             .send()
             .await
-            .map_err(|e| ApiError::Transport(describe(&e)))?;
+            .map_err(|e| ApiError::Transport(TransportError::from_reqwest(&e)))?;
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Transport(describe(&e)))?;
-        match status {
-            200 => parse_page(&body),
-            401 => Err(ApiError::Unauthorized(model::error_message(&body))),
-            429 => {
-                let raw = retry_after.unwrap_or_default();
-                Err(ApiError::RateLimited {
-                    retry_after: retry::parse_retry_after(&raw, std::time::SystemTime::now()),
-                    raw,
-                })
+        let rate_limited = (status == 429).then(|| {
+            let raw = header(&resp, "retry-after").unwrap_or_default();
+            let now = std::time::SystemTime::now();
+            ApiError::RateLimited {
+                retry_after: retry::parse_retry_after(&raw, now),
+                reset: header(&resp, "x-ratelimit-reset").and_then(|v| retry::parse_reset(&v, now)),
+                day_exhausted: header(&resp, "x-ratelimit-remaining-1").as_deref() == Some("0"),
+                raw,
             }
-            404 if model::is_no_vehicle(&body) => Err(ApiError::NoVehicles),
-            s if s >= 500 => Err(ApiError::Server {
-                status: s,
-                message: model::error_message(&body),
-            }),
-            s => Err(ApiError::Client {
-                status: s,
-                message: model::error_message(&body),
-            }),
+        });
+        let body = crate::http::read_capped(resp, crate::http::API_BODY_LIMIT).await?;
+        match status {
+            401 => Err(ApiError::Unauthorized(model::error_message(&body))),
+            429 => Err(rate_limited.unwrap_or(ApiError::RateLimited {
+                retry_after: None,
+                reset: None,
+                day_exhausted: false,
+                raw: String::new(),
+            })),
+            s => {
+                if s < 400 {
+                    self.limits.note_success();
+                }
+                Ok((s, body))
+            }
         }
+    }
+}
+
+/// The error for a status that is not success, 401 or 429.
+pub fn classify(status: u16, body: &[u8]) -> ApiError {
+    let message = model::error_message(body);
+    if status >= 500 {
+        ApiError::Server { status, message }
+    } else {
+        ApiError::Client { status, message }
     }
 }

@@ -202,7 +202,9 @@ pub fn parse_page(body: &[u8]) -> Result<Page, ApiError> {
     })
 }
 
-/// Whether a 404 body is the API's "No vehicle found" (codes 40400/40410, as number or string).
+/// Whether a 404 body is the API's documented "No vehicle found" (codes 40400/40410, as number
+/// or string, with the message `No vehicle found` / `No vehicule found`). A 404 with the code but
+/// another message, or none, is not: it would otherwise record every vehicle removed.
 pub fn is_no_vehicle(body: &[u8]) -> bool {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return false;
@@ -217,7 +219,8 @@ pub fn is_no_vehicle(body: &[u8]) -> bool {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_ascii_lowercase();
-    matches!(code, Some(40400 | 40410)) && (msg.contains("no vehic") || msg.is_empty())
+    matches!(code, Some(40400 | 40410))
+        && (msg.contains("no vehicle found") || msg.contains("no vehicule found"))
 }
 
 /// A short, safe message from any of the API's three error-body families
@@ -313,6 +316,12 @@ mod tests {
             br#"{"code":40400,"message":"Not Found: No trip was found."}"#
         ));
         assert!(!is_no_vehicle(b"not json"));
+        // Issue 10 item 8: the code alone, or with another message, is not an empty account.
+        assert!(!is_no_vehicle(br#"{"uuid":"u","code":40400}"#));
+        assert!(!is_no_vehicle(br#"{"code":40400,"message":""}"#));
+        assert!(!is_no_vehicle(
+            br#"{"code":40400,"message":"Not Found: We didn't find the status for this vehicle."}"#
+        ));
     }
 
     mod hostile {

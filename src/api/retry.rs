@@ -23,6 +23,21 @@ pub fn parse_retry_after(raw: &str, now: SystemTime) -> Option<Duration> {
     Some(d.min(Duration::from_secs(3600)))
 }
 
+/// Parses `X-RateLimit-Reset`: seconds until the quota window resets (the documented form), or
+/// a Unix time in seconds (some gateways send that). At most a day is honoured.
+pub fn parse_reset(raw: &str, now: SystemTime) -> Option<Duration> {
+    let n: u64 = raw.trim().parse().ok()?;
+    let now_s = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let secs = if n > 1_000_000_000 {
+        n.saturating_sub(now_s)
+    } else {
+        n
+    };
+    Some(Duration::from_secs(secs.min(86_400)))
+}
+
 /// The upper bound of the backoff before retry number `attempt` (0-based).
 pub fn backoff_cap(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let factor = 2u32.saturating_pow(attempt.min(20));
@@ -58,6 +73,21 @@ mod tests {
             parse_retry_after("999999999", now),
             Some(Duration::from_secs(3600))
         );
+    }
+
+    #[test]
+    fn rate_limit_reset_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_reset("1045", now), Some(Duration::from_secs(1045)));
+        assert_eq!(
+            parse_reset("1700000600", now),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(
+            parse_reset("999999", now),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(parse_reset("soon", now), None);
     }
 
     #[test]

@@ -14,17 +14,65 @@ use crate::ratelimit::Limits;
 /// Tokens from a successful grant.
 #[derive(Debug)]
 pub struct Tokens {
-    pub access_token: SecretString,
+    /// Absent only in a broken answer that still carried a refresh token (kept, never dropped).
+    pub access_token: Option<SecretString>,
     /// Absent if the server did not rotate (RFC 6749 §6: then keep the old one).
     pub refresh_token: Option<SecretString>,
+    /// Seconds, already clamped to [`MIN_EXPIRES_IN`, `MAX_EXPIRES_IN`].
     pub expires_in: u64,
 }
 
-#[derive(Deserialize)]
-struct RawTokens {
-    access_token: SecretString,
-    refresh_token: Option<SecretString>,
-    expires_in: Option<serde_json::Value>,
+/// The shortest access-token lifetime believed (a missing, negative or unreadable `expires_in`
+/// counts as this: the token is refreshed again soon rather than trusted for long).
+pub const MIN_EXPIRES_IN: u64 = 60;
+/// The longest believed (Stellantis issues 3599 s; `1e17` must not overflow a date).
+pub const MAX_EXPIRES_IN: u64 = 86_400;
+
+/// Reads a successful token answer defensively: once the identity provider has sent a new
+/// refresh token it is kept, whatever else in the body is wrong. `None` only when the body is not
+/// a JSON object or carries neither token.
+pub fn parse_tokens(body: &[u8]) -> Option<Tokens> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object()?;
+    let secret = |k: &str| {
+        obj.get(k)
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(|s| SecretString::from(s.to_owned()))
+    };
+    let access_token = secret("access_token");
+    let refresh_token = secret("refresh_token");
+    if access_token.is_none() && refresh_token.is_none() {
+        return None;
+    }
+    let expires_in = match obj.get("expires_in") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(clamp_f64)
+        }),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    }
+    .unwrap_or(MIN_EXPIRES_IN)
+    .clamp(MIN_EXPIRES_IN, MAX_EXPIRES_IN);
+    Some(Tokens {
+        access_token,
+        refresh_token,
+        expires_in,
+    })
+}
+
+/// A non-negative finite float of seconds as whole seconds, saturating (no `as` overflow).
+fn clamp_f64(f: f64) -> u64 {
+    if f >= MAX_EXPIRES_IN as f64 {
+        MAX_EXPIRES_IN
+    } else {
+        // In range [0, 86400): the conversion is exact enough and cannot overflow.
+        format!("{:.0}", f.floor())
+            .parse()
+            .unwrap_or(MIN_EXPIRES_IN)
+    }
 }
 
 #[derive(Deserialize)]
@@ -73,28 +121,21 @@ pub async fn request(
         .form(params)
         .send()
         .await
-        .map_err(|e| GrantError::Transient(describe(&e)))?;
+        .map_err(|e| {
+            GrantError::Transient(crate::http::TransportError::from_reqwest(&e).message)
+        })?;
     let status = resp.status();
-    let body = resp
-        .bytes()
+    let body = crate::http::read_capped(resp, crate::http::IDP_BODY_LIMIT)
         .await
-        .map_err(|e| GrantError::Transient(describe(&e)))?;
+        .map_err(|e| GrantError::Transient(e.to_string()))?;
     if status.is_success() {
-        let raw: RawTokens = serde_json::from_slice(&body).map_err(|e| {
+        return parse_tokens(&body).ok_or_else(|| {
             GrantError::Transient(format!(
                 "token response is not the expected JSON ({})",
-                e.classify_name()
+                serde_json::from_slice::<serde_json::Value>(&body)
+                    .err()
+                    .map_or("no token in it", |e| e.classify_name())
             ))
-        })?;
-        let expires_in = match raw.expires_in {
-            Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(3599),
-            Some(serde_json::Value::String(s)) => s.parse().unwrap_or(3599),
-            _ => 3599,
-        };
-        return Ok(Tokens {
-            access_token: raw.access_token,
-            refresh_token: raw.refresh_token,
-            expires_in,
         });
     }
     let err: Option<RawError> = serde_json::from_slice(&body).ok();
@@ -128,32 +169,6 @@ pub async fn request(
     }
 }
 
-/// A reqwest error without its URL (which could carry a code) and without any body.
-pub fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "response body broken"
-    } else if e.is_request() {
-        "request failed"
-    } else {
-        "HTTP error"
-    };
-    let mut source = std::error::Error::source(e);
-    let mut detail = String::new();
-    while let Some(s) = source {
-        detail = s.to_string();
-        source = s.source();
-    }
-    if detail.is_empty() {
-        kind.to_owned()
-    } else {
-        format!("{kind}: {detail}")
-    }
-}
-
 /// Serde's error category name, for messages that must not quote the body.
 trait ClassifyName {
     fn classify_name(&self) -> &'static str;
@@ -167,5 +182,73 @@ impl ClassifyName for serde_json::Error {
             serde_json::error::Category::Data => "missing or mistyped field",
             serde_json::error::Category::Eof => "truncated",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn token_answers_are_read_defensively() {
+        let rt = |t: &Tokens| {
+            t.refresh_token
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned())
+        };
+        let t =
+            parse_tokens(br#"{"access_token":"a","refresh_token":"r","expires_in":3599}"#).unwrap();
+        assert_eq!((rt(&t).as_deref(), t.expires_in), (Some("r"), 3599));
+        // Issue 10 item 4: hostile lifetimes are clamped, never trusted or overflowed.
+        for (body, want) in [
+            (
+                r#"{"access_token":"a","refresh_token":"r","expires_in":100000000000000000}"#,
+                MAX_EXPIRES_IN,
+            ),
+            (
+                r#"{"access_token":"a","refresh_token":"r","expires_in":1e17}"#,
+                MAX_EXPIRES_IN,
+            ),
+            (
+                r#"{"access_token":"a","refresh_token":"r","expires_in":-5}"#,
+                MIN_EXPIRES_IN,
+            ),
+            (
+                r#"{"access_token":"a","refresh_token":"r","expires_in":"soon"}"#,
+                MIN_EXPIRES_IN,
+            ),
+            (
+                r#"{"access_token":"a","refresh_token":"r","expires_in":null}"#,
+                MIN_EXPIRES_IN,
+            ),
+            (
+                r#"{"access_token":"a","refresh_token":"r"}"#,
+                MIN_EXPIRES_IN,
+            ),
+            (
+                r#"{"access_token":"a","refresh_token":"r","expires_in":"7200"}"#,
+                7200,
+            ),
+            (
+                r#"{"access_token":"a","refresh_token":"r","expires_in":12.7}"#,
+                MIN_EXPIRES_IN,
+            ),
+            (
+                r#"{"access_token":"a","refresh_token":"r","expires_in":600.4}"#,
+                600,
+            ),
+        ] {
+            let t = parse_tokens(body.as_bytes()).unwrap();
+            assert_eq!(t.expires_in, want, "{body}");
+            assert_eq!(rt(&t).as_deref(), Some("r"), "{body}");
+        }
+        // Once a new refresh token arrived, it is kept whatever else is wrong.
+        let t = parse_tokens(br#"{"refresh_token":"r","access_token":42}"#).unwrap();
+        assert!(t.access_token.is_none());
+        assert_eq!(rt(&t).as_deref(), Some("r"));
+        assert!(parse_tokens(b"[1]").is_none());
+        assert!(parse_tokens(b"{}").is_none());
+        assert!(parse_tokens(b"not json").is_none());
     }
 }

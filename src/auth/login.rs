@@ -3,8 +3,9 @@
 //! The brand apps only accept their private-scheme redirect URI (`mymap://oauth2redirect/fr`, …),
 //! which no browser can deliver to us, so the user opens the printed URL, signs in, and pastes
 //! back the code or the whole redirect URL (browsers show it in the address bar or the developer
-//! tools). The pending verifier is kept in `tokens/NAME.login.json` (0600) for ten minutes, so the
-//! code can also be given later with `--code`.
+//! tools). The pending verifier is kept in `tokens/pending-login/NAME.json` (0600; a directory no
+//! account's token file can be in) for ten minutes, so the code can also be given later with
+//! `--code`.
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::store::fingerprint;
-use super::{AuthError, TokenManager, grant, issued_record};
+use super::{AuthError, TokenManager, grant};
 use crate::config::Account;
 use crate::timefmt;
 
@@ -129,10 +130,19 @@ impl TokenManager {
     /// Runs the login for one account. `code` is the `--code` argument; without it the URL is
     /// printed and the code read from standard input.
     pub async fn login(&self, a: &Account, code: Option<String>) -> Result<(), LoginError> {
+        let inner = &self.inner;
         let store = self.store();
         store.prepare().map_err(|e| LoginError::Io(e.to_string()))?;
-        let pending_path = store.dir().join(format!("{}.login.json", a.name));
-        let idp = self.idp_base(a);
+        let pending_path = store.pending_login_path(&a.name);
+        if let Some(dir) = pending_path.parent() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| LoginError::Io(format!("{}: {e}", dir.display())))?;
+        }
+        let idp = inner.idp_base(a);
         let (pending, input) = match code {
             Some(c) => {
                 let p: Pending = std::fs::read(&pending_path)
@@ -185,8 +195,8 @@ impl TokenManager {
             .preflight()
             .map_err(|e| LoginError::Io(e.to_string()))?;
         let tokens = grant::request(
-            &self.http,
-            &self.limits,
+            &inner.http,
+            &inner.limits,
             &idp,
             a,
             &[
@@ -213,7 +223,7 @@ impl TokenManager {
             .ok()
             .flatten()
             .and_then(|r| r.refresh_token.as_ref().map(fingerprint));
-        let record = issued_record(
+        let record = inner.issued_record(
             a,
             tokens.access_token,
             Some(refresh),
@@ -222,7 +232,7 @@ impl TokenManager {
             Some(timefmt::format(now)),
             previous,
         );
-        self.save_durably(a, record)?;
+        inner.save_durably(a, record)?;
         let _ = std::fs::remove_file(&pending_path);
         println!(
             "Account `{}` is logged in; a running daemon uses the new tokens at its next pass.",
@@ -233,20 +243,8 @@ impl TokenManager {
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), LoginError> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp")
-        .permissions(std::fs::Permissions::from_mode(0o600))
-        .tempfile_in(dir)
-        .map_err(|e| LoginError::Io(format!("{}: {e}", dir.display())))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| LoginError::Io(format!("{}: {e}", path.display())))?;
-    tmp.persist(path)
-        .map_err(|e| LoginError::Io(format!("{}: {}", path.display(), e.error)))?;
-    Ok(())
+    crate::fsutil::write_atomic(path, bytes, 0o600, true)
+        .map_err(|e| LoginError::Io(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -1,11 +1,18 @@
 //! OAuth2 tokens for every account: where they come from, when they are refreshed, and how a
 //! rotated refresh token is made durable before anything else happens.
 //!
-//! Sources, in order: the token store; a configured `refresh_token` (bootstrap, used once: a new
-//! value in the configuration is adopted, the same one is never replayed); the password grant when
-//! `username`/`password` are set; `stellantis-sync login` (see [`login`]).
+//! Sources, in order (decided by the pure [`plan`]): a configured `refresh_token` the store has not
+//! seen yet (bootstrap: a new value in the configuration is adopted, the same one is never
+//! replayed); the token store; the password grant when `username`/`password` are set;
+//! `stellantis-sync login` (see [`login`]). A refresh token the identity provider refused is never
+//! presented again.
 //!
-//! Refresh protocol (`reliability-notes.md` §1.5): single flight per account (an in-process mutex
+//! A token exchange, once sent, always finishes and is saved: it runs in a task of its own that
+//! a cancelled pass does not cancel, and shutdown waits for it ([`TokenManager::drain`]). A record
+//! that cannot be saved (disk full) is kept in memory, across reloads, and written again at every
+//! pass, on reload and at shutdown, never over a newer chain ([`plan::pending_supersedes`]).
+//!
+//! Refresh protocol (`docs/tokens.md`): single flight per account (an in-process mutex
 //! plus the store's cross-process lock), re-read the store under the lock, check the store is
 //! writable, POST, write the new refresh token durably, and only then use the access token.
 //! `invalid_grant` → re-read once, then log in with the password if one is configured, otherwise
@@ -16,9 +23,10 @@
 
 pub mod grant;
 pub mod login;
+pub mod plan;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +38,7 @@ use crate::faultpoint;
 use crate::ratelimit::Limits;
 use crate::timefmt;
 use grant::{GrantError, Tokens};
+use plan::Plan;
 use store::{StoreError, TokenRecord, TokenStore, fingerprint};
 
 /// Why an account has no usable access token.
@@ -55,6 +64,14 @@ pub enum AuthError {
         #[source]
         source: StoreError,
     },
+    /// The API keeps refusing freshly issued tokens (401 after a refresh): not a token problem.
+    #[error(
+        "account {account}: the API refuses freshly issued access tokens (a 401 persisted after a refresh within the last hour); the token is not the problem: check the account's `brand` (the realm sent is {realm}) and that the app's client_id may use the API"
+    )]
+    RefusedByApi {
+        account: String,
+        realm: &'static str,
+    },
 }
 
 impl AuthError {
@@ -64,7 +81,12 @@ impl AuthError {
             AuthError::NeedsReauth { .. } => "needs_reauth",
             AuthError::InvalidClient { .. } => "invalid_client",
             AuthError::Transient { .. } => "auth_transient",
+            AuthError::Store {
+                source: StoreError::Locked { .. },
+                ..
+            } => "token_store_locked",
             AuthError::Store { .. } => "token_store",
+            AuthError::RefusedByApi { .. } => "api_refuses_token",
         }
     }
 }
@@ -77,6 +99,9 @@ pub struct TokenSettings {
     pub warn_before: Duration,
     pub idp_override: Option<String>,
     pub lock_wait: Duration,
+    /// The identity provider's request timeout: how long a token exchange that has been sent may
+    /// still take when the daemon stops.
+    pub idp_timeout: Duration,
 }
 
 impl TokenSettings {
@@ -90,43 +115,50 @@ impl TokenSettings {
                 .idp_base
                 .as_ref()
                 .map(|u| u.as_str().trim_end_matches('/').to_owned()),
-            lock_wait: Duration::from_secs(30),
+            // Another process holding the lock is refreshing: that takes at most an IdP timeout.
+            lock_wait: cfg.idp_timeout + Duration::from_secs(2),
+            idp_timeout: cfg.idp_timeout,
         }
     }
 }
 
+/// Token records whose durable write failed: each holds the only live refresh token of its
+/// account. Shared across reloads (a reload builds a new [`TokenManager`] around the same map), and
+/// written again at every pass, on reload and on shutdown.
+#[derive(Debug, Default)]
+pub struct PendingTokens(Mutex<HashMap<String, TokenRecord>>);
+
+impl PendingTokens {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, TokenRecord>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// The accounts whose rotated token is only in memory.
+    pub fn accounts(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.map().keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
 /// Hands out access tokens and keeps refresh tokens alive.
+///
+/// Every token exchange runs in a task of its own, tracked by the manager: once a request has been
+/// sent to the identity provider, cancelling the caller (a pass abandoned at shutdown) does not
+/// cancel the exchange, which finishes and is saved; [`TokenManager::drain`] waits for them.
 pub struct TokenManager {
+    inner: Arc<Inner>,
+    tracker: tokio_util::task::TaskTracker,
+}
+
+struct Inner {
     store: TokenStore,
     http: reqwest::Client,
     limits: Arc<Limits>,
     settings: TokenSettings,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     warned: Mutex<HashMap<String, chrono::DateTime<Utc>>>,
-    /// Records whose durable write failed: kept in memory and written again first thing.
-    unsaved: Mutex<HashMap<String, TokenRecord>>,
-}
-
-/// What is about to be presented to the IdP.
-enum Plan {
-    Refresh {
-        token: SecretString,
-        source: String,
-        bootstrap: bool,
-    },
-    Password,
-    Reauth(String),
-}
-
-fn still_valid(rec: &TokenRecord, margin: Duration) -> Option<SecretString> {
-    if rec.needs_reauth {
-        return None;
-    }
-    let expires = timefmt::parse(rec.access_expires_at.as_deref()?)?;
-    let margin = chrono::Duration::from_std(margin).ok()?;
-    (expires - margin > Utc::now())
-        .then(|| rec.access_token.clone())
-        .flatten()
+    pending: Arc<PendingTokens>,
+    install_key: std::sync::OnceLock<Option<Vec<u8>>>,
 }
 
 /// Fingerprint of the configured bootstrap refresh token.
@@ -134,23 +166,27 @@ fn boot_fp(a: &Account) -> Option<String> {
     a.refresh_token.as_ref().map(fingerprint)
 }
 
-/// Salted fingerprint of the configured password (only to notice that it changed).
-fn pw_fp(a: &Account) -> Option<String> {
-    a.password.as_ref().map(|p| {
-        fingerprint(&SecretString::from(format!(
-            "stellantis-sync:{}:{}",
-            a.name,
-            p.expose_secret()
-        )))
-    })
-}
-
-/// Whether the configuration now offers something the record has not seen: a new bootstrap
-/// token or a changed password. Only that lifts a `needs_reauth` without `login`.
-fn inputs_changed(a: &Account, r: &TokenRecord) -> bool {
-    let boot = boot_fp(a);
-    let pw = pw_fp(a);
-    (boot.is_some() && boot != r.bootstrap_sha256) || (pw.is_some() && pw != r.password_sha256)
+/// HMAC-SHA256 (RFC 2104) of `msg` under `key`, as hex.
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> String {
+    use sha2::Digest;
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&sha2::Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| k.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = sha2::Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(msg)
+        .finalize();
+    sha2::Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl TokenManager {
@@ -160,15 +196,44 @@ impl TokenManager {
         limits: Arc<Limits>,
         settings: TokenSettings,
     ) -> TokenManager {
+        TokenManager::with_pending(store, http, limits, settings, Arc::default())
+    }
+
+    /// A manager that shares `pending` (the unsaved records) with its predecessor (a reload).
+    pub fn with_pending(
+        store: TokenStore,
+        http: reqwest::Client,
+        limits: Arc<Limits>,
+        settings: TokenSettings,
+        pending: Arc<PendingTokens>,
+    ) -> TokenManager {
         TokenManager {
-            store,
-            http,
-            limits,
-            settings,
-            locks: Mutex::new(HashMap::new()),
-            warned: Mutex::new(HashMap::new()),
-            unsaved: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                store,
+                http,
+                limits,
+                settings,
+                locks: Mutex::new(HashMap::new()),
+                warned: Mutex::new(HashMap::new()),
+                pending,
+                install_key: std::sync::OnceLock::new(),
+            }),
+            tracker: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// The manager of a reloaded configuration: it shares this one's records kept in memory and
+    /// its tracked exchanges (so shutdown still waits for one the old manager started).
+    pub fn reconfigured(&self, cfg: &Config, limits: Arc<Limits>) -> TokenManager {
+        let mut m = TokenManager::with_pending(
+            TokenStore::new(&cfg.state_dir),
+            crate::http::client(cfg.idp_timeout),
+            limits,
+            TokenSettings::from_config(cfg),
+            self.pending(),
+        );
+        m.tracker = self.tracker.clone();
+        m
     }
 
     /// The token manager of a configuration: its state directory's store, an HTTP client with
@@ -176,7 +241,7 @@ impl TokenManager {
     pub fn for_config(cfg: &Config, limits: Arc<Limits>) -> TokenManager {
         TokenManager::new(
             TokenStore::new(&cfg.state_dir),
-            http_client(cfg.idp_timeout),
+            crate::http::client(cfg.idp_timeout),
             limits,
             TokenSettings::from_config(cfg),
         )
@@ -184,9 +249,112 @@ impl TokenManager {
 
     /// The store (for `status` and `login`).
     pub fn store(&self) -> &TokenStore {
-        &self.store
+        &self.inner.store
     }
 
+    /// The records kept in memory after a failed save (hand them to the next manager on reload).
+    pub fn pending(&self) -> Arc<PendingTokens> {
+        self.inner.pending.clone()
+    }
+
+    /// The accounts whose rotated refresh token is only in memory.
+    pub fn unsaved_accounts(&self) -> Vec<String> {
+        self.inner.pending.accounts()
+    }
+
+    /// A valid access token for the account, refreshing or logging in if needed.
+    pub async fn access_token(&self, a: &Account) -> Result<SecretString, AuthError> {
+        self.obtain(a, None).await
+    }
+
+    /// The API rejected `rejected` (401): get a new access token, unless another task already did.
+    /// A 401 makes the daemon refresh at most once an hour per account: a fresh token refused
+    /// again says the token is not the problem ([`AuthError::RefusedByApi`]).
+    pub async fn after_rejection(
+        &self,
+        a: &Account,
+        rejected: &SecretString,
+    ) -> Result<SecretString, AuthError> {
+        self.obtain(a, Some(fingerprint(rejected))).await
+    }
+
+    /// Runs the exchange in a tracked task of its own: dropping this future (a pass cut off at
+    /// shutdown) does not cancel a request already sent to the identity provider.
+    async fn obtain(
+        &self,
+        a: &Account,
+        rejected: Option<String>,
+    ) -> Result<SecretString, AuthError> {
+        let inner = self.inner.clone();
+        let account = a.clone();
+        let task = self
+            .tracker
+            .spawn(async move { inner.obtain(&account, rejected).await });
+        task.await.unwrap_or_else(|e| {
+            Err(AuthError::Transient {
+                account: a.name.clone(),
+                reason: format!("the token task failed: {e}"),
+            })
+        })
+    }
+
+    /// The API refused an access token that a 401 had just made us fetch: the token is not the
+    /// problem. Remembered in the store, so that for the next hour a 401 fails at once
+    /// ([`AuthError::RefusedByApi`]) instead of rotating the chain every pass.
+    pub async fn note_fresh_token_refused(&self, a: &Account) {
+        let inner = self.inner.clone();
+        let account = a.clone();
+        let _ = self
+            .tracker
+            .spawn(async move {
+                let mutex = inner.account_mutex(&account.name);
+                let _guard = mutex.lock().await;
+                let Ok(_lock) = inner
+                    .store
+                    .lock(&account.name, inner.settings.lock_wait)
+                    .await
+                else {
+                    return;
+                };
+                if let Ok(Some(mut rec)) = inner.store.load(&account.name) {
+                    rec.unauthorized_refresh_at = Some(timefmt::now());
+                    if let Err(e) = inner.store.save(&rec) {
+                        tracing::warn!(account = %account.name, "cannot record the refused token: {e}");
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// Waits until every token exchange in flight has finished and been saved, up to the identity
+    /// provider's timeout plus `extra`. Returns whether none is left.
+    pub async fn drain(&self, extra: Duration) -> bool {
+        self.tracker.close();
+        let busy = self.tracker.len();
+        if busy > 0 {
+            tracing::info!(
+                "waiting for {busy} token exchange(s) with the identity provider to finish and be saved"
+            );
+        }
+        let limit = self.inner.settings.idp_timeout + self.inner.settings.lock_wait + extra;
+        let done = tokio::time::timeout(limit, self.tracker.wait())
+            .await
+            .is_ok();
+        self.tracker.reopen();
+        done
+    }
+
+    /// Writes every record kept in memory (under each account's lock, never over a newer
+    /// record). Returns the accounts still unsaved.
+    pub async fn flush_pending(&self) -> Vec<String> {
+        for name in self.inner.pending.accounts() {
+            let _ = self.inner.flush_one(&name).await;
+        }
+        self.inner.pending.accounts()
+    }
+}
+
+impl Inner {
     fn idp_base(&self, a: &Account) -> String {
         self.settings
             .idp_override
@@ -210,18 +378,48 @@ impl TokenManager {
         }
     }
 
-    /// A valid access token for the account, refreshing or logging in if needed.
-    pub async fn access_token(&self, a: &Account) -> Result<SecretString, AuthError> {
-        self.obtain(a, None).await
+    /// The per-installation key of [`Inner::pw_fp`] (`tokens/.install-key`, 0600, made once).
+    fn install_key(&self) -> Option<&[u8]> {
+        self.install_key
+            .get_or_init(|| {
+                let path = self.store.dir().join(".install-key");
+                if let Ok(text) = std::fs::read_to_string(&path)
+                    && text.trim().len() == 64
+                {
+                    return Some(text.trim().as_bytes().to_vec());
+                }
+                let key: String = (0..32)
+                    .map(|_| format!("{:02x}", rand::random::<u8>()))
+                    .collect();
+                crate::fsutil::write_atomic(&path, key.as_bytes(), 0o600, true)
+                    .map_err(|e| tracing::warn!("cannot create {}: {e}", path.display()))
+                    .ok()
+                    .map(|()| key.into_bytes())
+            })
+            .as_deref()
     }
 
-    /// The API rejected `rejected` (401): get a new access token, unless another task already did.
-    pub async fn after_rejection(
-        &self,
-        a: &Account,
-        rejected: &SecretString,
-    ) -> Result<SecretString, AuthError> {
-        self.obtain(a, Some(fingerprint(rejected))).await
+    /// Keyed hash of the configured password (only to notice that it changed).
+    fn pw_fp(&self, a: &Account) -> Option<String> {
+        let p = a.password.as_ref()?;
+        let key = self.install_key()?;
+        Some(hmac_sha256(
+            key,
+            format!("{}:{}", a.name, p.expose_secret()).as_bytes(),
+        ))
+    }
+
+    /// Whether the configuration now offers something the record has not seen: a new bootstrap
+    /// token or a changed password. Only that lifts a `needs_reauth` without `login`.
+    fn inputs_changed(&self, a: &Account, r: &TokenRecord) -> bool {
+        let boot = boot_fp(a);
+        let pw = self.pw_fp(a);
+        let refused = |fp: &Option<String>| {
+            fp.as_ref()
+                .is_some_and(|f| r.refused_sha256.iter().any(|x| x == f))
+        };
+        (boot.is_some() && boot != r.bootstrap_sha256 && !refused(&boot))
+            || (pw.is_some() && pw != r.password_hmac)
     }
 
     async fn obtain(
@@ -231,19 +429,14 @@ impl TokenManager {
     ) -> Result<SecretString, AuthError> {
         let mutex = self.account_mutex(&a.name);
         let _guard = mutex.lock().await;
-        self.flush_unsaved(a)?;
-        let usable = |rec: &Option<TokenRecord>| -> Option<SecretString> {
-            let r = rec.as_ref()?;
-            let tok = still_valid(r, self.settings.margin)?;
-            (rejected.as_deref() != Some(fingerprint(&tok).as_str())).then_some(tok)
-        };
+        self.flush_one(&a.name).await?;
         let rec = self
             .store
             .load(&a.name)
             .map_err(|e| Self::store_err(a, e))?;
         if let Some(r) = &rec
             && r.needs_reauth
-            && !inputs_changed(a, r)
+            && !self.inputs_changed(a, r)
         {
             return Err(AuthError::NeedsReauth {
                 account: a.name.clone(),
@@ -253,9 +446,20 @@ impl TokenManager {
                     .unwrap_or_else(|| "no valid refresh token".into()),
             });
         }
+        let usable = |rec: &Option<TokenRecord>| {
+            rec.as_ref().and_then(|r| {
+                plan::usable_access(r, self.settings.margin, Utc::now(), rejected.as_deref())
+            })
+        };
         if let Some(tok) = usable(&rec) {
             self.warn_if_old(a, rec.as_ref());
             return Ok(tok);
+        }
+        if rejected.is_some() && !plan::may_refresh_after_401(rec.as_ref(), Utc::now()) {
+            return Err(AuthError::RefusedByApi {
+                account: a.name.clone(),
+                realm: a.brand.realm(),
+            });
         }
         // The network is needed: take the cross-process lock and look again.
         let _lock = self
@@ -270,100 +474,85 @@ impl TokenManager {
         if let Some(tok) = usable(&rec) {
             return Ok(tok);
         }
+        self.exchange(a, rec).await
+    }
+
+    /// Presents grants until one works or nothing is left (under the account's locks).
+    async fn exchange(
+        &self,
+        a: &Account,
+        mut rec: Option<TokenRecord>,
+    ) -> Result<SecretString, AuthError> {
+        let boot = boot_fp(a);
+        let offered = plan::Offered {
+            bootstrap: a.refresh_token.as_ref().zip(boot.as_deref()),
+            password: a.password.is_some() && a.username.is_some(),
+        };
+        let mut refused = HashSet::new();
         let mut password_tried = false;
-        let mut rec = rec;
-        for _ in 0..3 {
-            let plan = self.plan(a, rec.as_ref(), password_tried);
-            let result = match &plan {
-                Plan::Reauth(reason) => return Err(self.mark_reauth(a, rec, reason.clone())),
-                Plan::Refresh { token, .. } => {
-                    self.store.preflight().map_err(|e| Self::store_err(a, e))?;
-                    faultpoint::hit("before_refresh_post");
-                    grant::request(
-                        &self.http,
-                        &self.limits,
-                        &self.idp_base(a),
-                        a,
-                        &[
-                            ("grant_type", "refresh_token"),
-                            ("refresh_token", token.expose_secret()),
-                        ],
-                    )
-                    .await
+        let mut last_refusal: Option<String> = None;
+        for _ in 0..4 {
+            let plan = plan::plan(offered, rec.as_ref(), password_tried, &refused);
+            let presented = match &plan {
+                Plan::Reauth(reason) => {
+                    let reason = last_refusal.clone().unwrap_or_else(|| reason.clone());
+                    return Err(self.mark_reauth(a, rec, &refused, reason));
                 }
+                Plan::Refresh { token, .. } => Some(fingerprint(token)),
                 Plan::Password => {
                     password_tried = true;
-                    self.store.preflight().map_err(|e| Self::store_err(a, e))?;
-                    let user = a.username.as_deref().unwrap_or_default();
-                    let pass = a
-                        .password
-                        .as_ref()
-                        .map(|p| p.expose_secret().to_owned())
-                        .unwrap_or_default();
-                    grant::request(
-                        &self.http,
-                        &self.limits,
-                        &self.idp_base(a),
-                        a,
-                        &[
-                            ("grant_type", "password"),
-                            ("username", user),
-                            ("password", &pass),
-                            ("realm", a.brand.realm()),
-                            ("scope", "openid profile"),
-                        ],
-                    )
-                    .await
+                    None
                 }
             };
+            self.store.preflight().map_err(|e| Self::store_err(a, e))?;
+            let result = self.post(a, &plan).await;
             match result {
                 Ok(tokens) => {
                     faultpoint::hit("after_refresh_response");
-                    let new = self.record_from(a, rec.as_ref(), &plan, tokens);
+                    let mut new = self.record_from(a, rec.as_ref(), &plan, tokens);
+                    for fp in refused
+                        .iter()
+                        .chain(rec.iter().flat_map(|r| &r.refused_sha256))
+                    {
+                        plan::remember_refused(&mut new, fp.clone());
+                    }
                     let access = new.access_token.clone();
                     self.save_durably(a, new)?;
                     faultpoint::hit("after_store_durable");
                     return access.ok_or_else(|| AuthError::Transient {
                         account: a.name.clone(),
-                        reason: "the identity provider returned no access token".into(),
+                        reason: "the identity provider returned no access token (its new refresh token was kept)".into(),
                     });
                 }
                 Err(GrantError::InvalidGrant(desc)) => {
+                    let what = match presented {
+                        None => "the username or password was rejected".to_owned(),
+                        Some(fp) => {
+                            refused.insert(fp);
+                            format!("the refresh token was rejected (invalid_grant: {desc})")
+                        }
+                    };
                     // Another process may have rotated the token meanwhile: look once more.
                     let again = self
                         .store
                         .load(&a.name)
                         .map_err(|e| Self::store_err(a, e))?;
-                    let changed = match (&again, &rec) {
-                        (Some(x), Some(y)) => {
-                            x.refresh_token.as_ref().map(fingerprint)
-                                != y.refresh_token.as_ref().map(fingerprint)
-                        }
-                        (Some(_), None) => true,
-                        _ => false,
-                    };
-                    if changed {
-                        if let Some(tok) = usable(&again) {
-                            return Ok(tok);
-                        }
-                        rec = again;
-                        continue;
+                    if let Some(tok) = again.as_ref().and_then(|r| {
+                        plan::usable_access(r, self.settings.margin, Utc::now(), None)
+                    }) && again
+                        .as_ref()
+                        .and_then(|r| r.refresh_token.as_ref().map(fingerprint))
+                        != rec
+                            .as_ref()
+                            .and_then(|r| r.refresh_token.as_ref().map(fingerprint))
+                    {
+                        return Ok(tok);
                     }
-                    let what = match plan {
-                        Plan::Password => "the username or password was rejected".to_owned(),
-                        _ => format!("the refresh token was rejected (invalid_grant: {desc})"),
-                    };
-                    if a.password.is_some() && !password_tried {
+                    if offered.password && !password_tried {
                         tracing::warn!(account = %a.name, "{what}; logging in again with the configured password");
-                        // Forget the dead refresh token so the plan moves on to the password.
-                        rec = rec.map(|mut r| {
-                            r.refresh_token = None;
-                            r.access_token = None;
-                            r
-                        });
-                        continue;
                     }
-                    return Err(self.mark_reauth(a, rec, what));
+                    last_refusal = Some(what);
+                    rec = again;
                 }
                 Err(GrantError::Refused {
                     status,
@@ -377,7 +566,7 @@ impl TokenManager {
                     } else {
                         format!("the password grant was refused ({status} {error})")
                     };
-                    return Err(self.mark_reauth(a, rec, reason));
+                    return Err(self.mark_reauth(a, rec, &refused, reason));
                 }
                 Err(GrantError::InvalidClient) => {
                     return Err(AuthError::InvalidClient {
@@ -398,37 +587,36 @@ impl TokenManager {
         })
     }
 
-    fn plan(&self, a: &Account, rec: Option<&TokenRecord>, password_tried: bool) -> Plan {
-        // A configured refresh token is used once: only while no record has seen it.
-        let boot_new = boot_fp(a).is_some() && rec.is_none_or(|r| boot_fp(a) != r.bootstrap_sha256);
-        if let Some(r) = rec
-            && !r.needs_reauth
-            && let Some(tok) = &r.refresh_token
-        {
-            return Plan::Refresh {
-                token: tok.clone(),
-                source: r.source.clone().unwrap_or_else(|| "store".into()),
-                bootstrap: false,
-            };
+    /// One POST to the token endpoint for a refresh or password plan.
+    async fn post(&self, a: &Account, plan: &Plan) -> Result<Tokens, GrantError> {
+        let idp = self.idp_base(a);
+        match plan {
+            Plan::Refresh { token, .. } => {
+                faultpoint::hit("before_refresh_post");
+                let form = [
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", token.expose_secret()),
+                ];
+                grant::request(&self.http, &self.limits, &idp, a, &form).await
+            }
+            Plan::Password => {
+                let user = a.username.as_deref().unwrap_or_default();
+                let pass = a
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose_secret().to_owned())
+                    .unwrap_or_default();
+                let form = [
+                    ("grant_type", "password"),
+                    ("username", user),
+                    ("password", &pass),
+                    ("realm", a.brand.realm()),
+                    ("scope", "openid profile"),
+                ];
+                grant::request(&self.http, &self.limits, &idp, a, &form).await
+            }
+            Plan::Reauth(_) => Err(GrantError::Transient("nothing to present".into())),
         }
-        if let Some(tok) = &a.refresh_token
-            && boot_new
-        {
-            return Plan::Refresh {
-                token: tok.clone(),
-                source: "bootstrap".into(),
-                bootstrap: true,
-            };
-        }
-        if a.password.is_some() && a.username.is_some() && !password_tried {
-            return Plan::Password;
-        }
-        Plan::Reauth(if rec.is_some_and(|r| r.needs_reauth) {
-            rec.and_then(|r| r.reason.clone())
-                .unwrap_or_else(|| "no valid refresh token".into())
-        } else {
-            "no token yet: no refresh_token or password is configured".into()
-        })
     }
 
     fn record_from(
@@ -461,7 +649,7 @@ impl TokenManager {
             Plan::Refresh { token, .. } => Some(token.clone()),
             _ => None,
         });
-        issued_record(
+        let mut rec = self.issued_record(
             a,
             t.access_token,
             refresh,
@@ -469,20 +657,21 @@ impl TokenManager {
             &source,
             chain_start,
             previous,
-        )
+        );
+        rec.unauthorized_refresh_at = old.and_then(|r| r.unauthorized_refresh_at.clone());
+        rec
     }
 
     /// Saves with retries; if every try fails, keeps the record in memory (it holds the only
-    /// live refresh token) and says so loudly.
+    /// live refresh token) and says so loudly. It is written again at every pass, on reload and
+    /// on shutdown.
     fn save_durably(&self, a: &Account, rec: TokenRecord) -> Result<(), AuthError> {
         let mut last = None;
         for attempt in 0..3 {
             match self.store.save(&rec) {
                 Ok(()) => {
-                    self.unsaved
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&a.name);
+                    self.pending.map().remove(&a.name);
+                    self.store.restore_ballast();
                     return Ok(());
                 }
                 Err(e) => {
@@ -495,13 +684,10 @@ impl TokenManager {
         }
         tracing::error!(
             account = %a.name,
-            "the rotated refresh token could NOT be written to {}; it is kept in memory and will be written at the next attempt — free space or fix permissions before stopping the daemon",
+            "the rotated refresh token could NOT be written to {}; it is kept in memory and written again at every pass, on reload and at shutdown — free space or fix permissions",
             self.store.path(&a.name).display()
         );
-        self.unsaved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(a.name.clone(), rec);
+        self.pending.map().insert(a.name.clone(), rec);
         Err(Self::store_err(
             a,
             last.unwrap_or(StoreError::Locked {
@@ -510,35 +696,39 @@ impl TokenManager {
         ))
     }
 
-    fn flush_unsaved(&self, a: &Account) -> Result<(), AuthError> {
-        let pending = self
-            .unsaved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&a.name)
-            .cloned();
-        if let Some(rec) = pending {
-            self.store.save(&rec).map_err(|e| Self::store_err(a, e))?;
-            self.unsaved
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&a.name);
-            tracing::info!(account = %a.name, "the pending token record was written");
+    /// Writes the account's record kept in memory, if any: under the cross-process lock, and only
+    /// if the file does not hold a newer chain meanwhile.
+    async fn flush_one(&self, name: &str) -> Result<(), AuthError> {
+        let Some(rec) = self.pending.map().get(name).cloned() else {
+            return Ok(());
+        };
+        let err = |source| AuthError::Store {
+            account: name.to_owned(),
+            source,
+        };
+        let _lock = self
+            .store
+            .lock(name, self.settings.lock_wait)
+            .await
+            .map_err(err)?;
+        let disk = self.store.load(name).map_err(err)?;
+        if plan::pending_supersedes(disk.as_ref(), &rec) {
+            self.store.save(&rec).map_err(err)?;
+            tracing::info!(account = %name, "the token record kept in memory was written");
+        } else {
+            tracing::info!(account = %name, "the token record kept in memory is older than the file (a login or another process wrote a newer one); the file wins");
         }
+        self.pending.map().remove(name);
         Ok(())
     }
 
-    /// Whether any rotated token is still only in memory (shutdown must say so).
-    pub fn has_unsaved(&self) -> Vec<String> {
-        self.unsaved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect()
-    }
-
-    fn mark_reauth(&self, a: &Account, rec: Option<TokenRecord>, reason: String) -> AuthError {
+    fn mark_reauth(
+        &self,
+        a: &Account,
+        rec: Option<TokenRecord>,
+        refused: &HashSet<String>,
+        reason: String,
+    ) -> AuthError {
         let now = timefmt::now();
         let mut r = rec.unwrap_or_else(|| TokenRecord {
             version: 1,
@@ -552,7 +742,9 @@ impl TokenManager {
             source: None,
             previous_refresh_sha256: None,
             bootstrap_sha256: None,
-            password_sha256: None,
+            password_hmac: None,
+            refused_sha256: Vec::new(),
+            unauthorized_refresh_at: None,
             needs_reauth: false,
             reason: None,
             updated_at: now.clone(),
@@ -560,11 +752,14 @@ impl TokenManager {
         if let Some(t) = r.refresh_token.take() {
             r.previous_refresh_sha256 = Some(fingerprint(&t));
         }
+        for fp in refused {
+            plan::remember_refused(&mut r, fp.clone());
+        }
         r.access_token = None;
         r.needs_reauth = true;
         r.reason = Some(reason.clone());
         r.bootstrap_sha256 = boot_fp(a);
-        r.password_sha256 = pw_fp(a);
+        r.password_hmac = self.pw_fp(a);
         r.updated_at = now;
         if let Err(e) = self.store.save(&r) {
             tracing::error!(account = %a.name, "cannot record needs_reauth in the token store: {e}");
@@ -590,9 +785,11 @@ impl TokenManager {
         ) else {
             return;
         };
-        let dies = start + max;
+        let Some(dies) = start.checked_add_signed(max) else {
+            return;
+        };
         let now = Utc::now();
-        if now < dies - before {
+        if dies.checked_sub_signed(before).is_none_or(|t| now < t) {
             return;
         }
         let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
@@ -612,47 +809,42 @@ impl TokenManager {
             a.name
         );
     }
-}
 
-/// The record of freshly issued tokens (after a refresh, a password grant or a login).
-pub(crate) fn issued_record(
-    a: &Account,
-    access: SecretString,
-    refresh: Option<SecretString>,
-    expires_in: u64,
-    source: &str,
-    chain_started_at: Option<String>,
-    previous_refresh_sha256: Option<String>,
-) -> TokenRecord {
-    let now = Utc::now();
-    let secs = i64::try_from(expires_in).unwrap_or(3599);
-    TokenRecord {
-        version: 1,
-        account: a.name.clone(),
-        brand: a.brand.key().into(),
-        refresh_token: refresh,
-        access_token: Some(access),
-        access_expires_at: Some(timefmt::format(now + chrono::Duration::seconds(secs))),
-        chain_started_at,
-        refreshed_at: Some(timefmt::format(now)),
-        source: Some(source.to_owned()),
-        previous_refresh_sha256,
-        bootstrap_sha256: boot_fp(a),
-        password_sha256: pw_fp(a),
-        needs_reauth: false,
-        reason: None,
-        updated_at: timefmt::format(now),
+    /// The record of freshly issued tokens (after a refresh, a password grant or a login).
+    #[allow(clippy::too_many_arguments)]
+    fn issued_record(
+        &self,
+        a: &Account,
+        access: Option<SecretString>,
+        refresh: Option<SecretString>,
+        expires_in: u64,
+        source: &str,
+        chain_started_at: Option<String>,
+        previous_refresh_sha256: Option<String>,
+    ) -> TokenRecord {
+        let now = Utc::now();
+        let secs = i64::try_from(expires_in.min(grant::MAX_EXPIRES_IN)).unwrap_or(0);
+        let expires = now
+            .checked_add_signed(chrono::Duration::seconds(secs))
+            .unwrap_or(now);
+        TokenRecord {
+            version: 1,
+            account: a.name.clone(),
+            brand: a.brand.key().into(),
+            refresh_token: refresh,
+            access_expires_at: access.as_ref().map(|_| timefmt::format(expires)),
+            access_token: access,
+            chain_started_at,
+            refreshed_at: Some(timefmt::format(now)),
+            source: Some(source.to_owned()),
+            previous_refresh_sha256,
+            bootstrap_sha256: boot_fp(a),
+            password_hmac: self.pw_fp(a),
+            refused_sha256: Vec::new(),
+            unauthorized_refresh_at: None,
+            needs_reauth: false,
+            reason: None,
+            updated_at: timefmt::format(now),
+        }
     }
-}
-
-/// The HTTP client every component shares: timeouts on everything, a user agent, no redirects
-/// (an API redirect would carry the bearer token elsewhere).
-pub fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs(10).min(timeout))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("stellantis-sync/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
 }

@@ -1,30 +1,44 @@
 //! The token store: one JSON file per account in `state_dir/tokens/` (directory 0700, files
 //! 0600), never in the analytics database.
 //!
-//! Writes follow the protocol of `reliability-notes.md` §1.5: a temporary file in the same
-//! directory, `write_all`, `fsync`, rename over the old file, `fsync` of the directory. A crash at
-//! any instant leaves either the old file or the new one, never a torn one. Stale temporary files
-//! are removed on start.
+//! Writes go through [`crate::fsutil::write_atomic`] (`docs/tokens.md` explains the protocol): a
+//! temporary file in the same directory, `write_all`, `fsync`, rename over the old file, `fsync`
+//! of the directory. A crash at any instant leaves either the old file or the new one, never a
+//! torn one. Stale temporary files are removed on start.
+//!
+//! A full disk must not lose a rotated token: the store keeps a small ballast file
+//! (`tokens/.ballast`, 64 KiB) and, when a save fails for lack of space, deletes it and tries
+//! again; the ballast is put back when space allows.
 //!
 //! Cross-process single flight: `tokens/<name>.lock` is locked exclusively (`File::lock`) by
-//! whoever refreshes that account — the daemon, a `--once` run or `login`.
+//! whoever refreshes that account — the daemon, a `--once` run or `login`. Pending logins live in
+//! `tokens/pending-login/<name>.json`: account names cannot contain `/`, so no account's file can
+//! ever be one of them.
 //!
 //! # Format (version 1)
 //! ```json
 //! {"version": 1, "account": "alice", "brand": "peugeot",
 //!  "refresh_token": "…", "access_token": "…", "access_expires_at": "2026-11-28T09:15:38.123Z",
 //!  "chain_started_at": "…", "refreshed_at": "…", "source": "login",
-//!  "previous_refresh_sha256": "…", "bootstrap_sha256": "…", "password_sha256": "…",
+//!  "previous_refresh_sha256": "…", "bootstrap_sha256": "…", "password_hmac": "…",
+//!  "refused_sha256": ["…"], "unauthorized_refresh_at": null,
 //!  "needs_reauth": false, "reason": null, "updated_at": "…"}
 //! ```
 //! `source` is how the chain began (`login`, `password`, `bootstrap`). `previous_refresh_sha256`
 //! is a hash of the rotated-out token, kept only to tell "crashed mid-refresh" from "revoked".
 //! `bootstrap_sha256` is the hash of the configured `refresh_token` this record has seen (so it is
-//! never presented twice) and `password_sha256` a salted hash of the configured password (so a
-//! changed password lifts `needs_reauth`).
+//! never presented twice); `password_hmac` an HMAC-SHA256 of the configured password under a
+//! random per-installation key (`tokens/.install-key`), only to notice that it changed (a changed
+//! password lifts `needs_reauth`); `refused_sha256` the hashes of the last refresh tokens the
+//! identity provider refused (never presented again); `unauthorized_refresh_at` when the API last
+//! refused a token that a 401 had just made the daemon fetch (then a 401 does not refresh again
+//! for an hour). Older records (`password_sha256`) still load.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+
+/// The size of the reserve kept for saving tokens on a full disk.
+const BALLAST_BYTES: usize = 64 * 1024;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,7 +63,13 @@ pub struct TokenRecord {
     pub previous_refresh_sha256: Option<String>,
     pub bootstrap_sha256: Option<String>,
     #[serde(default)]
-    pub password_sha256: Option<String>,
+    pub password_hmac: Option<String>,
+    /// Hashes of refresh tokens the identity provider refused (newest last, at most 8).
+    #[serde(default)]
+    pub refused_sha256: Vec<String>,
+    /// When the API last refused a freshly refreshed token too (RFC 3339).
+    #[serde(default)]
+    pub unauthorized_refresh_at: Option<String>,
     #[serde(default)]
     pub needs_reauth: bool,
     pub reason: Option<String>,
@@ -137,7 +157,31 @@ impl TokenStore {
                 }
             }
         }
+        self.restore_ballast();
         Ok(())
+    }
+
+    fn ballast(&self) -> PathBuf {
+        self.dir.join(".ballast")
+    }
+
+    /// Puts the ballast back if it is missing (best effort: on a full disk it simply stays away).
+    pub fn restore_ballast(&self) {
+        let path = self.ballast();
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == BALLAST_BYTES as u64) {
+            return;
+        }
+        let ok = crate::fsutil::write_atomic(&path, &vec![0u8; BALLAST_BYTES], 0o600, true);
+        if ok.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    /// The directory of pending logins (`tokens/pending-login/`).
+    pub fn pending_login_path(&self, account: &str) -> PathBuf {
+        self.dir
+            .join("pending-login")
+            .join(format!("{account}.json"))
     }
 
     /// The file of one account.
@@ -176,28 +220,28 @@ impl TokenStore {
         Ok(())
     }
 
-    /// Writes a record durably: temp file, fsync, rename, fsync of the directory.
+    /// Writes a record durably: temp file, fsync, rename, fsync of the directory. When the disk
+    /// is full, the ballast is given up and the write tried once more.
     pub fn save(&self, record: &TokenRecord) -> Result<(), StoreError> {
         let path = self.path(&record.account);
         let bytes = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp")
-            .permissions(std::fs::Permissions::from_mode(0o600))
-            .tempfile_in(&self.dir)
-            .map_err(|e| self.io(&path, e))?;
-        crate::faultpoint::hit("store_temp_created");
-        tmp.write_all(&bytes).map_err(|e| self.io(&path, e))?;
-        tmp.as_file().sync_all().map_err(|e| self.io(&path, e))?;
-        crate::faultpoint::hit("store_temp_synced");
-        tmp.persist(&path).map_err(|e| self.io(&path, e.error))?;
-        crate::faultpoint::hit("store_renamed");
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| self.io(&self.dir, e))?;
-        Ok(())
+        match crate::fsutil::write_atomic_token(&path, &bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                if std::fs::remove_file(self.ballast()).is_ok() {
+                    tracing::warn!(
+                        "the disk holding {} is full; the token store used its reserve to save a token",
+                        self.dir.display()
+                    );
+                    crate::fsutil::write_atomic_token(&path, &bytes).map_err(|e| self.io(&path, e))
+                } else {
+                    Err(self.io(&path, e))
+                }
+            }
+            r => r.map_err(|e| self.io(&path, e)),
+        }
     }
 
     /// Takes the cross-process lock of one account, waiting up to `wait`.
@@ -253,7 +297,9 @@ mod tests {
             source: Some("login".into()),
             previous_refresh_sha256: None,
             bootstrap_sha256: None,
-            password_sha256: None,
+            password_hmac: None,
+            refused_sha256: Vec::new(),
+            unauthorized_refresh_at: None,
             needs_reauth: false,
             reason: None,
             updated_at: crate::timefmt::now(),

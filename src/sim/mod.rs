@@ -1,5 +1,5 @@
 //! A simulator of the Stellantis `connectedcar/v4` B2C API and its `idpcvs` OAuth2 identity
-//! provider, faithful to `api-spec.md`: rotating refresh tokens with an absolute lifetime, expiring
+//! provider, faithful to `docs/api.md`: rotating refresh tokens with an absolute lifetime, expiring
 //! access tokens, HAL pagination with opaque `pageToken` links, the gateway's and the backend's
 //! error bodies, per-client quotas with `X-RateLimit-*` headers and `Retry-After`, and switchable
 //! faults (5xx bursts, "CORVET Error", slow and dropped responses, truncated or malformed JSON, a

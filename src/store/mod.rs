@@ -2,7 +2,11 @@
 //! the sync engine makes. Tokens never enter this file (`auth::store` keeps them elsewhere).
 //!
 //! Pragmas: WAL (readers never block the writer), `synchronous=NORMAL` (durable across process
-//! crashes; a power cut may roll back the last pass, which the next poll re-observes),
+//! crashes; a power cut may roll back the last pass, which the next poll re-observes), no
+//! checkpoint on close (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`), so the `-wal` and `-shm` files stay
+//! when the daemon stops: a reader in the group, who cannot create files in the 0750 directory,
+//! can still open the database read-only between `--once` runs (SQLite only deletes them after a
+//! checkpoint on close),
 //! `foreign_keys=ON`, `busy_timeout` (a checkpointing reader never surfaces as an error),
 //! `journal_size_limit`. Every write transaction is `BEGIN IMMEDIATE`, so a busy database waits
 //! on the busy timeout instead of failing at lock upgrade. After each pass the WAL is
@@ -18,14 +22,21 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
-use crate::sync::diff::{Change, CompleteListing, Known, diff};
+use crate::diff::{Change, CompleteListing, Known, diff, first_absences};
 use crate::timefmt;
 
 /// The embedded migrations, in order; migration `i` brings the schema to version `i + 1`.
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("migrations/0001_init.sql")),
     ("0002_views", include_str!("migrations/0002_views.sql")),
-    ("0003_telemetry", include_str!("migrations/0003_telemetry.sql")),
+    (
+        "0003_telemetry",
+        include_str!("migrations/0003_telemetry.sql"),
+    ),
+    (
+        "0004_hardening",
+        include_str!("migrations/0004_hardening.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.
@@ -171,6 +182,13 @@ impl Db {
                  PRAGMA journal_size_limit = 16777216;",
             )
             .map_err(|e| self.err(e))?;
+        // Keep -wal and -shm when the last connection closes (see the module docs).
+        self.conn
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
+            .map_err(|e| self.err(e))?;
         self.conn.set_prepared_statement_cache_capacity(64);
         Ok(())
     }
@@ -206,6 +224,24 @@ impl Db {
             );
         }
         Ok(())
+    }
+
+    /// Marks runs left `running` by a process that died (a crash, SIGKILL, an abandoned pass) as
+    /// failed with `error_kind = 'aborted'`. Call it holding the instance lock, so no run of a
+    /// live process is touched. Returns how many runs were closed.
+    pub fn close_abandoned_runs(&mut self, why: &str) -> Result<usize, DbError> {
+        let now = timefmt::now();
+        let n = self.write(|tx| {
+            tx.execute(
+                "UPDATE sync_runs SET status = 'failed', finished_at = ?1, error_kind = 'aborted',
+                        error_message = ?2 WHERE status = 'running'",
+                params![now, why],
+            )
+        })?;
+        if n > 0 {
+            tracing::warn!("{n} run(s) left running were marked failed (aborted): {why}");
+        }
+        Ok(n)
     }
 
     /// The account's id, creating its row if needed.
@@ -300,6 +336,7 @@ impl Db {
             let changes = diff(&known, listing);
             let now = timefmt::now();
             write_changes(tx, run_id, account_id, &now, &changes, listing, &hashes)?;
+            write_absences(tx, run_id, account_id, &now, &known, listing)?;
             crate::faultpoint::hit("inside_db_transaction");
             tx.execute(
                 "UPDATE sync_runs SET status = 'ok', finished_at = ?2, http_requests = ?3, vehicles_seen = ?4,
@@ -388,6 +425,10 @@ fn load_known(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
         .collect::<Result<_, _>>()?;
+    let missing: std::collections::HashSet<String> = tx
+        .prepare_cached("SELECT vehicle_id FROM vehicle_absences WHERE account_id = ?1")?
+        .query_map([account_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     let mut data_st =
         tx.prepare_cached("SELECT data FROM vehicles WHERE account_id = ?1 AND vehicle_id = ?2")?;
     let mut out = Vec::with_capacity(rows.len());
@@ -402,6 +443,7 @@ fn load_known(
             Some(serde_json::from_str(&text).unwrap_or(Value::Null))
         };
         out.push(Known {
+            missing: missing.contains(&vehicle_id),
             vehicle_id,
             vin,
             data,
@@ -483,6 +525,35 @@ fn write_changes(
                 hash
             ])?;
         }
+    }
+    Ok(())
+}
+
+/// Keeps `vehicle_absences` in step: vehicles a multi-page listing lacks for the first time are
+/// recorded missing; a vehicle seen again, or now recorded removed, is no longer missing.
+fn write_absences(
+    tx: &rusqlite::Transaction<'_>,
+    run_id: i64,
+    account_id: i64,
+    now: &str,
+    known: &[Known],
+    listing: &CompleteListing,
+) -> rusqlite::Result<()> {
+    // Every vehicle missing before is settled by this complete listing: seen again, or recorded
+    // removed by the diff (a second absence).
+    if known.iter().any(|k| k.missing) {
+        tx.prepare_cached("DELETE FROM vehicle_absences WHERE account_id = ?1")?
+            .execute([account_id])?;
+    }
+    let mut add = tx.prepare_cached(
+        "INSERT OR IGNORE INTO vehicle_absences (account_id, vehicle_id, since, run_id) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for id in first_absences(known, listing) {
+        add.execute(params![account_id, id, now, run_id])?;
+        tracing::info!(
+            vehicle = %id.chars().take(12).collect::<String>(),
+            "a vehicle is missing from a listing of several pages; it is recorded removed only if the next listing confirms"
+        );
     }
     Ok(())
 }

@@ -2,24 +2,26 @@
 //! complete listing (one transaction: changes, vehicles, run, account state) or the failure (the
 //! run row and the account state, nothing else).
 //!
-//! Failure handling per request: 401 → one token refresh and retry; 429 → wait
-//! `max(Retry-After, backoff)` and slow every account down (shared cooldown); 5xx, timeouts and
-//! resets → retry with full-jitter exponential backoff, at most `max_retries` times per page;
-//! malformed or truncated bodies → the run fails at once. A listing is complete only when every
-//! page arrived, ids are unique and their number equals `total`; a 404 "No vehicle found" on the
-//! first page is a complete, empty listing.
+//! Failure handling per request: 401 → one token refresh and retry (a 401 that persists with the
+//! fresh token is a configuration problem, exit 78, and for an hour a 401 no longer refreshes); 429 →
+//! wait `max(Retry-After, backoff)` and slow every account down (shared cooldown; with no hint,
+//! `X-RateLimit-Reset` or an exponential back-off across passes); 5xx, timeouts and resets →
+//! retry with full-jitter exponential backoff, at most `max_retries` times per page; malformed or
+//! truncated bodies → the run fails at once. Whether the pages add up to a complete listing is
+//! decided by the pure [`crate::listing::ListingBuilder`]; what changed, by the pure
+//! [`crate::diff`].
 
-pub mod diff;
+pub use crate::diff;
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::api::{ApiClient, ApiError, retry};
 use crate::auth::{AuthError, TokenManager};
 use crate::config::Account;
+use crate::diff::CompleteListing;
+use crate::listing::{ListingBuilder, Step};
 use crate::store::{Db, DbError};
-use diff::CompleteListing;
 
 /// How one account's pass ended, for exit codes and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +32,8 @@ pub enum Outcome {
     Temporary { kind: String, message: String },
     /// A person must re-authorize the account.
     NeedsReauth { message: String },
+    /// The configuration is wrong for this account (app credentials, brand/realm).
+    Config { kind: String, message: String },
     /// The database or the token store could not be written.
     LocalIo { message: String },
 }
@@ -53,6 +57,33 @@ pub struct Engine {
 enum FetchError {
     Api(ApiError),
     Auth(AuthError),
+    /// The API refused a freshly issued token: a configuration problem.
+    Refused(String),
+}
+
+/// The outcome of an account whose token could not be had.
+fn auth_outcome(e: AuthError) -> Outcome {
+    let message = e.to_string();
+    match e {
+        AuthError::NeedsReauth { .. } => Outcome::NeedsReauth { message },
+        AuthError::InvalidClient { .. } | AuthError::RefusedByApi { .. } => Outcome::Config {
+            kind: e.kind().into(),
+            message,
+        },
+        // Another process (a `login`, a second `--once`) holds the account's lock: it passes.
+        AuthError::Store {
+            source: crate::auth::store::StoreError::Locked { .. },
+            ..
+        } => Outcome::Temporary {
+            kind: e.kind().into(),
+            message,
+        },
+        AuthError::Store { .. } => Outcome::LocalIo { message },
+        AuthError::Transient { .. } => Outcome::Temporary {
+            kind: e.kind().into(),
+            message,
+        },
+    }
 }
 
 impl Engine {
@@ -111,31 +142,31 @@ impl Engine {
                     }
                 }
             }
-            Err(FetchError::Auth(e)) => {
-                let message = e.to_string();
-                match e {
-                    AuthError::NeedsReauth { .. } | AuthError::InvalidClient { .. } => {
-                        Outcome::NeedsReauth { message }
-                    }
-                    AuthError::Store { .. } => Outcome::LocalIo { message },
-                    AuthError::Transient { .. } => Outcome::Temporary {
-                        kind: e.kind().into(),
-                        message,
-                    },
-                }
-            }
+            Err(FetchError::Auth(e)) => auth_outcome(e),
             Err(FetchError::Api(e)) => Outcome::Temporary {
                 kind: e.kind().into(),
                 message: e.to_string(),
+            },
+            Err(FetchError::Refused(message)) => Outcome::Config {
+                kind: "api_refuses_token".into(),
+                message,
             },
         };
         let (kind, message, state) = match &outcome {
             Outcome::NeedsReauth { message } => {
                 ("needs_reauth".to_owned(), message.clone(), "needs_reauth")
             }
-            Outcome::Temporary { kind, message } => (kind.clone(), message.clone(), "failing"),
+            Outcome::Temporary { kind, message } | Outcome::Config { kind, message } => {
+                (kind.clone(), message.clone(), "failing")
+            }
             Outcome::LocalIo { message } => ("local_io".to_owned(), message.clone(), "failing"),
-            Outcome::Ok { .. } => unreachable!("handled above"),
+            Outcome::Ok { vehicles, changes } => {
+                // Handled above; kept total so a future variant cannot slip through.
+                return Outcome::Ok {
+                    vehicles: *vehicles,
+                    changes: *changes,
+                };
+            }
         };
         if !matches!(outcome, Outcome::NeedsReauth { .. }) {
             tracing::warn!(account = %a.name, kind = %kind, requests, "sync failed: {message}");
@@ -162,24 +193,17 @@ impl Engine {
         crate::faultpoint::hit("after_token");
         let mut refreshed = false;
         let mut url = self.api.first_page_url(a);
-        let mut vehicles = Vec::new();
-        let mut seen = HashSet::new();
-        let mut total: Option<u64> = None;
-        let mut page_no = 0u32;
+        let mut listing = ListingBuilder::new(&url);
         loop {
-            page_no += 1;
             let mut attempt = 0u32;
             let page = loop {
                 *requests += 1;
                 match self.api.get_page(a, &url, &token).await {
                     Ok(p) => break p,
-                    Err(ApiError::NoVehicles) if page_no == 1 => {
-                        return Ok(CompleteListing::new(Vec::new()));
-                    }
                     Err(ApiError::NoVehicles) => {
-                        return Err(FetchError::Api(ApiError::Incomplete(format!(
-                            "page {page_no} answered \"No vehicle found\""
-                        ))));
+                        return listing
+                            .empty_account()
+                            .map_err(|e| FetchError::Api(ApiError::Incomplete(e.0)));
                     }
                     Err(ApiError::Unauthorized(m)) if !refreshed => {
                         tracing::info!(account = %a.name, "access token refused ({m}); refreshing once");
@@ -190,76 +214,69 @@ impl Engine {
                             .await
                             .map_err(FetchError::Auth)?;
                     }
+                    Err(ApiError::Unauthorized(m)) => {
+                        self.tokens.note_fresh_token_refused(a).await;
+                        return Err(FetchError::Refused(format!(
+                            "the API refused a freshly issued access token (HTTP 401 {m}); the token is not the problem: check the account's `brand` (the realm sent is {}) and that the app's client_id may use the API",
+                            a.brand.realm()
+                        )));
+                    }
                     Err(e) if e.is_retryable() && attempt < self.retry.max_retries => {
-                        let backoff = retry::full_jitter(attempt, self.retry.base, self.retry.cap);
-                        let wait = match &e {
-                            ApiError::RateLimited { retry_after, .. } => {
-                                let w = retry_after
-                                    .map_or(backoff, |r| r.max(backoff))
-                                    .max(self.retry.base);
-                                self.api.limits().cooldown(w);
-                                w
-                            }
-                            _ => backoff,
-                        };
+                        let wait = self.wait_before_retry(&e, attempt);
+                        if wait > crate::ratelimit::MAX_BLOCKING_WAIT {
+                            // A daily quota: the cooldown is recorded; the next passes fail fast
+                            // until it ends instead of this one sleeping for hours.
+                            return Err(FetchError::Api(e));
+                        }
                         attempt += 1;
                         tracing::debug!(account = %a.name, error = %e, attempt, ?wait, "retrying");
                         tokio::time::sleep(wait).await;
                     }
                     Err(e) => {
-                        if let ApiError::RateLimited { retry_after, .. } = &e {
-                            self.api
-                                .limits()
-                                .cooldown(retry_after.unwrap_or(self.retry.cap));
+                        if let ApiError::RateLimited { .. } = &e {
+                            self.cooldown_after_429(&e);
                         }
                         return Err(FetchError::Api(e));
                     }
                 }
             };
             crate::faultpoint::hit("mid_pagination");
-            match (total, page.total) {
-                (None, t) => total = t,
-                (Some(a_), Some(b_)) if a_ != b_ => {
-                    return Err(FetchError::Api(ApiError::Incomplete(format!(
-                        "the total changed from {a_} to {b_} while paging (the list changed)"
-                    ))));
-                }
-                _ => {}
-            }
-            for v in page.vehicles {
-                let id = v.id.clone();
-                if !seen.insert(id.clone()) {
-                    return Err(FetchError::Api(ApiError::Incomplete(format!(
-                        "vehicle {} listed twice (the list changed while paging)",
-                        short(&id)
-                    ))));
-                }
-                vehicles.push(v);
-            }
-            match page.next {
-                Some(href) => {
-                    if page_no >= 1000 {
-                        return Err(FetchError::Api(ApiError::Malformed(
-                            "more than 1000 pages".into(),
-                        )));
-                    }
+            match listing.push(page) {
+                Ok(Step::Done(complete)) => return Ok(complete),
+                Ok(Step::Next(href)) => {
                     url = self.api.next_page_url(a, &href).map_err(FetchError::Api)?;
                 }
-                None => break,
+                Err(e) => return Err(FetchError::Api(ApiError::Incomplete(e.0))),
             }
         }
-        if let Some(t) = total
-            && t != vehicles.len() as u64
-        {
-            return Err(FetchError::Api(ApiError::Incomplete(format!(
-                "total says {t} vehicles but {} arrived",
-                vehicles.len()
-            ))));
-        }
-        Ok(CompleteListing::new(vehicles))
     }
-}
 
-fn short(id: &str) -> String {
-    id.chars().take(12).collect()
+    /// How long to wait before retrying a request that failed with `e` (attempt `attempt`).
+    fn wait_before_retry(&self, e: &ApiError, attempt: u32) -> Duration {
+        let backoff = retry::full_jitter(attempt, self.retry.base, self.retry.cap);
+        match e {
+            ApiError::RateLimited { .. } => self.cooldown_after_429(e).max(backoff),
+            _ => backoff,
+        }
+    }
+
+    /// Applies the shared cooldown a 429 asks for: `Retry-After`, else `X-RateLimit-Reset`, else
+    /// an exponential back-off across passes. Returns the cooldown.
+    fn cooldown_after_429(&self, e: &ApiError) -> Duration {
+        let ApiError::RateLimited {
+            retry_after, reset, ..
+        } = e
+        else {
+            return Duration::ZERO;
+        };
+        let limits = self.api.limits();
+        match retry_after.or(*reset) {
+            Some(d) => {
+                let d = d.max(self.retry.base);
+                limits.cooldown(d);
+                d
+            }
+            None => limits.unhinted_429(self.retry.cap),
+        }
+    }
 }

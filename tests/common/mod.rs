@@ -175,6 +175,14 @@ impl Env {
         self.db().query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    /// Like [`Env::count`], but `None` while the database is still being created or migrated.
+    pub fn try_count(&self, sql: &str) -> Option<i64> {
+        if !self.db_path().exists() {
+            return None;
+        }
+        self.db().query_row(sql, [], |r| r.get(0)).ok()
+    }
+
     /// Spawns the daemon in the background.
     pub fn spawn_daemon(&self, envs: &[(&str, &str)]) -> tokio::process::Child {
         let mut cmd = tokio::process::Command::new(BIN);
@@ -305,4 +313,109 @@ pub async fn sign_in(sim: &SimHandle, authorize_url: &str, user: &str, password:
 /// A JSON column read back from SQLite (NULL stays `None`).
 pub fn parse_json(v: Option<String>) -> Option<serde_json::Value> {
     v.map(|t| serde_json::from_str(&t).unwrap())
+}
+
+/// A fake HTTP server for adversarial tests: every request goes to `handler` (method, path and
+/// query, headers, body) which returns (status, headers, body). Counts requests.
+pub struct Fake {
+    pub base: String,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+/// What a fake handler sees.
+pub struct FakeRequest {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: axum::http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// What a fake handler answers.
+pub type FakeResponse = (u16, Vec<(&'static str, String)>, Vec<u8>);
+
+impl Fake {
+    pub async fn start<F, Fut>(handler: F) -> Fake
+    where
+        F: Fn(FakeRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = FakeResponse> + Send + 'static,
+    {
+        use axum::body::Body;
+        use axum::response::IntoResponse;
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let handler = std::sync::Arc::new(handler);
+        let h2 = hits.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let handler = handler.clone();
+            let hits = h2.clone();
+            async move {
+                hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX)
+                    .await
+                    .unwrap()
+                    .to_vec();
+                let r = FakeRequest {
+                    method: parts.method.to_string(),
+                    path_and_query: parts
+                        .uri
+                        .path_and_query()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                    headers: parts.headers,
+                    body,
+                };
+                let (status, headers, body) = handler(r).await;
+                let mut resp = axum::response::Response::new(Body::from(body));
+                *resp.status_mut() = axum::http::StatusCode::from_u16(status).unwrap();
+                for (k, v) in headers {
+                    resp.headers_mut()
+                        .insert(k, axum::http::HeaderValue::from_str(&v).unwrap());
+                }
+                resp.into_response()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Fake {
+            base: format!("http://{addr}"),
+            hits,
+            _task: task,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A JSON answer for a fake.
+pub fn json_response(status: u16, v: &serde_json::Value) -> FakeResponse {
+    (
+        status,
+        vec![("content-type", "application/hal+json".into())],
+        v.to_string().into_bytes(),
+    )
+}
+
+/// Replaces the `base_url` of the `[api]` (or `[idp]`) section in a written configuration.
+pub fn point_section_at(config: &Path, section: &str, base: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let mut out = String::new();
+    let mut in_section = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            in_section = line.trim() == format!("[{section}]");
+        }
+        if in_section && line.starts_with("base_url") {
+            out.push_str(&format!("base_url = \"{base}\"\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    std::fs::write(config, out).unwrap();
 }

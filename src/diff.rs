@@ -9,15 +9,21 @@
 //! JSON value `null`; a change of type is a change. Arrays compare by position; object keys that
 //! only move are not a change.
 //!
-//! Only a [`CompleteListing`] can be diffed, and only the fetcher can build one after every page
-//! arrived and the totals agree: a partial or failed listing cannot yield removals by
-//! construction.
+//! Only a [`CompleteListing`] can be diffed, and only [`crate::listing::ListingBuilder`] can build
+//! one after every page arrived and the totals agree: a partial or failed listing cannot yield
+//! removals by construction.
+//!
+//! A listing of one page is one answer of the server, a consistent snapshot. A listing of several
+//! pages is not: the list can change between two requests (a vehicle removed before page 2 shifts
+//! the next one out of sight while the total stays the same). So a vehicle absent from a
+//! multi-page listing is only *missing* ([`first_absences`]); it is recorded `removed` when the
+//! next complete listing still lacks it ([`Known::missing`]), or at once by a one-page listing.
 
 use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use crate::api::ListedVehicle;
+use crate::api::model::ListedVehicle;
 
 /// A vehicle as the database knows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,38 +35,52 @@ pub struct Known {
     pub data: Option<Value>,
     /// It was removed from the account earlier.
     pub removed: bool,
+    /// The previous complete listing (of several pages) lacked it; not yet recorded removed.
+    pub missing: bool,
 }
 
 /// Every vehicle of an account, from a listing that is known to be complete.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CompleteListing(Vec<ListedVehicle>);
+pub struct CompleteListing {
+    vehicles: Vec<ListedVehicle>,
+    /// It came in one answer (one page, or "No vehicle found"): a consistent snapshot.
+    single_page: bool,
+}
 
 impl CompleteListing {
-    /// Only the fetcher (and tests) vouch for completeness.
-    pub(crate) fn new(vehicles: Vec<ListedVehicle>) -> CompleteListing {
-        CompleteListing(vehicles)
+    /// Only the listing builder (and tests) vouch for completeness.
+    pub(crate) fn new(vehicles: Vec<ListedVehicle>, single_page: bool) -> CompleteListing {
+        CompleteListing {
+            vehicles,
+            single_page,
+        }
+    }
+    /// Whether it came in one answer of the server.
+    pub fn single_page(&self) -> bool {
+        self.single_page
     }
     /// For benchmarks and tests that feed the store directly. Production code gets a listing
     /// only from the fetcher, which checks completeness first. Vehicles without a string id are
     /// dropped.
     #[doc(hidden)]
     pub fn assume_complete(vehicles: &[Value]) -> CompleteListing {
-        CompleteListing(
+        CompleteListing::new(
             vehicles
                 .iter()
                 .filter_map(ListedVehicle::from_value)
                 .collect(),
+            true,
         )
     }
     /// The vehicles, each as received.
     pub fn vehicles(&self) -> &[ListedVehicle] {
-        &self.0
+        &self.vehicles
     }
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.vehicles.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.vehicles.is_empty()
     }
 }
 
@@ -136,10 +156,9 @@ pub fn diff(known: &[Known], listing: &CompleteListing) -> Vec<Change> {
             }
         }
     }
-    for k in known
-        .iter()
-        .filter(|k| !k.removed && !present.contains(k.vehicle_id.as_str()))
-    {
+    for k in known.iter().filter(|k| {
+        !k.removed && !present.contains(k.vehicle_id.as_str()) && (listing.single_page || k.missing)
+    }) {
         out.push(Change {
             vehicle_id: k.vehicle_id.clone(),
             vin: k.vin.clone(),
@@ -150,6 +169,20 @@ pub fn diff(known: &[Known], listing: &CompleteListing) -> Vec<Change> {
         });
     }
     out
+}
+
+/// Known vehicles that a multi-page listing lacks for the first time: recorded missing, not
+/// removed, until the next complete listing confirms.
+pub fn first_absences<'a>(known: &'a [Known], listing: &CompleteListing) -> Vec<&'a str> {
+    if listing.single_page {
+        return Vec::new();
+    }
+    let present: HashSet<&str> = listing.vehicles().iter().map(|v| v.id.as_str()).collect();
+    known
+        .iter()
+        .filter(|k| !k.removed && !k.missing && !present.contains(k.vehicle_id.as_str()))
+        .map(|k| k.vehicle_id.as_str())
+        .collect()
 }
 
 /// RFC 6901 escaping of one pointer segment.
@@ -200,6 +233,7 @@ mod tests {
             vin: data.get("vin").and_then(Value::as_str).map(str::to_owned),
             data: Some(data),
             removed: false,
+            missing: false,
         }
     }
 
@@ -222,6 +256,39 @@ mod tests {
             })
             .collect();
         assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn a_multi_page_listing_removes_only_what_the_next_listing_confirms() {
+        let a = json!({"id": "a"});
+        let b = json!({"id": "b"});
+        let multi = |v: Vec<Value>| {
+            CompleteListing::new(
+                v.iter().filter_map(ListedVehicle::from_value).collect(),
+                false,
+            )
+        };
+        let before = [known("a", a.clone()), known("b", b.clone())];
+        // First absence in a listing of several pages: missing, not removed (issue 10 item 5).
+        let l = multi(vec![a.clone()]);
+        assert!(diff(&before, &l).is_empty());
+        assert_eq!(first_absences(&before, &l), vec!["b"]);
+        // The next complete listing still lacks it: now it is removed.
+        let mut again = before.clone();
+        again[1].missing = true;
+        let changes = diff(&again, &l);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            (changes[0].kind, changes[0].vehicle_id.as_str()),
+            (Kind::Removed, "b")
+        );
+        assert!(first_absences(&again, &l).is_empty());
+        // It came back: no change at all, and nothing missing.
+        let back = multi(vec![a.clone(), b.clone()]);
+        assert!(diff(&again, &back).is_empty());
+        assert!(first_absences(&again, &back).is_empty());
+        // A one-page listing is one answer of the server: authoritative at once.
+        check(&before, vec![a], &["removed b"]);
     }
 
     #[test]

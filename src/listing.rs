@@ -1,0 +1,330 @@
+//! The completeness rules of a vehicle listing, pure: pages go in one at a time
+//! ([`ListingBuilder::push`]); out comes the next page to fetch, a [`CompleteListing`], or the
+//! reason the listing cannot be trusted ([`Incomplete`]). No IO, no clock: each rule is a row of
+//! the table test below.
+//!
+//! A listing is complete only when:
+//! - every page carries `total` (required by the API in both the 2021 and the 2024 envelopes) and
+//!   it never changes while paging;
+//! - `currentPage`, where present, is the page number we are at, and `totalPage` stays the same
+//!   and matches the number of pages read;
+//! - no vehicle id repeats, and the last page (no `next`) brings the count to `total`;
+//! - no `next` link names a page already fetched, and the number of pages stays within what
+//!   `total` and the page size allow (a server whose `next` loops cannot burn the quota).
+//!
+//! A complete listing of several pages is still not one snapshot: see [`crate::diff`] for why a
+//! removal it implies waits for the next listing.
+
+use std::collections::HashSet;
+
+use crate::api::model::{ListedVehicle, Page};
+use crate::diff::CompleteListing;
+
+/// The most pages any listing may have, whatever it claims (60 vehicles a page: 60,000 vehicles).
+pub const MAX_PAGES: u32 = 1000;
+
+/// Why a listing cannot be trusted (recorded as the run's `incomplete` error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Incomplete(pub String);
+
+/// What to do after a page.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Fetch this `_links.next` href next.
+    Next(String),
+    /// Every page arrived and the totals agree.
+    Done(CompleteListing),
+}
+
+/// Collects the pages of one listing.
+#[derive(Debug, Default)]
+pub struct ListingBuilder {
+    pages: u32,
+    total: Option<u64>,
+    total_pages: Option<u64>,
+    first_page_len: usize,
+    vehicles: Vec<ListedVehicle>,
+    ids: HashSet<String>,
+    fetched: HashSet<String>,
+}
+
+impl ListingBuilder {
+    /// A new listing whose first page is fetched from `first_url`.
+    pub fn new(first_url: &str) -> ListingBuilder {
+        let mut b = ListingBuilder::default();
+        b.fetched.insert(page_key(first_url));
+        b
+    }
+
+    /// The complete listing of an account without vehicles (the documented 404 "No vehicle
+    /// found" on the first page).
+    pub fn empty_account(&self) -> Result<CompleteListing, Incomplete> {
+        if self.pages == 0 {
+            Ok(CompleteListing::new(Vec::new(), true))
+        } else {
+            Err(Incomplete(format!(
+                "page {} answered \"No vehicle found\" after {} vehicle(s)",
+                self.pages + 1,
+                self.vehicles.len()
+            )))
+        }
+    }
+
+    /// Takes the next page.
+    pub fn push(&mut self, page: Page) -> Result<Step, Incomplete> {
+        self.pages += 1;
+        let n = self.pages;
+        let bad = |m: String| Err(Incomplete(m));
+        let Some(total) = page.total else {
+            return bad(format!(
+                "page {n} has no `total`; the listing cannot be proved complete"
+            ));
+        };
+        match self.total {
+            Some(t) if t != total => {
+                return bad(format!(
+                    "the total changed from {t} to {total} while paging (the list changed)"
+                ));
+            }
+            _ => self.total = Some(total),
+        }
+        if let Some(c) = page.current_page
+            && c != u64::from(n)
+        {
+            return bad(format!("page {n} says it is page {c}"));
+        }
+        match (self.total_pages, page.total_pages) {
+            (Some(a), Some(b)) if a != b => {
+                return bad(format!("totalPage changed from {a} to {b} while paging"));
+            }
+            (None, Some(b)) => self.total_pages = Some(b),
+            _ => {}
+        }
+        if n == 1 {
+            self.first_page_len = page.vehicles.len();
+        }
+        for v in page.vehicles {
+            if !self.ids.insert(v.id.clone()) {
+                return bad(format!(
+                    "vehicle {} listed twice (the list changed while paging)",
+                    v.id.chars().take(12).collect::<String>()
+                ));
+            }
+            self.vehicles.push(v);
+        }
+        let count = self.vehicles.len() as u64;
+        if count > total {
+            return bad(format!("{count} vehicles arrived but total says {total}"));
+        }
+        let Some(href) = page.next else {
+            if count != total {
+                return bad(format!("total says {total} vehicles but {count} arrived"));
+            }
+            if let Some(tp) = self.total_pages
+                && tp != u64::from(n)
+                && !(tp == 1 && n == 1)
+            {
+                return bad(format!(
+                    "totalPage says {tp} pages but the listing ended after {n}"
+                ));
+            }
+            let vehicles = std::mem::take(&mut self.vehicles);
+            return Ok(Step::Done(CompleteListing::new(vehicles, n == 1)));
+        };
+        if !self.fetched.insert(page_key(&href)) {
+            return bad(format!(
+                "page {n}'s `next` link names a page already fetched"
+            ));
+        }
+        if n >= self.max_pages() {
+            return bad(format!(
+                "more than {} pages for {total} vehicles",
+                self.max_pages()
+            ));
+        }
+        Ok(Step::Next(href))
+    }
+
+    /// Pages `total` and the first page's size allow (plus one for an empty last page).
+    fn max_pages(&self) -> u32 {
+        let total = self.total.unwrap_or(0);
+        let per_page = u64::try_from(self.first_page_len.max(1)).unwrap_or(1);
+        let allowed = total.div_ceil(per_page) + 1;
+        u32::try_from(allowed).unwrap_or(MAX_PAGES).min(MAX_PAGES)
+    }
+}
+
+/// What identifies a page: its `pageToken` when the link has one (the 2024+ form), else the
+/// whole link with the query in a canonical order.
+fn page_key(href: &str) -> String {
+    let query = href.split_once('?').map_or("", |(_, q)| q);
+    let mut pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k != "client_id")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if let Some((_, token)) = pairs.iter().find(|(k, _)| k == "pageToken") {
+        return format!("pageToken={token}");
+    }
+    pairs.sort();
+    let path = href.split('?').next().unwrap_or(href);
+    let path = path.rsplit_once("/user/").map_or(path, |(_, p)| p);
+    format!("{path}?{pairs:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn page(total: Option<u64>, ids: &[&str], next: Option<&str>) -> Page {
+        Page {
+            total,
+            total_pages: None,
+            current_page: None,
+            next: next.map(str::to_owned),
+            vehicles: ids
+                .iter()
+                .filter_map(|id| ListedVehicle::from_value(&json!({"id": id})))
+                .collect(),
+        }
+    }
+
+    /// Feeds pages in order; renders the outcome as `done N single|multi`, or the error.
+    fn run(pages: Vec<Page>) -> String {
+        let mut b = ListingBuilder::new("https://api/x/user/vehicles?client_id=c&pageSize=2");
+        for p in pages {
+            match b.push(p) {
+                Ok(Step::Next(_)) => {}
+                Ok(Step::Done(l)) => {
+                    let kind = if l.single_page() { "single" } else { "multi" };
+                    return format!("done {} {kind}", l.len());
+                }
+                Err(Incomplete(m)) => return format!("incomplete: {m}"),
+            }
+        }
+        "unfinished".into()
+    }
+
+    #[test]
+    fn the_completeness_table() {
+        let n1 = Some("https://api/x/user/vehicles?pageToken=p2");
+        let n2 = Some("https://api/x/user/vehicles?pageToken=p3");
+        let cases: Vec<(&str, Vec<Page>, &str)> = vec![
+            (
+                "one page",
+                vec![page(Some(2), &["a", "b"], None)],
+                "done 2 single",
+            ),
+            (
+                "two pages",
+                vec![page(Some(3), &["a", "b"], n1), page(Some(3), &["c"], None)],
+                "done 3 multi",
+            ),
+            // Item 6: no total means the listing cannot be proved complete.
+            (
+                "no total",
+                vec![page(None, &["a"], None)],
+                "incomplete: page 1 has no `total`; the listing cannot be proved complete",
+            ),
+            (
+                "no total on page 2",
+                vec![page(Some(3), &["a", "b"], n1), page(None, &["c"], None)],
+                "incomplete: page 2 has no `total`; the listing cannot be proved complete",
+            ),
+            (
+                "total changes",
+                vec![page(Some(3), &["a", "b"], n1), page(Some(4), &["c"], None)],
+                "incomplete: the total changed from 3 to 4 while paging (the list changed)",
+            ),
+            (
+                "a repeat",
+                vec![page(Some(3), &["a", "b"], n1), page(Some(3), &["b"], None)],
+                "incomplete: vehicle b listed twice (the list changed while paging)",
+            ),
+            (
+                "too few",
+                vec![page(Some(3), &["a", "b"], None)],
+                "incomplete: total says 3 vehicles but 2 arrived",
+            ),
+            (
+                "too many",
+                vec![page(Some(1), &["a", "b"], None)],
+                "incomplete: 2 vehicles arrived but total says 1",
+            ),
+            // Item 7: a `next` that names a page already fetched.
+            (
+                "next loops on itself",
+                vec![page(Some(3), &["a", "b"], n1), page(Some(3), &[], n1)],
+                "incomplete: page 2's `next` link names a page already fetched",
+            ),
+            (
+                "next back to page 1",
+                vec![page(
+                    Some(3),
+                    &["a", "b"],
+                    Some("https://api/x/user/vehicles?pageSize=2&client_id=c"),
+                )],
+                "incomplete: page 1's `next` link names a page already fetched",
+            ),
+            // Item 7: empty pages that keep linking onwards stop at what total allows.
+            (
+                "endless empty pages",
+                vec![
+                    page(Some(3), &["a", "b"], n1),
+                    page(Some(3), &[], n2),
+                    page(
+                        Some(3),
+                        &[],
+                        Some("https://api/x/user/vehicles?pageToken=p4"),
+                    ),
+                ],
+                "incomplete: more than 3 pages for 3 vehicles",
+            ),
+        ];
+        for (name, pages, want) in cases {
+            assert_eq!(run(pages), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn page_numbers_are_cross_checked() {
+        let mut p1 = page(
+            Some(3),
+            &["a", "b"],
+            Some("https://api/x/user/vehicles?pageToken=p2"),
+        );
+        p1.current_page = Some(1);
+        p1.total_pages = Some(2);
+        let mut p2 = page(Some(3), &["c"], None);
+        p2.current_page = Some(2);
+        p2.total_pages = Some(2);
+        assert_eq!(run(vec![p1.clone(), p2.clone()]), "done 3 multi");
+        let mut wrong = p2.clone();
+        wrong.current_page = Some(1);
+        assert_eq!(
+            run(vec![p1.clone(), wrong]),
+            "incomplete: page 2 says it is page 1"
+        );
+        let mut short = p1.clone();
+        short.next = None;
+        short.vehicles.truncate(2);
+        short.total = Some(2);
+        assert_eq!(
+            run(vec![short]),
+            "incomplete: totalPage says 2 pages but the listing ended after 1"
+        );
+    }
+
+    #[test]
+    fn no_vehicle_found_is_an_empty_account_only_on_page_one() {
+        let b = ListingBuilder::new("u");
+        assert!(
+            b.empty_account()
+                .is_ok_and(|l| l.is_empty() && l.single_page())
+        );
+        let mut b = ListingBuilder::new("u");
+        let _ = b.push(page(Some(3), &["a", "b"], Some("u?pageToken=2")));
+        assert!(b.empty_account().is_err());
+    }
+}
