@@ -84,7 +84,7 @@ async fn revoke(
     let Some(u) = q.get("user").and_then(|e| g.world.user_index(e)) else {
         return (StatusCode::NOT_FOUND, "unknown user").into_response();
     };
-    g.revoke_user(u);
+    g.tokens.revoke_user(u);
     StatusCode::NO_CONTENT.into_response()
 }
 

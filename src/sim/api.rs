@@ -207,7 +207,7 @@ async fn gate(
         })
         .map(str::trim);
     let now = g.now();
-    let access = token.and_then(|t| g.access.get(t)).cloned();
+    let access = token.and_then(|t| g.tokens.access.get(t)).cloned();
     let Some(access) = access else {
         return Err(gateway_error(
             StatusCode::UNAUTHORIZED,

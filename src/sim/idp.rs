@@ -16,7 +16,8 @@ use axum::routing::{get, post};
 use base64::Engine;
 use serde_json::json;
 
-use super::{AuthCode, PasswordGrant, RefreshState, Shared};
+use super::tokens::{AuthCode, RefreshState};
+use super::{PasswordGrant, Shared};
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
     Router::new()
@@ -228,7 +229,7 @@ async fn token(
             let now = g.now();
             let refresh_ttl = g.cfg.refresh_ttl;
             let grace = g.cfg.refresh_grace;
-            let Some(rt) = g.refresh.get(presented).cloned() else {
+            let Some(rt) = g.tokens.refresh.get(presented).cloned() else {
                 g.stats.invalid_grant += 1;
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", GRANT_INVALID);
             };
@@ -241,26 +242,12 @@ async fn token(
             if !usable || now >= rt.born + refresh_ttl || rt.client_id != client_id {
                 g.stats.invalid_grant += 1;
                 if rt.state == RefreshState::Rotated && g.cfg.family_revocation {
-                    g.revoke_chain(rt.chain);
+                    g.tokens.revoke_chain(rt.chain);
                 }
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", GRANT_INVALID);
             }
-            // Rotate: every token of the chain that is still live dies now (the presented one
-            // and, on a grace replay, the one issued after it).
-            for t in g
-                .refresh
-                .values_mut()
-                .filter(|t| t.chain == rt.chain && t.state == RefreshState::Live)
-            {
-                t.state = RefreshState::Rotated;
-                t.rotated_at = Some(now);
-            }
-            if let Some(t) = g.refresh.get_mut(presented) {
-                t.state = RefreshState::Rotated;
-                t.rotated_at = t.rotated_at.or(Some(now));
-            }
             let scope = p.get("scope").cloned().unwrap_or_else(|| rt.scope.clone());
-            let (a, r) = g.issue_pair(rt.user, &client_id, rt.chain, rt.born, &scope);
+            let (a, r) = g.tokens.rotate(presented, &rt, &client_id, &scope, now, ttl);
             *g.stats.grants.entry("refresh_token".into()).or_default() += 1;
             let realm = g.world.users[rt.user].brand.realm();
             token_response(&a, &r, &scope, &client_id, realm, ttl)
@@ -274,11 +261,11 @@ async fn token(
                 );
             };
             let now = g.now();
-            let Some(c) = g.codes.get(code).cloned() else {
+            let Some(c) = g.tokens.codes.get(code).cloned() else {
                 g.stats.invalid_grant += 1;
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", CODE_INVALID);
             };
-            if let Some(stored) = g.codes.get_mut(code) {
+            if let Some(stored) = g.tokens.codes.get_mut(code) {
                 stored.used = true;
             }
             let pkce_ok = match &c.challenge {
@@ -431,7 +418,7 @@ async fn authorize_submit(State(sh): State<Arc<Shared>>, body: Bytes) -> Respons
         .unwrap_or_else(|| "openid profile".into());
     let redirect = p.get("redirect_uri").cloned().unwrap_or_default();
     let expires = g.now() + g.cfg.code_ttl;
-    g.codes.insert(
+    g.tokens.codes.insert(
         code.clone(),
         AuthCode {
             user,
@@ -473,10 +460,10 @@ async fn revoke(
     let Some(token) = p.get("token") else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Missing token");
     };
-    if let Some(chain) = g.refresh.get(token).map(|t| t.chain) {
-        g.revoke_chain(chain);
+    if let Some(chain) = g.tokens.refresh.get(token).map(|t| t.chain) {
+        g.tokens.revoke_chain(chain);
     } else {
-        g.access.remove(token);
+        g.tokens.access.remove(token);
     }
     (
         StatusCode::OK,
