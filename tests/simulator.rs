@@ -802,17 +802,121 @@ async fn world_changes_are_logged() {
     }
 }
 
-fn validator(file: &str) -> jsonschema::Validator {
+/// An official schema (as derived by tools/openapi-to-jsonschema.py) and its validator.
+struct Schema {
+    raw: Value,
+    validator: jsonschema::Validator,
+}
+
+fn schema(file: &str) -> Schema {
     let path = format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"));
-    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut raw: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     if file == "status.schema.json" {
         // Known exception, real traffic wins: the official schema (4.17.2) types the deprecated
         // `energy` block as one Energy object (`allOf: [Energy]`), but every real capture
-        // (api-spec.md §4.1) carries an array of them.
-        schema["$defs"]["Status"]["allOf"][2]["properties"]["energy"] =
+        // (docs/simulator.md) carries an array of them.
+        raw["$defs"]["Status"]["allOf"][2]["properties"]["energy"] =
             serde_json::json!({"type": "array", "items": {"$ref": "#/$defs/Energy"}});
     }
-    jsonschema::validator_for(&schema).unwrap()
+    let validator = jsonschema::validator_for(&raw).unwrap();
+    Schema { raw, validator }
+}
+
+fn validator(file: &str) -> jsonschema::Validator {
+    schema(file).validator
+}
+
+fn is_integer_type(t: &Value) -> bool {
+    match t {
+        Value::String(s) => s == "integer",
+        Value::Array(a) => a.iter().any(|x| x == "integer") && !a.iter().any(|x| x == "number"),
+        _ => false,
+    }
+}
+
+/// Every value of `body` at a position the schema types `integer` whose JSON text has a
+/// fraction or an exponent (`218.0`, `2.18e2`). The `jsonschema` crate accepts `218.0` as an
+/// integer; typed clients (evcc's `Autonomy int`, serde `u32`) reject it. `body` must be parsed
+/// from the raw response text: serde_json keeps a number written `218` as an integer and one
+/// written `218.0` or `1e3` as a float, so `is_f64` tells what the text said; the number is also
+/// written back and scanned for `.`, `e` and `E`.
+fn raw_integer_violations(
+    root: &Value,
+    schema: &Value,
+    body: &Value,
+    at: &str,
+    depth: usize,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if depth > 40 {
+        return out;
+    }
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.trim_start_matches("#/$defs/");
+        out.extend(raw_integer_violations(
+            root,
+            &root["$defs"][name],
+            body,
+            at,
+            depth + 1,
+        ));
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        for sub in schema
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out.extend(raw_integer_violations(root, sub, body, at, depth + 1));
+        }
+    }
+    if schema.get("type").is_some_and(is_integer_type)
+        && let Value::Number(n) = body
+    {
+        let text = n.to_string();
+        if n.is_f64() || text.contains(['.', 'e', 'E']) {
+            out.push(format!("{at}: {text} where the schema says integer"));
+        }
+    }
+    if let (Some(props), Value::Object(obj)) =
+        (schema.get("properties").and_then(Value::as_object), body)
+    {
+        for (k, sub) in props {
+            if let Some(v) = obj.get(k) {
+                out.extend(raw_integer_violations(
+                    root,
+                    sub,
+                    v,
+                    &format!("{at}/{k}"),
+                    depth + 1,
+                ));
+            }
+        }
+    }
+    if let (Some(items), Value::Array(arr)) = (schema.get("items"), body) {
+        for (i, v) in arr.iter().enumerate() {
+            out.extend(raw_integer_violations(
+                root,
+                items,
+                v,
+                &format!("{at}/{i}"),
+                depth + 1,
+            ));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Validates the raw text of a body: the official schema, and integers written as integers.
+fn assert_valid_raw(s: &Schema, text: &str) -> Value {
+    let body: Value = serde_json::from_str(text).unwrap();
+    assert_valid(&s.validator, &body);
+    let ints = raw_integer_violations(&s.raw, &s.raw, &body, "", 0);
+    assert!(ints.is_empty(), "{ints:#?}");
+    body
 }
 
 fn assert_valid(v: &jsonschema::Validator, body: &Value) {
@@ -821,6 +925,33 @@ fn assert_valid(v: &jsonschema::Validator, body: &Value) {
         .map(|e| format!("{} at {}", e, e.instance_path()))
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
+}
+
+#[test]
+fn the_raw_integer_check_catches_what_the_schema_validator_lets_through() {
+    // The simulator's /status energy blocks before issue 10 item 17 was fixed.
+    let status = schema("status.schema.json");
+    let old = r#"{"createdAt": "2025-09-04T07:21:52Z", "_links": {"self": {"href": "x"}},
+        "energies": [{"createdAt": "2025-09-04T07:21:52Z", "type": "Electric", "level": 68.0, "autonomy": 218.0,
+          "extension": {"electric": {"battery": {"load": {"createdAt": "2025-09-04T07:21:52Z",
+            "capacity": 50000, "residual": 34000.0}}}}}],
+        "lastPosition": {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1.0, 2.0]},
+          "properties": {"createdAt": "2025-09-04T07:21:52Z", "heading": 8e0}}}"#;
+    let body: Value = serde_json::from_str(old).unwrap();
+    assert!(
+        status.validator.is_valid(&body),
+        "the schema validator alone accepts 218.0"
+    );
+    let found = raw_integer_violations(&status.raw, &status.raw, &body, "", 0);
+    assert_eq!(
+        found,
+        [
+            "/energies/0/autonomy: 218.0 where the schema says integer",
+            "/energies/0/extension/electric/battery/load/residual: 34000.0 where the schema says integer",
+            "/lastPosition/properties/heading: 8.0 where the schema says integer",
+        ],
+        "the level (a float in the schema) and capacity (written 50000) pass"
+    );
 }
 
 #[tokio::test]
@@ -832,7 +963,7 @@ async fn bodies_validate_against_the_official_schemas() {
     })
     .await;
     let vehicles = validator("vehicles.schema.json");
-    let status = validator("status.schema.json");
+    let status = schema("status.schema.json");
     let mut statuses = 0;
     for (email, pass, brand) in h.users() {
         let t = login(&h, &email, &pass).await;
@@ -844,7 +975,7 @@ async fn bodies_validate_against_the_official_schemas() {
         assert_valid(&vehicles, &body);
         for v in body["_embedded"]["vehicles"].as_array().unwrap() {
             let id = v["id"].as_str().unwrap();
-            let s: Value = http()
+            let text = http()
                 .get(format!(
                     "{}/user/vehicles/{id}/status?client_id={ID}",
                     h.api_base()
@@ -854,10 +985,16 @@ async fn bodies_validate_against_the_official_schemas() {
                 .send()
                 .await
                 .unwrap()
-                .json()
+                .text()
                 .await
                 .unwrap();
-            assert_valid(&status, &s);
+            let s = assert_valid_raw(&status, &text);
+            match v["motorization"].as_str().unwrap() {
+                "Electric" => assert!(s.get("engines").is_none()),
+                _ => assert_eq!(s["engines"][0]["type"], "Thermic", "{s}"),
+            }
+            assert!(s["doorsState"]["lockedStates"].is_array());
+            assert!(s["doorsState"]["opening"][0]["identifier"].is_string());
             assert!(s["energies"].is_array() && s["energy"].is_array());
             assert!(s["preconditioning"].is_object() && s["preconditionning"].is_object());
             statuses += 1;

@@ -247,7 +247,9 @@ async fn token(
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", GRANT_INVALID);
             }
             let scope = p.get("scope").cloned().unwrap_or_else(|| rt.scope.clone());
-            let (a, r) = g.tokens.rotate(presented, &rt, &client_id, &scope, now, ttl);
+            let (a, r) = g
+                .tokens
+                .rotate(presented, &rt, &client_id, &scope, now, ttl);
             *g.stats.grants.entry("refresh_token".into()).or_default() += 1;
             let realm = g.world.users[rt.user].brand.realm();
             token_response(&a, &r, &scope, &client_id, realm, ttl)

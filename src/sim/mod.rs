@@ -236,16 +236,13 @@ impl SimHandle {
         g.tokens
             .refresh
             .values()
-            .filter(|t| {
-                t.user == u && t.state == tokens::RefreshState::Live && now < t.born + ttl
-            })
+            .filter(|t| t.user == u && t.state == tokens::RefreshState::Live && now < t.born + ttl)
             .count()
     }
     /// Whether the IdP would accept this refresh token now.
     pub fn refresh_token_is_live(&self, token: &str) -> bool {
         let g = self.shared.lock();
-        g.tokens
-            .refresh_is_live(token, g.now(), g.cfg.refresh_ttl)
+        g.tokens.refresh_is_live(token, g.now(), g.cfg.refresh_ttl)
     }
     /// Moves the token clock forward (expiry tests without sleeping).
     pub fn advance_clock(&self, by: Duration) {

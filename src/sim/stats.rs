@@ -70,4 +70,3 @@ impl Stats {
         *self.faults_injected.entry(name.to_owned()).or_default() += 1;
     }
 }
-

@@ -127,7 +127,9 @@ impl Tokens {
             t.state = RefreshState::Rotated;
             t.rotated_at = t.rotated_at.or(Some(now));
         }
-        self.issue_pair(rt.user, client_id, rt.chain, rt.born, scope, now, access_ttl)
+        self.issue_pair(
+            rt.user, client_id, rt.chain, rt.born, scope, now, access_ttl,
+        )
     }
 
     /// Revokes every token of user `u` server-side.

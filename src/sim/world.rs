@@ -443,11 +443,15 @@ pub fn status_json(v: &Vehicle, api_base: &str, shuffle: bool) -> Value {
     } else {
         "Disconnected"
     };
-    let autonomy = (t.level * 3.2).round();
+    // Integers where the official schema says integer (autonomy km, capacity/residual Wh,
+    // chargingRate km/h): `218`, never `218.0`.
+    let autonomy = (t.level * 3.2).round() as i64;
+    let residual = (t.level * 500.0).round() as i64;
+    let fuel_autonomy = (t.fuel_level * 6.0).round() as i64;
     let electric_new = json!({
         "createdAt": ts, "type": "Electric", "subType": "ElectricEnergy", "level": t.level, "autonomy": autonomy,
         "extension": {"electric": {
-            "battery": {"load": {"createdAt": ts, "capacity": 50_000, "residual": (t.level * 500.0).round()},
+            "battery": {"load": {"createdAt": ts, "capacity": 50_000, "residual": residual},
                         "health": {"createdAt": ts, "resistance": 91}},
             "charging": {"plugged": t.plugged, "status": charging_status, "remainingTime": if t.charging {"PT2H55M"} else {"PT0S"},
                          "chargingRate": if t.charging {20} else {0}, "chargingMode": if t.charging {"Slow"} else {"No"},
@@ -455,16 +459,16 @@ pub fn status_json(v: &Vehicle, api_base: &str, shuffle: bool) -> Value {
     });
     let fuel_new = json!({
         "createdAt": ts, "type": "Fuel", "subType": "FossilEnergy", "level": t.fuel_level,
-        "autonomy": (t.fuel_level * 6.0).round(), "extension": {"fuel": {"consumptions": {"total": 0}}}
+        "autonomy": fuel_autonomy, "extension": {"fuel": {"consumptions": {"total": 0}}}
     });
     let electric_old = json!({
         "createdAt": ts, "updatedAt": ts, "type": "Electric", "level": t.level, "autonomy": autonomy,
         "charging": {"plugged": t.plugged, "status": charging_status, "remainingTime": "PT0S",
                      "chargingRate": 0, "chargingMode": if t.charging {"Slow"} else {"No"}, "nextDelayedTime": "PT0S"},
-        "battery": {"load": {"capacity": 50_000, "residual": (t.level * 500.0).round()}}
+        "battery": {"load": {"capacity": 50_000, "residual": residual}}
     });
     let fuel_old = json!({"createdAt": ts, "updatedAt": ts, "type": "Fuel", "level": t.fuel_level,
-                          "autonomy": (t.fuel_level * 6.0).round()});
+                          "autonomy": fuel_autonomy});
     let (mut energies, mut energy) = match v.motorization {
         "Electric" => (vec![electric_new], vec![electric_old]),
         "Hybrid" => (vec![fuel_new, electric_new], vec![fuel_old, electric_old]),
@@ -480,9 +484,15 @@ pub fn status_json(v: &Vehicle, api_base: &str, shuffle: bool) -> Value {
         "Hybrid" => "Hybrid",
         _ => "Unknown",
     };
+    let engines = json!([{"createdAt": ts, "type": "Thermic",
+        "extension": {"thermic": {"coolant": {"temp": 19.0}, "oil": {"temp": 18.0}, "air": {"temp": 18.0}}}}]);
+    let doors = json!({"createdAt": ts, "lockedStates": ["Locked"],
+        "opening": [{"identifier": "Driver", "state": "Closed"}, {"identifier": "Passenger", "state": "Closed"},
+                    {"identifier": "RearLeft", "state": "Closed"}, {"identifier": "RearRight", "state": "Closed"},
+                    {"identifier": "Trunk", "state": "Closed"}]});
     let precond =
         json!({"airConditioning": {"createdAt": older, "updatedAt": older, "status": "Disabled"}});
-    json!({
+    let mut body = json!({
         "createdAt": ts, "updatedAt": ts,
         "lastPosition": {"type": "Feature",
             "geometry": {"type": "Point", "coordinates": [t.lon, t.lat, 7.0]},
@@ -501,7 +511,14 @@ pub fn status_json(v: &Vehicle, api_base: &str, shuffle: bool) -> Value {
         "energies": energies,
         "preconditionning": precond,
         "energy": energy,
-    })
+    });
+    if let Some(obj) = body.as_object_mut() {
+        if v.motorization != "Electric" {
+            obj.insert("engines".into(), engines);
+        }
+        obj.insert("doorsState".into(), doors);
+    }
+    body
 }
 
 #[cfg(test)]
