@@ -1013,3 +1013,285 @@ async fn bodies_validate_against_the_official_schemas() {
         .remove("_links");
     assert!(!vehicles.is_valid(&bad));
 }
+
+// ---- The world clock and living cars ----
+
+fn t0() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339("2026-01-05T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
+/// A world on a frozen clock (moved only by `advance_clock`) starting at [`t0`], with tokens
+/// that outlive the jumps (they run on the same clock).
+fn frozen() -> SimConfig {
+    SimConfig {
+        access_ttl: Duration::from_secs(30 * 86_400),
+        refresh_ttl: Duration::from_secs(30 * 86_400),
+        users: 5,
+        vehicle_counts: vec![3, 4, 1, 2, 4],
+        time_scale: 0.0,
+        start_time: Some(t0()),
+        ..SimConfig::default()
+    }
+}
+
+async fn api_get(h: &SimHandle, token: &str, realm: &str, path: &str) -> (u16, String) {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let r = http()
+        .get(format!("{}{path}{sep}client_id={ID}", h.api_base()))
+        .bearer_auth(token)
+        .header("x-introspect-realm", realm)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Logs in every user; returns (vehicle JSON, access token, realm) for every vehicle.
+async fn fleet(h: &SimHandle) -> Vec<(Value, String, String)> {
+    let mut out = Vec::new();
+    for (email, pass, brand) in h.users() {
+        let t = login(h, &email, &pass).await;
+        for v in h.vehicles(&email) {
+            out.push((v, at(&t), brand.realm().to_owned()));
+        }
+    }
+    out
+}
+
+fn jump_to(h: &SimHandle, t: chrono::DateTime<chrono::Utc>) {
+    let by = (t - h.now()).to_std().unwrap();
+    h.advance_clock(by);
+    assert_eq!(h.now(), t);
+}
+
+fn energy<'a>(s: &'a Value, kind: &str) -> &'a Value {
+    s["energies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == kind)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_car_drives_parks_and_charges_on_the_sim_clock() {
+    // The oracle: the same seeded world lived for three days shows what will happen.
+    let oracle = start(frozen()).await;
+    oracle.advance_clock(Duration::from_secs(3 * 86_400));
+    let truth = oracle.drives();
+    let charges = oracle.charges();
+    let h = start(frozen()).await;
+    let cars = fleet(&h).await;
+    let (ev, token, realm) = cars
+        .iter()
+        .find(|(v, ..)| {
+            v["motorization"] == "Electric" && {
+                let vin = v["vin"].as_str().unwrap();
+                charges
+                    .iter()
+                    .any(|c| c.vin == vin && c.ended.is_some() && c.started > t0())
+            }
+        })
+        .expect("an EV that charges within three days");
+    let vin = ev["vin"].as_str().unwrap();
+    let id = ev["id"].as_str().unwrap();
+    let path = format!("/user/vehicles/{id}/status");
+    let status_schema = schema("status.schema.json");
+    let d = truth
+        .iter()
+        .find(|d| d.vin == vin && d.ended.is_some())
+        .unwrap();
+    let ended = d.ended.unwrap();
+    // Mid-drive: ignition on, moving, odometer and position between start and end.
+    let mid = d.started + (ended - d.started) / 2;
+    if h.now() < mid {
+        jump_to(&h, mid);
+        let (code, text) = api_get(&h, token, realm, &path).await;
+        assert_eq!(code, 200, "{text}");
+        let s = assert_valid_raw(&status_schema, &text);
+        assert_eq!(s["ignition"]["type"], "Start");
+        assert_eq!(s["kinetic"]["moving"], true);
+        assert!(s["kinetic"]["speed"].as_f64().unwrap() > 0.0);
+        let odo = s["odometer"]["mileage"].as_f64().unwrap();
+        assert!(
+            odo >= d.start_odometer_km && odo <= d.end_odometer_km,
+            "{odo} {d:?}"
+        );
+        let created = chrono::DateTime::parse_from_rfc3339(s["createdAt"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert!(created <= mid && mid - created <= chrono::Duration::seconds(60));
+        let lon = s["lastPosition"]["geometry"]["coordinates"][0]
+            .as_f64()
+            .unwrap();
+        assert_ne!(lon, d.start_position[0]);
+    }
+    // Parked after the drive: the end values, and the same bytes on every poll.
+    jump_to(&h, ended + chrono::Duration::seconds(30));
+    let (_, parked) = api_get(&h, token, realm, &path).await;
+    let s = assert_valid_raw(&status_schema, &parked);
+    assert_eq!(s["ignition"]["type"], "Stop");
+    assert_eq!(s["kinetic"]["moving"], false);
+    assert_eq!(s["odometer"]["mileage"].as_f64(), Some(d.end_odometer_km));
+    assert_eq!(energy(&s, "Electric")["level"].as_f64(), d.end_soc);
+    assert_eq!(s["createdAt"], api_time(ended));
+    h.advance_clock(Duration::from_secs(60));
+    let (_, again) = api_get(&h, token, realm, &path).await;
+    assert_eq!(parked, again, "a parked car's status does not change");
+    // Charging: plugged, InProgress at the mode's rate, a remaining time; then Finished.
+    let c = charges
+        .iter()
+        .find(|c| c.vin == vin && c.started > h.now() && c.ended.is_some())
+        .unwrap();
+    let c_end = c.ended.unwrap();
+    jump_to(&h, c.started + (c_end - c.started) / 2);
+    let (_, text) = api_get(&h, token, realm, &path).await;
+    let s = assert_valid_raw(&status_schema, &text);
+    let e = energy(&s, "Electric");
+    let ch = &e["extension"]["electric"]["charging"];
+    assert_eq!(
+        (ch["plugged"].as_bool(), ch["status"].as_str()),
+        (Some(true), Some("InProgress"))
+    );
+    assert_eq!(ch["chargingMode"], c.mode);
+    assert!(ch["chargingRate"].as_u64().unwrap() > 0);
+    assert_ne!(ch["remainingTime"], "PT0S");
+    let level = e["level"].as_f64().unwrap();
+    assert!(level > c.start_soc && level < c.end_soc, "{level} {c:?}");
+    if c.outcome == "Finished" {
+        jump_to(&h, c_end);
+        let (_, text) = api_get(&h, token, realm, &path).await;
+        let s = assert_valid_raw(&status_schema, &text);
+        let e = energy(&s, "Electric");
+        assert_eq!(e["extension"]["electric"]["charging"]["status"], "Finished");
+        assert_eq!(e["level"].as_f64(), Some(c.end_soc));
+    }
+    // Ground truth is the same whenever and however often the world is observed.
+    h.advance_clock((oracle.now() - h.now()).to_std().unwrap());
+    assert_eq!(h.drives(), truth);
+    assert_eq!(h.charges(), charges);
+}
+
+fn api_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+#[tokio::test]
+async fn a_simulated_week_of_every_kind_of_car() {
+    let h = start(frozen()).await;
+    let cars = fleet(&h).await;
+    h.advance_clock(Duration::from_secs(7 * 86_400));
+    let drives = h.drives();
+    let charges = h.charges();
+    let status_schema = schema("status.schema.json");
+    let mut kinds = HashSet::new();
+    for (v, token, realm) in &cars {
+        let vin = v["vin"].as_str().unwrap();
+        let kind = v["motorization"].as_str().unwrap();
+        kinds.insert(kind.to_owned());
+        let mine: Vec<_> = drives.iter().filter(|d| d.vin == vin).collect();
+        assert!(
+            (7..=28).contains(&mine.len()),
+            "{vin}: {} drives",
+            mine.len()
+        );
+        for d in mine.iter().filter(|d| d.ended.is_some()) {
+            assert!(d.distance_km >= 1.9 && d.distance_km <= 60.1, "{d:?}");
+            assert_eq!(d.start_soc.is_some(), kind != "Thermic");
+            assert_eq!(d.start_fuel.is_some(), kind != "Electric");
+        }
+        let my_charges = charges.iter().filter(|c| c.vin == vin).count();
+        if kind == "Thermic" {
+            assert_eq!(my_charges, 0);
+        } else {
+            assert!(my_charges >= 1, "{vin} ({kind}) never charged in a week");
+        }
+        let (_, text) = api_get(
+            &h,
+            token,
+            realm,
+            &format!("/user/vehicles/{}/status", v["id"].as_str().unwrap()),
+        )
+        .await;
+        let s = assert_valid_raw(&status_schema, &text);
+        let types: HashSet<&str> = s["energies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        let want: HashSet<&str> = match kind {
+            "Electric" => ["Electric"].into(),
+            "Hybrid" => ["Electric", "Fuel"].into(),
+            _ => ["Fuel"].into(),
+        };
+        assert_eq!(types, want);
+        assert_eq!(s.get("engines").is_some(), kind != "Electric");
+    }
+    assert_eq!(kinds.len(), 3, "EV, PHEV and thermic cars: {kinds:?}");
+    // The admin surface shows the same ground truth.
+    let admin: Value = http()
+        .get(format!("{}/_sim/drives", h.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(admin.as_array().unwrap().len(), drives.len());
+    let admin: Value = http()
+        .get(format!("{}/_sim/charges", h.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(admin[0]["vin"].as_str(), Some(charges[0].vin.as_str()));
+    assert_eq!(
+        admin[0]["started"].as_str(),
+        Some(api_time(charges[0].started).as_str())
+    );
+}
+
+#[tokio::test]
+async fn the_clock_runs_at_time_scale_and_can_be_changed() {
+    let h = start(SimConfig {
+        time_scale: 0.0,
+        start_time: Some(t0()),
+        ..SimConfig::default()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(h.now(), t0(), "scale 0 stops the clock");
+    h.set_time_scale(3600.0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ran = (h.now() - t0()).num_seconds();
+    assert!(
+        (300..3600).contains(&ran),
+        "{ran} sim seconds in 100 ms at 3600x"
+    );
+    h.configure(|c| c.time_scale = 0.0);
+    let stopped = h.now();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(h.now(), stopped);
+    // Access tokens live on the same clock.
+    let t = login(&h, "user1@example.com", "password1").await;
+    h.advance_clock(Duration::from_secs(3600));
+    assert_eq!(
+        list(&h, &at(&t), "clientsB2CPeugeot", "").await.status(),
+        401
+    );
+    let c: Value = http()
+        .get(format!("{}/_sim/clock", h.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(c["now"], api_time(stopped + chrono::Duration::hours(1)));
+    assert_eq!(c["time_scale"], 0.0);
+}

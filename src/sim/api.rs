@@ -566,12 +566,17 @@ async fn one_vehicle(
     drop(g);
     match found {
         Some(v) => hal_ok(&sh, &v, caller.limits),
-        None => backend_error(
-            StatusCode::FORBIDDEN,
-            40300,
-            "Forbidden: this vehicle is not associated with the user",
-        ),
+        None => not_associated(),
     }
+}
+
+/// 403 for a vehicle id that is not on the caller's account.
+pub(super) fn not_associated() -> Response {
+    backend_error(
+        StatusCode::FORBIDDEN,
+        40300,
+        "Forbidden: this vehicle is not associated with the user",
+    )
 }
 
 async fn status(
@@ -595,19 +600,23 @@ async fn status(
     let mut g = sh.lock();
     let shuffle = g.draw(0.5);
     let base = g.cfg.public_api_base.clone();
-    let found = g.world.users[caller.user]
-        .vehicles
-        .iter()
-        .find(|v| v.id == id)
-        .map(|v| world::status_json(v, &base, shuffle));
+    let missing = g.cfg.status_missing_vins.clone();
+    let found = g.observe(caller.user, &id).map(|v| {
+        if missing.iter().any(|m| m.eq_ignore_ascii_case(&v.vin)) {
+            None
+        } else {
+            Some(world::status_json(v, &base, shuffle))
+        }
+    });
     drop(g);
     match found {
-        Some(v) => hal_ok(&sh, &v, caller.limits),
-        None => backend_error(
-            StatusCode::FORBIDDEN,
-            40300,
-            "Forbidden: this vehicle is not associated with the user",
+        Some(Some(v)) => hal_ok(&sh, &v, caller.limits),
+        Some(None) => backend_error(
+            StatusCode::NOT_FOUND,
+            40400,
+            "Not Found: We didn't find the status for this vehicle.",
         ),
+        None => not_associated(),
     }
 }
 

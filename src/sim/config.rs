@@ -150,12 +150,26 @@ pub struct SimConfig {
     pub burst_per_second: u32,
     /// Per-client daily quota (fixed 24 h windows from start); 0 disables it.
     pub daily_limit: u64,
-    /// The world mutates once per this interval (lazily, on requests); `None` = only on demand.
+    /// The world's vehicle lists mutate once per this interval of sim time (lazily, on
+    /// requests); `None` = only on demand.
     pub change_every: Option<Duration>,
     /// 2021 body shapes: `404 40410 "No vehicule found"` and an envelope without `totalPage`.
     pub legacy_shapes: bool,
     /// Base URL used in vehicles' own `_links` (the real host, as in captures).
     pub public_api_base: String,
+    /// Sim seconds per real second (1.0 = real time; 1000.0 lives a week in ten minutes). The
+    /// whole world runs on this clock: cars, token and code lifetimes, `change_every`, body
+    /// timestamps. Only the quotas count real time. Change it at run time with
+    /// `SimHandle::configure` or `SimHandle::set_time_scale`.
+    pub time_scale: f64,
+    /// The sim clock's start (`None`: the real time at spawn).
+    pub start_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// VINs whose `/status` answers 404 code 40400 "Not Found: We didn't find the status for
+    /// this vehicle." (a car that never uploaded a status).
+    pub status_missing_vins: Vec<String>,
+    /// Share of cars (picked by a per-car seeded draw) whose `/maintenance` answers 404 code
+    /// 40400 "Not Found: Maintenance Not Found for Given Vehicle." on every call.
+    pub maintenance_missing_fraction: f64,
     pub faults: Faults,
 }
 
@@ -179,6 +193,10 @@ impl Default for SimConfig {
             change_every: None,
             legacy_shapes: false,
             public_api_base: "https://api.groupe-psa.com/connectedcar/v4".into(),
+            time_scale: 1.0,
+            start_time: None,
+            status_missing_vins: Vec::new(),
+            maintenance_missing_fraction: 1.0 / 3.0,
             faults: Faults::default(),
         }
     }

@@ -16,10 +16,13 @@
 
 mod admin;
 mod api;
+mod clock;
 mod config;
 mod idp;
+pub mod life;
 mod server;
 mod stats;
+mod telematics;
 mod tokens;
 pub mod world;
 
@@ -36,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{
     DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Faults, PasswordGrant, RetryAfterForm, SimConfig,
 };
+pub use life::{SimAlert, SimCharge, SimDrive};
 pub(crate) use server::ConnKill;
 pub use stats::Stats;
 pub use world::{SimUser, WorldEvent};
@@ -55,19 +59,41 @@ struct Inner {
     quota: HashMap<String, Quota>,
     stats: Stats,
     rng: StdRng,
-    clock_offset: Duration,
-    last_auto_tick: Instant,
+    clock: clock::SimClock,
+    /// Sim time of the last list mutation made by `change_every`.
+    last_auto_tick: chrono::DateTime<chrono::Utc>,
 }
 
 impl Inner {
-    /// The simulator's clock for token lifetimes (tests can move it forward).
+    /// The sim clock as an `Instant`, for token and code lifetimes.
     fn now(&self) -> Instant {
-        Instant::now() + self.clock_offset
+        self.clock.instant()
     }
 
+    /// The sim clock.
     fn wall_now(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::Utc::now()
-            + chrono::Duration::from_std(self.clock_offset).unwrap_or(chrono::Duration::zero())
+        self.clock.now()
+    }
+
+    /// Plays every car's life up to now (cars taken off an account live on too).
+    fn advance_lives(&mut self) {
+        let now = self.wall_now();
+        for u in &mut self.world.users {
+            for v in u.vehicles.iter_mut().chain(u.removed.iter_mut()) {
+                v.life.advance(now);
+            }
+        }
+    }
+
+    /// User `user`'s vehicle with this id, its life played up to now.
+    fn observe(&mut self, user: usize, id: &str) -> Option<&world::Vehicle> {
+        let now = self.wall_now();
+        let v = self.world.users[user]
+            .vehicles
+            .iter_mut()
+            .find(|v| v.id == id)?;
+        v.life.advance(now);
+        Some(v)
     }
 
     fn draw(&mut self, p: f64) -> bool {
@@ -78,11 +104,16 @@ impl Inner {
         if let Some(every) = self.cfg.change_every
             && !every.is_zero()
         {
-            let now = Instant::now();
-            while now.duration_since(self.last_auto_tick) >= every {
-                self.last_auto_tick += every;
-                let wall = self.wall_now();
-                self.world.tick(wall);
+            let now = self.wall_now();
+            let step = chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX);
+            // A long jump of the clock catches up at most 1,000 mutations.
+            if now - self.last_auto_tick > step * 1_000 {
+                self.last_auto_tick = now - step * 1_000;
+            }
+            while now - self.last_auto_tick >= step {
+                self.last_auto_tick += step;
+                let at = self.last_auto_tick;
+                self.world.tick(at);
             }
         }
     }
@@ -125,7 +156,15 @@ pub struct SimHandle {
 /// Starts the simulator on an already-bound listener (use port 0 in tests).
 pub fn spawn(listener: TcpListener, cfg: SimConfig) -> std::io::Result<SimHandle> {
     let addr = listener.local_addr()?;
-    let world = world::World::generate(cfg.seed, cfg.users, &cfg.vehicle_counts, cfg.max_vehicles);
+    let start = cfg.start_time.unwrap_or_else(chrono::Utc::now);
+    let world = world::World::generate_at(
+        cfg.seed,
+        cfg.users,
+        &cfg.vehicle_counts,
+        cfg.max_vehicles,
+        start,
+    );
+    let clock = clock::SimClock::new(start, cfg.time_scale);
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
             rng: StdRng::seed_from_u64(cfg.seed.wrapping_add(1)),
@@ -134,8 +173,8 @@ pub fn spawn(listener: TcpListener, cfg: SimConfig) -> std::io::Result<SimHandle
             tokens: tokens::Tokens::default(),
             quota: HashMap::new(),
             stats: Stats::default(),
-            clock_offset: Duration::ZERO,
-            last_auto_tick: Instant::now(),
+            clock,
+            last_auto_tick: start,
         }),
     });
     let router = server::router(shared.clone());
@@ -174,9 +213,63 @@ impl SimHandle {
     pub fn set_faults(&self, faults: Faults) {
         self.shared.lock().cfg.faults = faults;
     }
-    /// Changes any setting at run time (lifetimes, quotas, password grant, …).
+    /// Changes any setting at run time (lifetimes, quotas, password grant, `time_scale`, …).
     pub fn configure(&self, f: impl FnOnce(&mut SimConfig)) {
-        f(&mut self.shared.lock().cfg);
+        let mut g = self.shared.lock();
+        f(&mut g.cfg);
+        if g.cfg.time_scale != g.clock.scale() {
+            let scale = g.cfg.time_scale;
+            g.clock.set_scale(scale);
+            g.cfg.time_scale = g.clock.scale();
+        }
+    }
+    /// Sets the clock's speed (sim seconds per real second) from now on.
+    pub fn set_time_scale(&self, scale: f64) {
+        self.configure(|c| c.time_scale = scale);
+    }
+    /// The simulator's clock now.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.shared.lock().wall_now()
+    }
+    /// Every drive of every car (including cars taken off an account) up to now, in sim time,
+    /// ordered by start; a drive under way has `ended: None`.
+    pub fn drives(&self) -> Vec<SimDrive> {
+        let mut g = self.shared.lock();
+        g.advance_lives();
+        let mut out: Vec<SimDrive> = g.world.lives().flat_map(|l| l.drives.clone()).collect();
+        out.sort_by(|a, b| (a.started, &a.vin).cmp(&(b.started, &b.vin)));
+        out
+    }
+    /// Every charge of every car up to now, in sim time, ordered by start; a charge under way
+    /// has `ended: None`.
+    pub fn charges(&self) -> Vec<SimCharge> {
+        let mut g = self.shared.lock();
+        g.advance_lives();
+        let mut out: Vec<SimCharge> = g.world.lives().flat_map(|l| l.charges.clone()).collect();
+        out.sort_by(|a, b| (a.started, &a.vin).cmp(&(b.started, &b.vin)));
+        out
+    }
+    /// Every alert every car raised up to now, ordered by start; an active one has
+    /// `ended: None`.
+    pub fn alerts(&self) -> Vec<SimAlert> {
+        let mut g = self.shared.lock();
+        g.advance_lives();
+        let mut out: Vec<SimAlert> = g.world.lives().flat_map(|l| l.alerts.clone()).collect();
+        out.sort_by(|a, b| (a.started, &a.vin).cmp(&(b.started, &b.vin)));
+        out
+    }
+    /// The `/status` body a vehicle (by VIN) would get now, without a request (PHEV energies
+    /// in their first order).
+    pub fn status_of(&self, vin: &str) -> Option<serde_json::Value> {
+        let mut g = self.shared.lock();
+        g.advance_lives();
+        let base = g.cfg.public_api_base.clone();
+        g.world
+            .users
+            .iter()
+            .flat_map(|u| u.vehicles.iter())
+            .find(|v| v.vin == vin)
+            .map(|v| world::status_json(v, &base, false))
     }
     /// Applies `n` world mutations now; returns the number of events logged.
     pub fn tick(&self, n: usize) -> usize {
@@ -244,9 +337,9 @@ impl SimHandle {
         let g = self.shared.lock();
         g.tokens.refresh_is_live(token, g.now(), g.cfg.refresh_ttl)
     }
-    /// Moves the token clock forward (expiry tests without sleeping).
+    /// Moves the sim clock forward (token expiry, cars' lives, list ticks) without sleeping.
     pub fn advance_clock(&self, by: Duration) {
-        self.shared.lock().clock_offset += by;
+        self.shared.lock().clock.advance(by);
     }
     /// Stops accepting and closes every connection.
     pub async fn shutdown(mut self) {

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{Shared, admin, api, idp};
+use super::{Shared, admin, api, idp, telematics};
 
 /// Per-connection switch a handler uses to drop its TCP connection without answering.
 #[derive(Clone)]
@@ -25,6 +25,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(idp::routes())
         .merge(api::routes())
+        .merge(telematics::routes())
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), record))
         .merge(admin::routes())
         .with_state(shared)
