@@ -1295,3 +1295,366 @@ async fn the_clock_runs_at_time_scale_and_can_be_changed() {
     assert_eq!(c["now"], api_time(stopped + chrono::Duration::hours(1)));
     assert_eq!(c["time_scale"], 0.0);
 }
+
+// ---- Trips, alerts, maintenance, missing status, endpoints not served ----
+
+/// A week lived on a frozen clock; returns the handle and its fleet.
+async fn week() -> (SimHandle, Vec<(Value, String, String)>) {
+    let h = start(frozen()).await;
+    let cars = fleet(&h).await;
+    h.advance_clock(Duration::from_secs(7 * 86_400));
+    (h, cars)
+}
+
+async fn walk_pages(h: &SimHandle, token: &str, realm: &str, first: &str) -> Vec<Value> {
+    let (code, text) = api_get(h, token, realm, first).await;
+    assert_eq!(code, 200, "{text}");
+    let mut pages = vec![serde_json::from_str::<Value>(&text).unwrap()];
+    while let Some(next) = pages.last().unwrap()["_links"]["next"]["href"].as_str() {
+        assert!(pages.len() < 100, "next links loop");
+        let path = next.split("/connectedcar/v4").nth(1).unwrap().to_owned();
+        let (code, text) = api_get(h, token, realm, &path).await;
+        assert_eq!(code, 200, "{text}");
+        pages.push(serde_json::from_str(&text).unwrap());
+    }
+    pages
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn trips_are_paged_filtered_and_match_the_ground_truth() {
+    let (h, cars) = week().await;
+    let drives = h.drives();
+    let trips_schema = schema("trips.schema.json");
+    let (car, token, realm) = cars
+        .iter()
+        .max_by_key(|(v, ..)| drives.iter().filter(|d| d.vin == v["vin"]).count())
+        .unwrap();
+    let vin = car["vin"].as_str().unwrap();
+    let id = car["id"].as_str().unwrap();
+    let mine: Vec<_> = drives
+        .iter()
+        .filter(|d| d.vin == vin && d.ended.is_some())
+        .collect();
+    assert!(mine.len() >= 8, "{}", mine.len());
+    let base = format!("/user/vehicles/{id}/trips");
+    // Every page, 3 at a time: the schema, the envelope, ascending order, the ground truth.
+    let pages = walk_pages(&h, token, realm, &format!("{base}?pageSize=3")).await;
+    assert_eq!(pages.len(), mine.len().div_ceil(3));
+    let mut trips = Vec::new();
+    for (i, p) in pages.iter().enumerate() {
+        assert_valid_raw(&trips_schema, &p.to_string());
+        assert_eq!(p["total"].as_u64(), Some(mine.len() as u64));
+        assert_eq!(p["totalPage"].as_u64(), Some(pages.len() as u64));
+        assert_eq!(p["currentPage"].as_u64(), Some(i as u64 + 1));
+        for rel in ["self", "first", "last"] {
+            assert!(
+                p["_links"][rel]["href"]
+                    .as_str()
+                    .unwrap()
+                    .contains("pageToken=")
+            );
+        }
+        trips.extend(p["_embedded"]["trips"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(trips.len(), mine.len());
+    for (t, d) in trips.iter().zip(&mine) {
+        assert_eq!(t["startedAt"], api_time(d.started));
+        assert_eq!(t["stoppedAt"], api_time(d.ended.unwrap()));
+        assert_eq!(
+            t["duration"].as_i64(),
+            Some((d.ended.unwrap() - d.started).num_seconds())
+        );
+        assert_eq!(t["distance"].as_f64(), Some(d.distance_km));
+        assert_eq!(t["startMileage"].as_f64(), Some(d.start_odometer_km));
+        let c = &t["startPosition"]["geometry"]["coordinates"];
+        assert!(
+            (c[0].as_f64().unwrap() - d.start_position[0]).abs() < 1e-5,
+            "lon first"
+        );
+        assert_eq!(t["done"], true);
+        assert!(t["_links"]["wayPoints"]["href"].is_string());
+        assert_eq!(t["id"].as_str().unwrap().len(), 129);
+        assert!(t["id"].as_str().unwrap().starts_with(&id[..65]));
+        assert!(t["kinetic"]["maxSpeed"].as_f64() >= t["kinetic"]["avgSpeed"].as_f64());
+        if let Some(soc) = d.start_soc {
+            let e = t["startEnergies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["type"] == "Electric")
+                .unwrap();
+            assert_eq!(e["level"].as_f64(), Some(soc));
+        }
+    }
+    let count = |from: Option<chrono::DateTime<chrono::Utc>>,
+                 to: Option<chrono::DateTime<chrono::Utc>>| {
+        mine.iter()
+            .filter(|d| from.is_none_or(|f| d.started >= f) && to.is_none_or(|t| d.started < t))
+            .count() as u64
+    };
+    let day3 = t0() + chrono::Duration::days(3);
+    let day5 = t0() + chrono::Duration::days(5);
+    let total = |text: &str| serde_json::from_str::<Value>(text).unwrap()["total"].as_u64();
+    for (ts, want) in [
+        (format!("{}/", api_time(day3)), count(Some(day3), None)),
+        (format!("/{}", api_time(day3)), count(None, Some(day3))),
+        (
+            format!("{}/{}", api_time(day3), api_time(day5)),
+            count(Some(day3), Some(day5)),
+        ),
+        (
+            format!("{}/P2D", api_time(day3)),
+            count(Some(day3), Some(day5)),
+        ),
+        (
+            format!("{}/P1D,{}/", api_time(t0()), api_time(day5)),
+            count(Some(t0()), Some(t0() + chrono::Duration::days(1))) + count(Some(day5), None),
+        ),
+    ] {
+        let (code, text) =
+            api_get(&h, token, realm, &format!("{base}?timestamps={}", enc(&ts))).await;
+        if want == 0 {
+            assert_eq!(code, 404, "{ts}");
+        } else {
+            assert_eq!((code, total(&text)), (200, Some(want)), "{ts}: {text}");
+        }
+    }
+    // Repeated parameters, the filter carried by page tokens, HASV's query.
+    let filtered = walk_pages(
+        &h,
+        token,
+        realm,
+        &format!(
+            "{base}?pageSize=1&timestamps={}&timestamps={}&distance=0.1-",
+            enc(&format!("{}/P1D", api_time(t0()))),
+            enc(&format!("{}/", api_time(day5)))
+        ),
+    )
+    .await;
+    let want = count(Some(t0()), Some(t0() + chrono::Duration::days(1))) + count(Some(day5), None);
+    assert_eq!(filtered.len() as u64, want);
+    assert!(filtered.iter().all(|p| p["total"].as_u64() == Some(want)));
+    // Errors: malformed, too many intervals, page size, nothing found.
+    for bad in [
+        "timestamps=yesterday%2F".to_owned(),
+        format!(
+            "timestamps={}",
+            enc(&format!("{}/{}", api_time(day5), api_time(day3)))
+        ),
+        (0..11)
+            .map(|_| format!("timestamps={}", enc(&format!("{}/", api_time(day3)))))
+            .collect::<Vec<_>>()
+            .join("&"),
+        "pageSize=61".to_owned(),
+        "distance=x-".to_owned(),
+    ] {
+        let (code, text) = api_get(&h, token, realm, &format!("{base}?{bad}")).await;
+        assert_eq!(code, 400, "{bad}: {text}");
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["code"], 40000);
+    }
+    let future = format!("{}/", api_time(h.now() + chrono::Duration::days(1)));
+    let (code, text) = api_get(
+        &h,
+        token,
+        realm,
+        &format!("{base}?timestamps={}", enc(&future)),
+    )
+    .await;
+    assert_eq!(code, 404);
+    let b: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (b["code"].as_u64(), b["message"].as_str()),
+        (Some(40400), Some("Not Found: No trip was found."))
+    );
+    assert!(is_uuid(b["uuid"].as_str().unwrap()) && b["timestamp"].is_string());
+    // Another account's vehicle is refused.
+    let other = cars.iter().find(|(_, t, _)| t != token).unwrap();
+    let (code, _) = api_get(&h, &other.1, &other.2, &base).await;
+    assert_eq!(code, 403);
+}
+
+#[tokio::test]
+async fn alerts_are_paged_and_match_the_ground_truth() {
+    let (h, cars) = week().await;
+    let truth = h.alerts();
+    let alerts_schema = schema("alerts.schema.json");
+    let mut seen = 0;
+    for (v, token, realm) in &cars {
+        let id = v["id"].as_str().unwrap();
+        let mine: Vec<_> = truth.iter().filter(|a| a.vin == v["vin"]).collect();
+        let pages = walk_pages(
+            &h,
+            token,
+            realm,
+            &format!("/user/vehicles/{id}/alerts?pageSize=2"),
+        )
+        .await;
+        let mut got = Vec::new();
+        for p in &pages {
+            assert_valid_raw(&alerts_schema, &p.to_string());
+            got.extend(p["_embedded"]["alerts"].as_array().unwrap().iter().cloned());
+        }
+        assert_eq!(got.len(), mine.len());
+        for (g, a) in got.iter().zip(&mine) {
+            assert_eq!(g["id"].as_str(), Some(a.id.as_str()));
+            assert_eq!(g["type"].as_str(), Some(a.kind));
+            assert_eq!(g["active"].as_bool(), Some(a.ended.is_none()));
+            assert_eq!(g["startedAt"], api_time(a.started));
+            assert_eq!(g.get("endAt").is_some(), a.ended.is_some());
+        }
+        seen += mine.len();
+        // None in the filter: an empty collection, as the official schema has it.
+        let future = format!("{}/", api_time(h.now() + chrono::Duration::days(1)));
+        let (code, text) = api_get(
+            &h,
+            token,
+            realm,
+            &format!("/user/vehicles/{id}/alerts?timestamps={}", enc(&future)),
+        )
+        .await;
+        assert_eq!(code, 200);
+        let b = assert_valid_raw(&alerts_schema, &text);
+        assert_eq!(
+            (
+                b["total"].as_u64(),
+                b["_embedded"]["alerts"].as_array().map(Vec::len)
+            ),
+            (Some(0), Some(0))
+        );
+    }
+    assert!(
+        seen >= cars.len() / 2,
+        "a few alerts over a week: {seen} for {} cars",
+        cars.len()
+    );
+    assert!(
+        truth.iter().any(|a| a.kind == "FuelLevelLow")
+            && truth.iter().any(|a| a.kind == "RiskOfIce")
+    );
+}
+
+#[tokio::test]
+async fn maintenance_counts_down_and_is_missing_for_some_cars() {
+    let h = start(frozen()).await;
+    let cars = fleet(&h).await;
+    let m_schema = schema("maintenance.schema.json");
+    let mut found = Vec::new();
+    let mut missing = 0;
+    for (v, token, realm) in &cars {
+        let path = format!("/user/vehicles/{}/maintenance", v["id"].as_str().unwrap());
+        let (code, text) = api_get(&h, token, realm, &path).await;
+        if code == 404 {
+            let b: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                (b["code"].as_u64(), b["message"].as_str()),
+                (
+                    Some(40400),
+                    Some("Not Found: Maintenance Not Found for Given Vehicle.")
+                )
+            );
+            assert_eq!(
+                api_get(&h, token, realm, &path).await.0,
+                404,
+                "on every call"
+            );
+            missing += 1;
+        } else {
+            assert_eq!(code, 200, "{text}");
+            let b = assert_valid_raw(&m_schema, &text);
+            assert!(
+                text.contains("\"mileageBeforeMaintenance\":")
+                    && b["mileageBeforeMaintenance"].is_f64()
+            );
+            assert!(b["_links"]["alerts"]["href"].is_string());
+            found.push((path, token.clone(), realm.clone(), b));
+        }
+    }
+    assert!(
+        missing >= 1 && missing < cars.len(),
+        "{missing} of {}",
+        cars.len()
+    );
+    h.advance_clock(Duration::from_secs(2 * 86_400));
+    let mut drove = false;
+    for (path, token, realm, before) in &found {
+        let (_, text) = api_get(&h, token, realm, path).await;
+        let after = assert_valid_raw(&m_schema, &text);
+        assert_eq!(
+            after["daysBeforeMaintenance"].as_i64().unwrap(),
+            before["daysBeforeMaintenance"].as_i64().unwrap() - 2
+        );
+        let (a, b) = (
+            after["mileageBeforeMaintenance"].as_f64().unwrap(),
+            before["mileageBeforeMaintenance"].as_f64().unwrap(),
+        );
+        assert!(a <= b);
+        drove |= a < b;
+    }
+    assert!(drove, "the km countdown follows the odometer");
+    // The share is a knob.
+    h.configure(|c| c.maintenance_missing_fraction = 1.0);
+    let (v, token, realm) = &cars[0];
+    let path = format!("/user/vehicles/{}/maintenance", v["id"].as_str().unwrap());
+    assert_eq!(api_get(&h, token, realm, &path).await.0, 404);
+    h.configure(|c| c.maintenance_missing_fraction = 0.0);
+    assert_eq!(api_get(&h, token, realm, &path).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_status_can_be_missing_and_deprecated_endpoints_are_not_served_but_counted() {
+    let h = start(frozen()).await;
+    let cars = fleet(&h).await;
+    let (v, token, realm) = &cars[0];
+    let (v2, ..) = &cars[1];
+    h.configure(|c| c.status_missing_vins = vec![v["vin"].as_str().unwrap().to_owned()]);
+    let id = v["id"].as_str().unwrap();
+    let (code, text) = api_get(&h, token, realm, &format!("/user/vehicles/{id}/status")).await;
+    assert_eq!(code, 404);
+    let b: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (b["code"].as_u64(), b["message"].as_str()),
+        (
+            Some(40400),
+            Some("Not Found: We didn't find the status for this vehicle.")
+        )
+    );
+    assert!(is_uuid(b["uuid"].as_str().unwrap()));
+    let id2 = v2["id"].as_str().unwrap();
+    assert_eq!(
+        api_get(&h, token, realm, &format!("/user/vehicles/{id2}/status"))
+            .await
+            .0,
+        200
+    );
+    h.reset_stats();
+    for rel in ["lastPosition", "telemetry", "collisions"] {
+        let (code, text) = api_get(&h, token, realm, &format!("/user/vehicles/{id}/{rel}")).await;
+        assert_eq!(code, 404, "{rel}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap()["httpCode"],
+            "404"
+        );
+        let key = format!("GET /connectedcar/v4/user/vehicles/{{id}}/{rel}");
+        assert_eq!(h.stats().count(&key, 404), 1, "{key}");
+    }
+    // New endpoints are counted under their own route keys too.
+    api_get(
+        &h,
+        token,
+        realm,
+        &format!("/user/vehicles/{id}/maintenance"),
+    )
+    .await;
+    let s = h.stats();
+    assert_eq!(
+        s.requests["GET /connectedcar/v4/user/vehicles/{id}/maintenance"]
+            .values()
+            .sum::<u64>(),
+        1
+    );
+    assert_eq!(s.api_requests, 4);
+}

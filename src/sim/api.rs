@@ -31,14 +31,14 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
 }
 
 /// The caller, once the gateway let it through.
-struct Caller {
-    user: usize,
-    brand: Brand,
-    limits: Option<RateHeaders>,
+pub(super) struct Caller {
+    pub user: usize,
+    pub brand: Brand,
+    pub limits: Option<RateHeaders>,
 }
 
 #[derive(Clone, Copy)]
-struct RateHeaders {
+pub(super) struct RateHeaders {
     day_limit: u64,
     day_remaining: u64,
     burst_limit: u32,
@@ -78,7 +78,7 @@ fn hv(s: &str) -> HeaderValue {
 }
 
 /// An IBM API Connect gateway error (`httpCode/httpMessage/moreInformation`).
-fn gateway_error(status: StatusCode, message: &str, more: &str) -> Response {
+pub(super) fn gateway_error(status: StatusCode, message: &str, more: &str) -> Response {
     let body = json!({"httpCode": status.as_u16().to_string(), "httpMessage": message, "moreInformation": more});
     let mut resp = (
         status,
@@ -91,7 +91,7 @@ fn gateway_error(status: StatusCode, message: &str, more: &str) -> Response {
 }
 
 /// A backend error in the documented `{uuid, code, message, timestamp}` form.
-fn backend_error(status: StatusCode, code: u32, message: &str) -> Response {
+pub(super) fn backend_error(status: StatusCode, code: u32, message: &str) -> Response {
     let body = json!({
         "uuid": uuid::Uuid::new_v4().to_string(),
         "code": code,
@@ -138,7 +138,7 @@ fn too_many(limits: Option<RateHeaders>, form: RetryAfterForm, secs: u64, which:
 }
 
 /// The gateway: client id, quota, token, realm; then injected faults.
-async fn gate(
+pub(super) async fn gate(
     sh: &Shared,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
@@ -326,7 +326,7 @@ fn check_quota(g: &mut Inner, client_id: &str) -> Result<Option<RateHeaders>, Re
 }
 
 /// A successful HAL response, with body faults applied where the switches say so.
-fn hal_ok(sh: &Shared, body: &Value, limits: Option<RateHeaders>) -> Response {
+pub(super) fn hal_ok(sh: &Shared, body: &Value, limits: Option<RateHeaders>) -> Response {
     let mut text = body.to_string();
     {
         let mut g = sh.lock();
@@ -354,20 +354,34 @@ fn hal_ok(sh: &Shared, body: &Value, limits: Option<RateHeaders>) -> Response {
 }
 
 /// `pageToken`: 32 hex characters, then base64 of (page, pageSize, start, end) as big-endian u32s.
-fn encode_page_token(
+pub(super) fn encode_page_token(
     user_email: &str,
     page: u32,
     size: u32,
     start: u32,
     end: Option<u32>,
 ) -> String {
+    encode_page_token_ext(user_email, page, size, start, end, "")
+}
+
+/// [`encode_page_token`] with the listing's filter (a query string) carried after the four
+/// numbers, so that the next page applies the same filter without the server keeping any state.
+pub(super) fn encode_page_token_ext(
+    user_email: &str,
+    page: u32,
+    size: u32,
+    start: u32,
+    end: Option<u32>,
+    filter: &str,
+) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(user_email.as_bytes());
     let prefix: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    let mut raw = Vec::with_capacity(16);
+    let mut raw = Vec::with_capacity(16 + filter.len());
     for n in [page, size, start, end.unwrap_or(u32::MAX)] {
         raw.extend_from_slice(&n.to_be_bytes());
     }
+    raw.extend_from_slice(filter.as_bytes());
     format!(
         "{prefix}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
@@ -375,18 +389,26 @@ fn encode_page_token(
 }
 
 fn decode_page_token(token: &str) -> Option<(u32, u32, u32, Option<u32>)> {
+    decode_page_token_ext(token)
+        .filter(|t| t.4.is_empty())
+        .map(|t| (t.0, t.1, t.2, t.3))
+}
+
+/// Page, page size, start, end and filter of a token made by [`encode_page_token_ext`].
+pub(super) fn decode_page_token_ext(token: &str) -> Option<(u32, u32, u32, Option<u32>, String)> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token.get(32..)?)
         .ok()?;
-    if raw.len() != 16 {
+    if raw.len() < 16 {
         return None;
     }
     let n = |i: usize| u32::from_be_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
     let end = n(12);
-    Some((n(0), n(4), n(8), (end != u32::MAX).then_some(end)))
+    let filter = String::from_utf8(raw[16..].to_vec()).ok()?;
+    Some((n(0), n(4), n(8), (end != u32::MAX).then_some(end), filter))
 }
 
-fn parse_index_range(s: &str) -> Option<(u32, Option<u32>)> {
+pub(super) fn parse_index_range(s: &str) -> Option<(u32, Option<u32>)> {
     let (a, b) = match s.split_once('-') {
         Some((a, b)) => (a, Some(b)),
         None => (s, None),

@@ -432,25 +432,31 @@ impl Life {
         mean + 6.0 * ((hour - 9.0) / 24.0 * std::f64::consts::TAU).sin()
     }
 
-    fn autonomy_electric(&self) -> i64 {
+    /// Electric autonomy (km) at this state of charge.
+    pub fn electric_autonomy(&self, soc: f64) -> i64 {
         if self.capacity_wh == 0 {
             return 0;
         }
-        (self.rep.soc / 100.0 * f64::from(self.capacity_wh) / 1000.0 / self.kwh_per_100km * 100.0)
-            .round() as i64
+        (soc / 100.0 * f64::from(self.capacity_wh) / 1000.0 / self.kwh_per_100km * 100.0).round()
+            as i64
+    }
+
+    /// Fuel autonomy (km) at this fuel level.
+    pub fn fuel_autonomy(&self, fuel: f64) -> i64 {
+        if self.tank_l == 0.0 {
+            return 0;
+        }
+        (fuel / 100.0 * self.tank_l / self.l_per_100km * 100.0).round() as i64
     }
 
     /// Electric autonomy (km) of the last report.
     pub fn reported_electric_autonomy(&self) -> i64 {
-        self.autonomy_electric()
+        self.electric_autonomy(self.rep.soc)
     }
 
     /// Fuel autonomy (km) of the last report.
     pub fn reported_fuel_autonomy(&self) -> i64 {
-        if self.tank_l == 0.0 {
-            return 0;
-        }
-        (self.rep.fuel / 100.0 * self.tank_l / self.l_per_100km * 100.0).round() as i64
+        self.fuel_autonomy(self.rep.fuel)
     }
 
     /// Residual battery energy (Wh) of the last report.
