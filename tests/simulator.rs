@@ -1658,3 +1658,250 @@ async fn a_status_can_be_missing_and_deprecated_endpoints_are_not_served_but_cou
     );
     assert_eq!(s.api_requests, 4);
 }
+
+// ---- Fault switches for the hardening tests ----
+
+fn faults(specs: &[&str]) -> Faults {
+    let mut f = Faults::default();
+    for s in specs {
+        f.set(s).unwrap();
+    }
+    f
+}
+
+async fn page(h: &SimHandle, token: &str, realm: &str, href_or_query: &str) -> (u16, Value) {
+    let url = if href_or_query.starts_with("http") {
+        format!("{href_or_query}&client_id={ID}")
+    } else {
+        format!(
+            "{}/user/vehicles?client_id={ID}{href_or_query}",
+            h.api_base()
+        )
+    };
+    let r = http()
+        .get(url)
+        .bearer_auth(token)
+        .header("x-introspect-realm", realm)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn list_no_total_and_next_loops() {
+    let h = start(SimConfig::default()).await;
+    let t = login(&h, "user1@example.com", "password1").await;
+    h.set_faults(faults(&["list_no_total=true"]));
+    let (code, b) = page(&h, &at(&t), "clientsB2CPeugeot", "").await;
+    assert_eq!(code, 200);
+    for k in ["total", "totalPage", "currentPage"] {
+        assert!(b.get(k).is_none(), "{k} in {b}");
+    }
+    assert_eq!(b["_embedded"]["vehicles"].as_array().unwrap().len(), 2);
+    h.set_faults(faults(&["next_loops=1"]));
+    let (_, p1) = page(&h, &at(&t), "clientsB2CPeugeot", "&pageSize=1").await;
+    let (_, p2) = page(
+        &h,
+        &at(&t),
+        "clientsB2CPeugeot",
+        p1["_links"]["last"]["href"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(p2["currentPage"], 2, "the last page");
+    for p in [&p1, &p2] {
+        assert_eq!(p["_links"]["next"], p["_links"]["self"], "{p}");
+    }
+    assert_eq!(h.stats().faults_injected["next_loops"], 2);
+}
+
+#[tokio::test]
+async fn bare_40400_hides_an_account_with_vehicles() {
+    let h = start(SimConfig::default()).await;
+    h.set_faults(faults(&["bare_40400=true"]));
+    let t = login(&h, "user1@example.com", "password1").await;
+    let r = list(&h, &at(&t), "clientsB2CPeugeot", "").await;
+    assert_eq!(r.status(), 404);
+    let b: Value = r.json().await.unwrap();
+    let keys: Vec<&str> = b.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["uuid", "code", "timestamp"]);
+    assert_eq!(b["code"], 40400);
+    // The empty account still gets the documented answer.
+    let t3 = login(&h, "user3@example.com", "password3").await;
+    let b: Value = list(&h, &at(&t3), "clientsB2CDS", "")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(b["message"], "No vehicle found");
+}
+
+#[tokio::test]
+async fn persistent_401_refuses_even_fresh_tokens() {
+    let h = start(SimConfig::default()).await;
+    let t = login(&h, "user1@example.com", "password1").await;
+    // Set through the admin API, as a black-box script would.
+    let mut f = Faults::default();
+    f.persistent_401 = true;
+    let r = http()
+        .put(format!("{}/_sim/faults", h.base_url()))
+        .json(&f)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (_, fresh) = token_call(
+        &h,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", t["refresh_token"].as_str().unwrap()),
+        ],
+    )
+    .await;
+    for token in [at(&t), at(&fresh)] {
+        let r = list(&h, &token, "clientsB2CPeugeot", "").await;
+        assert_eq!(r.status(), 401);
+        let b: Value = r.json().await.unwrap();
+        assert!(
+            b["moreInformation"]
+                .as_str()
+                .unwrap()
+                .starts_with("Cannot pass the security checks")
+        );
+    }
+    assert_eq!(h.stats().faults_injected["persistent_401"], 2);
+}
+
+#[tokio::test]
+async fn token_expires_in_is_replaced_by_raw_json() {
+    let h = start(SimConfig::default()).await;
+    let mut rt = login(&h, "user1@example.com", "password1").await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for raw in ["1e17", "-5", "\"abc\"", "null"] {
+        h.set_faults(faults(&[&format!("token_expires_in={raw}")]));
+        let r = http()
+            .post(format!("{}/am/oauth2/access_token", h.base_url()))
+            .basic_auth(ID, Some(SECRET))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", &rt)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(text.contains(&format!("\"expires_in\":{raw},")), "{text}");
+        let b: Value = serde_json::from_str(&text).unwrap();
+        let new = b["refresh_token"].as_str().unwrap().to_owned();
+        assert!(h.refresh_token_is_live(&new) && !h.refresh_token_is_live(&rt));
+        rt = new;
+    }
+    assert!(
+        Faults::default().set("token_expires_in=abc").is_err(),
+        "not JSON"
+    );
+}
+
+#[tokio::test]
+async fn idp_stall_after_rotate_holds_the_answer_after_the_rotation() {
+    let h = start(SimConfig::default()).await;
+    let rt = login(&h, "user1@example.com", "password1").await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.set_faults(faults(&["idp_stall_after_rotate_ms=1500"]));
+    let started = std::time::Instant::now();
+    let r = http()
+        .post(format!("{}/am/oauth2/access_token", h.base_url()))
+        .basic_auth(ID, Some(SECRET))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", &rt)])
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(r.unwrap_err().is_timeout());
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    // The client never saw the new token, yet the old one is already dead.
+    assert!(!h.refresh_token_is_live(&rt));
+    assert_eq!(h.live_refresh_tokens("user1@example.com"), 1);
+    assert_eq!(h.stats().grants["refresh_token"], 1);
+}
+
+#[tokio::test]
+async fn page_shift_keep_total_swaps_a_vehicle_between_pages() {
+    let h = start(SimConfig {
+        users: 1,
+        vehicle_counts: vec![4],
+        ..SimConfig::default()
+    })
+    .await;
+    h.set_faults(faults(&["page_shift_keep_total=true"]));
+    let t = login(&h, "user1@example.com", "password1").await;
+    let before: Vec<String> = h
+        .vehicles("user1@example.com")
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect();
+    let (_, p1) = page(&h, &at(&t), "clientsB2CPeugeot", "&pageSize=2").await;
+    let (_, p2) = page(
+        &h,
+        &at(&t),
+        "clientsB2CPeugeot",
+        p1["_links"]["next"]["href"].as_str().unwrap(),
+    )
+    .await;
+    let ids = |p: &Value| -> Vec<String> {
+        p["_embedded"]["vehicles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        (p1["total"].as_u64(), p2["total"].as_u64()),
+        (Some(4), Some(4))
+    );
+    assert_eq!(ids(&p1), before[..2]);
+    let after: Vec<String> = h
+        .vehicles("user1@example.com")
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(after[..3], before[1..], "A removed, B C D kept");
+    assert_eq!(
+        ids(&p2),
+        [before[3].clone(), after[3].clone()],
+        "D and the new E"
+    );
+    let kinds: Vec<&str> = h.events().iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["removed", "added"]);
+    assert_eq!(h.events()[0].vehicle_id, before[0]);
+}
+
+#[tokio::test]
+async fn daily_quota_without_retry_after() {
+    let h = start(SimConfig::default()).await;
+    let t = login(&h, "user1@example.com", "password1").await;
+    h.set_faults(faults(&["daily_quota_no_retry_after=3600"]));
+    let r = list(&h, &at(&t), "clientsB2CPeugeot", "").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-ratelimit-remaining-1"], "0");
+    assert_eq!(r.headers()["x-ratelimit-reset"], "3600");
+    assert!(!r.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn huge_body_bytes_pads_api_and_idp_answers() {
+    let h = start(SimConfig::default()).await;
+    h.set_faults(faults(&["huge_body_bytes=200000"]));
+    let t = login(&h, "user1@example.com", "password1").await;
+    assert_eq!(t["_padding"].as_str().unwrap().len(), 200_000);
+    assert!(t["refresh_token"].is_string());
+    let (code, b) = page(&h, &at(&t), "clientsB2CPeugeot", "").await;
+    assert_eq!(code, 200);
+    assert_eq!(b["_padding"].as_str().unwrap().len(), 200_000);
+    assert_eq!(b["total"], 2);
+    // Errors are not padded.
+    let r = list(&h, "bad-token", "clientsB2CPeugeot", "").await;
+    assert!(r.text().await.unwrap().len() < 1000);
+}

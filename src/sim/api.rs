@@ -197,6 +197,23 @@ pub(super) async fn gate(
             .insert(header::WWW_AUTHENTICATE, hv("default"));
         return Err(r);
     }
+    let daily_reset = g.cfg.faults.daily_quota_no_retry_after;
+    if daily_reset > 0 {
+        // A spent daily quota as the official docs describe it, without `Retry-After`.
+        g.stats.fault("daily_quota_no_retry_after");
+        let limits = RateHeaders {
+            day_limit: g.cfg.daily_limit,
+            day_remaining: 0,
+            burst_limit: g.cfg.burst_per_second,
+            burst_remaining: g.cfg.burst_per_second,
+        };
+        return Err(too_many(
+            Some(limits),
+            RetryAfterForm::Absent,
+            daily_reset,
+            1,
+        ));
+    }
     let limits = check_quota(&mut g, client_id)?;
     let token = headers
         .get(header::AUTHORIZATION)
@@ -224,6 +241,14 @@ pub(super) async fn gate(
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, hv("Bearer error='invalid_token'"));
         return Err(r);
+    }
+    if g.cfg.faults.persistent_401 {
+        g.stats.fault("persistent_401");
+        return Err(gateway_error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Cannot pass the security checks that are required by the target API or operation, Enable debug headers for more details.",
+        ));
     }
     let brand = g.world.users[access.user].brand;
     let realm = headers
@@ -327,7 +352,13 @@ fn check_quota(g: &mut Inner, client_id: &str) -> Result<Option<RateHeaders>, Re
 
 /// A successful HAL response, with body faults applied where the switches say so.
 pub(super) fn hal_ok(sh: &Shared, body: &Value, limits: Option<RateHeaders>) -> Response {
-    let mut text = body.to_string();
+    let pad = sh.lock().cfg.faults.huge_body_bytes;
+    let mut text = if pad > 0 {
+        sh.lock().stats.fault("huge_body_bytes");
+        padded(body, pad)
+    } else {
+        body.to_string()
+    };
     {
         let mut g = sh.lock();
         let (pt, pm) = (g.cfg.faults.truncated_json, g.cfg.faults.malformed_json);
@@ -351,6 +382,15 @@ pub(super) fn hal_ok(sh: &Shared, body: &Value, limits: Option<RateHeaders>) -> 
         .insert(header::CONTENT_TYPE, hv("application/hal+json"));
     base_headers(&mut resp, true, limits);
     resp
+}
+
+/// `body` with an extra `_padding` field whose value is `bytes` bytes long.
+pub(super) fn padded(body: &Value, bytes: usize) -> String {
+    let mut b = body.clone();
+    if let Some(obj) = b.as_object_mut() {
+        obj.insert("_padding".into(), Value::String("x".repeat(bytes)));
+    }
+    b.to_string()
 }
 
 /// `pageToken`: 32 hex characters, then base64 of (page, pageSize, start, end) as big-endian u32s.
@@ -487,6 +527,11 @@ async fn list_vehicles(
             "Internal Error",
         );
     }
+    if page == 2 && g.cfg.faults.page_shift_keep_total {
+        g.stats.fault("page_shift_keep_total");
+        let wall = g.wall_now();
+        g.world.shift_keep_total(caller.user, wall);
+    }
     if page > 1 {
         let p = g.cfg.faults.page_shift;
         if g.draw(p) {
@@ -495,7 +540,28 @@ async fn list_vehicles(
             g.world.mutate_user(caller.user, wall);
         }
     }
+    if g.cfg.faults.bare_40400 && !g.world.users[caller.user].vehicles.is_empty() {
+        g.stats.fault("bare_40400");
+        drop(g);
+        let body = json!({"uuid": uuid::Uuid::new_v4().to_string(), "code": 40400,
+                          "timestamp": crate::timefmt::now()});
+        let mut resp = (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "application/hal+json")],
+            body.to_string(),
+        )
+            .into_response();
+        base_headers(&mut resp, true, None);
+        return resp;
+    }
     let legacy = g.cfg.legacy_shapes;
+    let (no_total, next_loops) = (g.cfg.faults.list_no_total, g.cfg.faults.next_loops);
+    if no_total {
+        g.stats.fault("list_no_total");
+    }
+    if next_loops {
+        g.stats.fault("next_loops");
+    }
     let user = &g.world.users[caller.user];
     let email = user.email.clone();
     let all = &user.vehicles;
@@ -551,13 +617,17 @@ async fn list_vehicles(
             links.insert("prev".into(), link(page - 1));
         }
     }
-    if page < total_pages {
+    if next_loops {
+        links.insert("next".into(), link(page));
+    } else if page < total_pages {
         links.insert("next".into(), link(page + 1));
     }
     let mut body = serde_json::Map::new();
     body.insert("_links".into(), Value::Object(links));
-    body.insert("total".into(), json!(total));
-    if !legacy {
+    if !no_total {
+        body.insert("total".into(), json!(total));
+    }
+    if !legacy && !no_total {
         body.insert("totalPage".into(), json!(total_pages));
         body.insert("currentPage".into(), json!(page));
     }

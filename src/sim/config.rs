@@ -74,6 +74,31 @@ pub struct Faults {
     pub fail_from_page: u32,
     /// The form of `Retry-After` on 429s.
     pub retry_after_form: RetryAfterForm,
+    /// Vehicle-list pages carry no `total`, `totalPage` or `currentPage`.
+    pub list_no_total: bool,
+    /// Every vehicle-list page's `next` link points to the page itself, even on the last page.
+    pub next_loops: bool,
+    /// The vehicle list of an account that has vehicles answers 404
+    /// `{"uuid","code":40400,"timestamp"}`, with no message.
+    pub bare_40400: bool,
+    /// The gateway refuses every bearer token, even a fresh one, with the 401 "Cannot pass the
+    /// security checks…" body (as on a realm mismatch).
+    pub persistent_401: bool,
+    /// Raw JSON text that replaces the value of `expires_in` in token answers (`1e17`, `-5`,
+    /// `"abc"`, `null`); empty = off. The answer still carries a rotated refresh token.
+    pub token_expires_in: String,
+    /// After rotating a refresh token (the old one is dead at once), the IdP holds its answer
+    /// this many ms before sending it (0 = off).
+    pub idp_stall_after_rotate_ms: u64,
+    /// Between page 1 and page 2 of a vehicle listing, the account's first vehicle is removed
+    /// and a new one appended: the total stays the same.
+    pub page_shift_keep_total: bool,
+    /// Every API request answers 429 with `X-RateLimit-Remaining-1: 0`,
+    /// `X-RateLimit-Reset: <this many seconds>` and no `Retry-After` (0 = off).
+    pub daily_quota_no_retry_after: u64,
+    /// 200 bodies of the API and the IdP carry an extra JSON field (`_padding`) whose value is
+    /// this many bytes (0 = off).
+    pub huge_body_bytes: usize,
 }
 
 impl Default for Faults {
@@ -96,6 +121,15 @@ impl Default for Faults {
             page_shift: 0.0,
             fail_from_page: 0,
             retry_after_form: RetryAfterForm::Seconds,
+            list_no_total: false,
+            next_loops: false,
+            bare_40400: false,
+            persistent_401: false,
+            token_expires_in: String::new(),
+            idp_stall_after_rotate_ms: 0,
+            page_shift_keep_total: false,
+            daily_quota_no_retry_after: 0,
+            huge_body_bytes: 0,
         }
     }
 }
@@ -114,8 +148,22 @@ impl Faults {
                 obj.keys().cloned().collect::<Vec<_>>().join(", ")
             ));
         }
-        let parsed: serde_json::Value = serde_json::from_str(value)
-            .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+        let parsed = if name == "token_expires_in" {
+            // Kept as raw JSON text, written verbatim into token answers.
+            if !value.is_empty() && serde_json::from_str::<serde_json::Value>(value).is_err() {
+                return Err(format!(
+                    "fault `{name}`: `{value}` is not JSON (a string needs its quotes: \"abc\")"
+                ));
+            }
+            serde_json::Value::String(value.to_owned())
+        } else {
+            match (&obj[name], value) {
+                (serde_json::Value::Bool(_), "1" | "on" | "yes") => serde_json::Value::Bool(true),
+                (serde_json::Value::Bool(_), "0" | "off" | "no") => serde_json::Value::Bool(false),
+                _ => serde_json::from_str(value)
+                    .unwrap_or_else(|_| serde_json::Value::String(value.to_owned())),
+            }
+        };
         obj.insert(name.to_owned(), parsed);
         *self = serde_json::from_value(v).map_err(|e| format!("fault `{name}`: {e}"))?;
         Ok(())

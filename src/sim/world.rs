@@ -288,6 +288,23 @@ impl World {
         self.log.len() - before
     }
 
+    /// Removes user `u`'s first vehicle and appends a new one (the vehicle count stays the
+    /// same), logging both. Nothing happens on an empty account.
+    pub fn shift_keep_total(&mut self, u: usize, now: DateTime<Utc>) -> usize {
+        if self.users[u].vehicles.is_empty() {
+            return 0;
+        }
+        let at = crate::timefmt::format(now);
+        let brand = self.users[u].brand;
+        let gone = self.users[u].vehicles.remove(0);
+        self.push_event(&at, u, &gone, "removed", None, None, None);
+        self.users[u].removed.push(gone);
+        let v = self.new_vehicle(brand, now);
+        self.push_event(&at, u, &v, "added", None, None, None);
+        self.users[u].vehicles.push(v);
+        2
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn push_event(
         &mut self,
