@@ -1741,8 +1741,10 @@ async fn persistent_401_refuses_even_fresh_tokens() {
     let h = start(SimConfig::default()).await;
     let t = login(&h, "user1@example.com", "password1").await;
     // Set through the admin API, as a black-box script would.
-    let mut f = Faults::default();
-    f.persistent_401 = true;
+    let f = Faults {
+        persistent_401: true,
+        ..Faults::default()
+    };
     let r = http()
         .put(format!("{}/_sim/faults", h.base_url()))
         .json(&f)
