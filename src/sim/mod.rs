@@ -1,16 +1,19 @@
 //! A simulator of the Stellantis `connectedcar/v4` B2C API and its `idpcvs` OAuth2 identity
-//! provider, faithful to the facts collected in `docs/simulator.md`: rotating refresh tokens with an absolute lifetime, expiring
-//! access tokens, HAL pagination with opaque `pageToken` links, the gateway's and the backend's
+//! provider, faithful to the facts collected in `docs/simulator.md`: rotating refresh tokens
+//! with an absolute lifetime, expiring access tokens, HAL pagination with opaque `pageToken` links, the gateway's and the backend's
 //! error bodies, per-client quotas with `X-RateLimit-*` headers and `Retry-After`, and switchable
 //! faults (5xx bursts, "CORVET Error", slow and dropped responses, truncated or malformed JSON, a
-//! 200 without `_embedded`, an IdP that times out).
+//! 200 without `_embedded`, an IdP that times out, and the adversarial switches). Its cars live
+//! on one clock (`time_scale`): they drive, park and charge, and `/status`, `/trips`, `/alerts`
+//! and `/maintenance` report it, while [`SimHandle::drives`] and friends keep the ground truth.
 //!
 //! It owns one listener that serves both hosts' paths: `/am/oauth2/...` (IdP) and
 //! `/connectedcar/v4/...` (API), plus an admin surface under `/_sim/` for black-box scripts.
-//! This module owns the shared state ([`SimHandle`], the clock, the quota table); `config` the
-//! settings and fault switches, `tokens` the IdP's token tables, `server` the router, counting
-//! middleware and accept loop, `stats` the counters, `world` the users and vehicles, `idp` and
-//! `api` the handlers, `admin` the `/_sim/` surface.
+//! This module owns the shared state ([`SimHandle`], the quota table); `config` the settings and
+//! fault switches, `clock` the one sim clock, `tokens` the IdP's token tables, `server` the
+//! router, counting middleware and accept loop, `stats` the counters, `world` the users and
+//! vehicles, `life` each car's life and the ground truth, `idp`, `api` and `telematics` the
+//! handlers, `admin` the `/_sim/` surface.
 //! In-process tests drive it through [`SimHandle`]. It shares nothing with the client code except
 //! the brand fact table, so a client bug cannot hide behind a matching simulator bug.
 
