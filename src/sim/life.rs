@@ -288,6 +288,14 @@ fn seed_of(id: &str) -> u64 {
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
+/// A cheap, well-mixed hash of a number (SplitMix64's finaliser).
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
@@ -426,7 +434,7 @@ impl Life {
     /// plus a swing of ±6 °C, coldest around 03:00 UTC.
     pub fn air_temp(&self, t: DateTime<Utc>) -> f64 {
         let day = t.date_naive().num_days_from_ce() as u64;
-        let h = seed_of(&format!("{}-{day}", self.seed));
+        let h = splitmix64(self.seed ^ day.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mean = 1.0 + 13.0 * (h % 1000) as f64 / 1000.0;
         let hour = f64::from(t.hour()) + f64::from(t.minute()) / 60.0;
         mean + 6.0 * ((hour - 9.0) / 24.0 * std::f64::consts::TAU).sin()
