@@ -57,9 +57,18 @@ async fn get_faults(State(sh): State<Arc<Shared>>) -> Json<Faults> {
     Json(sh.lock().cfg.faults.clone())
 }
 
-async fn put_faults(State(sh): State<Arc<Shared>>, Json(f): Json<Faults>) -> StatusCode {
+async fn put_faults(State(sh): State<Arc<Shared>>, Json(f): Json<Faults>) -> Response {
+    if !f.token_expires_in.is_empty()
+        && serde_json::from_str::<serde_json::Value>(&f.token_expires_in).is_err()
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "token_expires_in must be JSON text (a string needs its quotes)",
+        )
+            .into_response();
+    }
     sh.lock().cfg.faults = f;
-    StatusCode::NO_CONTENT
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn tick(State(sh): State<Arc<Shared>>, Query(q): Query<HashMap<String, String>>) -> Response {

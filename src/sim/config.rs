@@ -90,8 +90,8 @@ pub struct Faults {
     /// After rotating a refresh token (the old one is dead at once), the IdP holds its answer
     /// this many ms before sending it (0 = off).
     pub idp_stall_after_rotate_ms: u64,
-    /// Between page 1 and page 2 of a vehicle listing, the account's first vehicle is removed
-    /// and a new one appended: the total stays the same.
+    /// Between page 1 and page 2 of a vehicle listing (each time page 2 is requested), the
+    /// account's first vehicle is removed and a new one appended: the total stays the same.
     pub page_shift_keep_total: bool,
     /// Every API request answers 429 with `X-RateLimit-Remaining-1: 0`,
     /// `X-RateLimit-Reset: <this many seconds>` and no `Retry-After` (0 = off).
