@@ -28,6 +28,11 @@ pub const QUICK_KW: f64 = 50.0;
 pub const CHARGE_EFFICIENCY: f64 = 0.9;
 /// A car plugs in after a drive that leaves it under this state of charge (%).
 pub const CHARGE_BELOW_SOC: f64 = 40.0;
+/// The shortest charge the simulator plans (minutes), so that a client polling every few
+/// minutes sees each one.
+pub const MIN_CHARGE_MINUTES: f64 = 20.0;
+/// A car that plugs in stays at least this long (minutes) before its next departure.
+pub const MIN_PLUGGED_MINUTES: i64 = 45;
 /// `FuelLevelLow` is active while the reported fuel level is under this (%).
 pub const LOW_FUEL: f64 = 15.0;
 /// `RiskOfIce` starts at a report whose air temperature is under this (°C).
@@ -426,7 +431,11 @@ impl Life {
         if kind.has_fuel() && life.fuel < LOW_FUEL {
             life.refuel_pending = true;
         }
-        life.next_departure = Some(life.plan_departure(born));
+        let not_before = match life.plug_at {
+            Some(p) => p + TimeDelta::minutes(MIN_PLUGGED_MINUTES - 15),
+            None => born,
+        };
+        life.next_departure = Some(life.plan_departure(not_before));
         life
     }
 
@@ -729,23 +738,38 @@ impl Life {
         if self.kind.has_fuel() && self.fuel < LOW_FUEL {
             self.refuel_pending = true;
         }
+        let mut not_before = t;
         if self.kind.has_battery() {
             let evening = t.hour() >= 18;
             let draw: f64 = self.rng.random();
             let target = [80.0, 90.0, 100.0][self.rng.random_range(0..3)];
             let delay = TimeDelta::minutes(self.rng.random_range(2..10));
-            if self.soc < CHARGE_BELOW_SOC {
+            let plan: Option<(&'static str, f64)> = if self.soc < CHARGE_BELOW_SOC {
                 let quick = self.kind == Powertrain::Electric && self.soc < 25.0 && draw < 0.5;
-                self.pending_mode = if quick { "Quick" } else { "Slow" };
-                self.pending_target = if quick { 80.0 } else { target };
-                self.plug_at = Some(t + delay);
+                Some(if quick {
+                    ("Quick", 80.0)
+                } else {
+                    ("Slow", target)
+                })
             } else if evening && self.soc < 80.0 && draw < 0.7 {
-                self.pending_mode = "Slow";
-                self.pending_target = target.max(self.soc + 5.0).min(100.0);
-                self.plug_at = Some(t + delay);
+                Some(("Slow", target))
+            } else {
+                None
+            };
+            if let Some((mode, target)) = plan {
+                // Every charge lasts at least MIN_CHARGE_MINUTES, and the car stays plugged at
+                // least MIN_PLUGGED_MINUTES before it can leave again.
+                let min_gain = self.rate_pct_per_hour(mode) * MIN_CHARGE_MINUTES / 60.0;
+                let target = target.max(self.soc + min_gain).min(100.0);
+                if target - self.soc >= min_gain {
+                    self.pending_mode = mode;
+                    self.pending_target = target;
+                    self.plug_at = Some(t + delay);
+                    not_before = t + delay + TimeDelta::minutes(MIN_PLUGGED_MINUTES - 15);
+                }
             }
         }
-        self.next_departure = Some(self.plan_departure(t));
+        self.next_departure = Some(self.plan_departure(not_before));
     }
 
     fn rate_pct_per_hour(&self, mode: &str) -> f64 {
@@ -1022,6 +1046,26 @@ mod tests {
             let kw = if c.mode == "Quick" { QUICK_KW } else { SLOW_KW };
             let expect = kw * CHARGE_EFFICIENCY * hours;
             assert!((c.energy_kwh - expect).abs() < 0.2, "{c:?} vs {expect}");
+        }
+    }
+
+    #[test]
+    fn every_charge_lasts_long_enough_to_be_seen() {
+        for (i, kind) in ["Electric", "Hybrid", "Electric", "Hybrid"]
+            .iter()
+            .enumerate()
+        {
+            for level in [20.0, 45.0, 75.0] {
+                let id = format!("{i}{kind}{level}");
+                let mut l = Life::new(&id, "VIN", kind, &birth(level), t0());
+                l.advance(t0() + TimeDelta::days(14));
+                assert!(!l.charges.is_empty());
+                for c in l.charges.iter().filter(|c| c.ended.is_some()) {
+                    let mins = (c.ended.unwrap() - c.started).num_seconds() as f64 / 60.0;
+                    assert!(mins >= MIN_CHARGE_MINUTES - 0.1, "{mins} min: {c:?}");
+                    assert!(c.end_soc > c.start_soc, "{c:?}");
+                }
+            }
         }
     }
 
