@@ -23,6 +23,7 @@ pub mod sim;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod telemetry;
 pub mod timefmt;
 
 use std::time::Duration;

@@ -5,6 +5,7 @@
 
 pub mod model;
 pub mod retry;
+pub mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,5 +173,49 @@ impl ApiClient {
                 message: model::error_message(&body),
             }),
         }
+    }
+}
+
+/// A response as it arrived: status, `Retry-After` (raw) and body.
+pub(crate) struct RawResponse {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl ApiClient {
+    /// GETs `url` with the API's headers, through the rate limiter; no classification (the
+    /// telemetry endpoints classify in `api::telemetry`).
+    pub(crate) async fn get_raw(
+        &self,
+        a: &Account,
+        url: &str,
+        token: &SecretString,
+    ) -> Result<RawResponse, ApiError> {
+        self.limits.api_permit().await;
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(token.expose_secret())
+            .header("x-introspect-realm", a.brand.realm())
+            .header(reqwest::header::ACCEPT, "application/hal+json")
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport(describe(&e)))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Transport(describe(&e)))?
+            .to_vec();
+        Ok(RawResponse {
+            status,
+            retry_after,
+            body,
+        })
     }
 }

@@ -18,6 +18,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
+pub mod telemetry;
+
 use crate::sync::diff::{Change, CompleteListing, Known, diff};
 use crate::timefmt;
 
@@ -25,7 +27,10 @@ use crate::timefmt;
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("migrations/0001_init.sql")),
     ("0002_views", include_str!("migrations/0002_views.sql")),
-    ("0003_telemetry", include_str!("migrations/0003_telemetry.sql")),
+    (
+        "0003_telemetry",
+        include_str!("migrations/0003_telemetry.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.
