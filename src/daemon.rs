@@ -264,7 +264,7 @@ pub async fn once(cfg: Config) -> u8 {
     )
     .await;
     tracing::info!("{}", summary.line());
-    summary.exit_code()
+    crate::telemetry::after_once(&app.cfg, app.engine.clone(), summary.exit_code()).await
 }
 
 /// A callback run after every pass.
@@ -376,6 +376,7 @@ pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
     if app.cfg.run_at_startup {
         let _ = tx.send(Event::Tick);
     }
+    let mut telemetry = crate::telemetry::Background::start(&app.cfg, app.engine.clone());
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     let mut pass: Option<(tokio::task::JoinHandle<()>, CancellationToken)> = None;
     loop {
@@ -445,6 +446,7 @@ pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
                                     }
                                 }
                                 tracing::info!(accounts = next.cfg.accounts.len(), schedule = %next.cfg.schedule, "configuration reloaded");
+                                telemetry.restart(&next.cfg, next.engine.clone());
                                 app = next;
                             }
                             Err(e) => {
@@ -493,6 +495,7 @@ pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
             }
         }
     }
+    telemetry.shutdown(app.cfg.shutdown_timeout).await;
     let _ = sched.shutdown().await;
     signals.close();
     app.limits.save();

@@ -101,6 +101,7 @@ fn check_config(path: &std::path::Path, shard: Option<(u32, u32)>) -> u8 {
                 cfg.schedule,
                 cfg.database.display()
             );
+            print!("{}", telemetry::projection_lines(&cfg));
             exit::OK
         }
         Err(code) => code,

@@ -101,5 +101,8 @@ pub fn render(cfg: &Config) -> String {
             a.name, state, valid, age, when, result, vehicles, err
         );
     }
+    if let Some(c) = &conn {
+        out.push_str(&crate::telemetry::status_lines(c, cfg));
+    }
     out
 }

@@ -823,6 +823,92 @@ pub fn spawn(
     }))
 }
 
+/// The daemon's background telemetry: started with the daemon, restarted on reload, stopped
+/// at shutdown.
+pub struct Background {
+    stop: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts polling (nothing when `[telemetry] enabled = false`).
+    pub fn start(cfg: &Config, engine: Arc<Engine>) -> Background {
+        let stop = CancellationToken::new();
+        let handle = spawn(cfg, engine, stop.clone());
+        Background { stop, handle }
+    }
+
+    /// After a reload: the running round finishes, the next ones use the new configuration.
+    pub fn restart(&mut self, cfg: &Config, engine: Arc<Engine>) {
+        self.stop.cancel();
+        *self = Background::start(cfg, engine);
+    }
+
+    /// Stops starting new vehicles and waits up to `timeout` for the round in flight.
+    pub async fn shutdown(self, timeout: Duration) {
+        self.stop.cancel();
+        if let Some(h) = self.handle {
+            let abort = h.abort_handle();
+            if tokio::time::timeout(timeout, h).await.is_err() {
+                tracing::warn!(
+                    "the telemetry round did not finish within {timeout:?}; abandoning it"
+                );
+                abort.abort();
+            }
+        }
+    }
+}
+
+/// `--once` after the list pass: one telemetry round ([`Telemetry::run_once_pass`]); returns
+/// the exit code, which telemetry changes only when the database could not be written (74,
+/// unless the list pass already asks for re-authorization, 77).
+pub async fn after_once(cfg: &Config, engine: Arc<Engine>, list_code: u8) -> u8 {
+    if !cfg.telemetry.enabled {
+        return list_code;
+    }
+    let s = Telemetry::new(cfg, engine)
+        .run_once_pass(now_ts(), CancellationToken::new())
+        .await;
+    tracing::info!("{}", s.line());
+    once_exit_code(list_code, &s)
+}
+
+/// The `--once` exit code with the telemetry round's result.
+pub fn once_exit_code(list_code: u8, s: &TelemetrySummary) -> u8 {
+    if s.local_io.is_some() && list_code != crate::exit::NOPERM {
+        crate::exit::IOERR
+    } else {
+        list_code
+    }
+}
+
+/// The projection lines `check-config` prints: with the vehicles the database knows (if it
+/// exists), per app client id.
+pub fn projection_lines(cfg: &Config) -> String {
+    use std::fmt::Write as _;
+    if !cfg.telemetry.enabled {
+        return "telemetry: disabled (only the vehicle list is polled)\n".into();
+    }
+    let conn = cfg
+        .database
+        .exists()
+        .then(|| crate::store::open_read_only(&cfg.database).ok())
+        .flatten();
+    let mut counts = HashMap::new();
+    for a in &cfg.accounts {
+        let n = conn
+            .as_ref()
+            .and_then(|c| crate::store::telemetry::vehicle_summaries(c, &a.name).ok())
+            .map_or(0, |v| v.len());
+        counts.insert(a.name.clone(), n);
+    }
+    let mut out = String::new();
+    for (client, p) in projections(cfg, &counts) {
+        let _ = writeln!(out, "{p} [{client}]");
+    }
+    out
+}
+
 /// The `status` lines: per vehicle SoC, data age and unavailable endpoints, and the projection.
 pub fn status_lines(conn: &rusqlite::Connection, cfg: &Config) -> String {
     use std::fmt::Write as _;

@@ -193,8 +193,8 @@ pub fn projection(iv: &Intervals, budget: u64, vehicles: usize, list_per_day: f6
         list_per_day,
         budget,
         vehicles_that_fit: fit,
-        stretch: if tele <= 0.0 || room <= 0.0 {
-            if tele <= 0.0 { 1.0 } else { 1000.0 }
+        stretch: if room <= 0.0 {
+            1000.0
         } else {
             (tele / room).clamp(1.0, 1000.0)
         },
@@ -213,7 +213,13 @@ impl fmt::Display for Projection {
             self.list_per_day,
             self.budget
         )?;
-        if self.stretch > 1.0 {
+        if self.list_per_day > self.budget as f64 * BUDGET_USE {
+            write!(
+                f,
+                "; over budget: the list passes alone exceed it (telemetry intervals stretched ×{:.0})",
+                self.stretch
+            )?;
+        } else if self.stretch > 1.0 {
             write!(f, "; over budget: intervals stretched ×{:.2}", self.stretch)?;
         } else {
             write!(
