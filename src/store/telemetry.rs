@@ -72,6 +72,9 @@ pub struct Batch {
     pub books: Vec<(String, Endpoint, Book)>,
 }
 
+/// The bookkeeping rows (vin, endpoint, book) and open states (vin, state) of an account.
+pub type BooksAndStates = (Vec<(String, Endpoint, Book)>, Vec<(String, State)>);
+
 /// A vehicle's telemetry summary for `status`: (vin, soc, observed_ts, last_fetched_ts,
 /// unavailable endpoints).
 pub type VehicleSummary = (String, Option<f64>, Option<i64>, Option<i64>, Vec<String>);
@@ -442,10 +445,7 @@ impl Db {
 
     /// The account's bookkeeping rows and each vehicle's open state: (vin, endpoint, book) and
     /// (vin, state).
-    pub fn telemetry_books(
-        &self,
-        account_id: i64,
-    ) -> Result<(Vec<(String, Endpoint, Book)>, Vec<(String, State)>), DbError> {
+    pub fn telemetry_books(&self, account_id: i64) -> Result<BooksAndStates, DbError> {
         let run = || -> rusqlite::Result<_> {
             let mut st = self.conn.prepare_cached(
                 "SELECT vin, endpoint, last_attempt_ts, last_success_ts, next_due_ts, unavailable_since_ts,

@@ -287,6 +287,12 @@ mod tests {
         let per_vehicle = telemetry_per_day(&iv, ACTIVE_SHARE, 1.0 - ACTIVE_SHARE);
         // 0.125 × 720 + 0.875 × 72 + 4 + 3 + 24 + 1 = 90 + 63 + 32 = 185
         assert!((per_vehicle - 185.0).abs() < 0.01, "{per_vehicle}");
+        // The example the README gives.
+        assert_eq!(
+            projection(&iv, 100_000, 100, 288.0).to_string(),
+            "telemetry: 100 vehicles → about 18788 requests/day at the configured intervals (288 of them list passes), \
+             budget 100000/day per app client id; fits (about 511 vehicles would)"
+        );
         let big = projection(&iv, 100_000, 1000, 288.0);
         assert!(
             big.stretch > 1.0 && big.to_string().contains("stretched"),

@@ -298,7 +298,7 @@ pub fn observe(v: &Value) -> Observation {
             states
                 .iter()
                 .any(|s| matches!(*s, "Locked" | "SuperLocked"))
-                && !states.iter().any(|s| *s == "Unlocked")
+                && !states.contains(&"Unlocked")
         });
 
     Observation {
