@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Derive the JSON Schemas of the `GET /user/vehicles` and `GET /user/vehicles/{id}/status` bodies
+"""Derive the JSON Schemas of the `GET /user/vehicles`, `GET /user/vehicles/{id}/status`, `/trips`,
+`/alerts` and `/maintenance` bodies
 from the official Stellantis OpenAPI file (api-b2c.yaml, info.version 4.17.2) and write them to
 tests/data/. The tests validate the simulator's bodies against these files, so they run on a fresh
 clone without the OpenAPI file. Run it again when the official file changes:
@@ -83,7 +84,13 @@ def main():
     doc = yaml.load(text, Loader=Loader)
     version = doc["info"]["version"]
     schemas = doc["components"]["schemas"]
-    for root, fname in (("Vehicles", "vehicles.schema.json"), ("Status", "status.schema.json")):
+    for root, fname in (
+        ("Vehicles", "vehicles.schema.json"),
+        ("Status", "status.schema.json"),
+        ("Trips", "trips.schema.json"),
+        ("Alerts", "alerts.schema.json"),
+        ("Maintenance", "maintenance.schema.json"),
+    ):
         defs = {n: convert(schemas[n]) for n in sorted(reachable(schemas, root))}
         out = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",

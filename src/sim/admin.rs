@@ -10,7 +10,10 @@
 //! | `GET /_sim/events` | the world's change log |
 //! | `GET /_sim/users` | users, passwords, brands, vehicle counts |
 //! | `POST /_sim/revoke?user=EMAIL` | revoke a user's tokens |
-//! | `POST /_sim/clock/advance?secs=N` | move the token clock forward |
+//! | `POST /_sim/clock/advance?secs=N` | move the sim clock forward (tokens, cars, ticks) |
+//! | `GET /_sim/clock` | `{"now": sim time, "time_scale": f}` |
+//! | `PUT /_sim/clock?scale=F` | set the clock's speed (sim seconds per real second) |
+//! | `GET /_sim/drives`, `GET /_sim/charges`, `GET /_sim/alerts` | the ground truth, in sim time |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +38,10 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/_sim/users", get(users))
         .route("/_sim/revoke", post(revoke))
         .route("/_sim/clock/advance", post(advance))
+        .route("/_sim/clock", get(clock).put(set_clock))
+        .route("/_sim/drives", get(drives))
+        .route("/_sim/charges", get(charges))
+        .route("/_sim/alerts", get(alerts))
 }
 
 async fn stats(State(sh): State<Arc<Shared>>) -> Json<Stats> {
@@ -84,7 +91,7 @@ async fn revoke(
     let Some(u) = q.get("user").and_then(|e| g.world.user_index(e)) else {
         return (StatusCode::NOT_FOUND, "unknown user").into_response();
     };
-    g.revoke_user(u);
+    g.tokens.revoke_user(u);
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -93,6 +100,49 @@ async fn advance(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let secs: u64 = q.get("secs").and_then(|n| n.parse().ok()).unwrap_or(0);
-    sh.lock().clock_offset += Duration::from_secs(secs);
+    sh.lock().clock.advance(Duration::from_secs(secs));
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn clock(State(sh): State<Arc<Shared>>) -> Response {
+    let g = sh.lock();
+    Json(json!({"now": super::life::api_time(g.wall_now()), "time_scale": g.clock.scale()}))
+        .into_response()
+}
+
+async fn set_clock(
+    State(sh): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(scale) = q.get("scale").and_then(|s| s.parse::<f64>().ok()) else {
+        return (StatusCode::BAD_REQUEST, "scale=F expected").into_response();
+    };
+    let mut g = sh.lock();
+    g.clock.set_scale(scale);
+    g.cfg.time_scale = g.clock.scale();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn drives(State(sh): State<Arc<Shared>>) -> Response {
+    let mut g = sh.lock();
+    g.advance_lives();
+    let mut all: Vec<&super::SimDrive> = g.world.lives().flat_map(|l| l.drives.iter()).collect();
+    all.sort_by(|a, b| (a.started, &a.vin).cmp(&(b.started, &b.vin)));
+    Json(json!(all)).into_response()
+}
+
+async fn charges(State(sh): State<Arc<Shared>>) -> Response {
+    let mut g = sh.lock();
+    g.advance_lives();
+    let mut all: Vec<&super::SimCharge> = g.world.lives().flat_map(|l| l.charges.iter()).collect();
+    all.sort_by(|a, b| (a.started, &a.vin).cmp(&(b.started, &b.vin)));
+    Json(json!(all)).into_response()
+}
+
+async fn alerts(State(sh): State<Arc<Shared>>) -> Response {
+    let mut g = sh.lock();
+    g.advance_lives();
+    let mut all: Vec<&super::SimAlert> = g.world.lives().flat_map(|l| l.alerts.iter()).collect();
+    all.sort_by(|a, b| (a.started, &a.vin).cmp(&(b.started, &b.vin)));
+    Json(json!(all)).into_response()
 }

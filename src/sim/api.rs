@@ -31,14 +31,14 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
 }
 
 /// The caller, once the gateway let it through.
-struct Caller {
-    user: usize,
-    brand: Brand,
-    limits: Option<RateHeaders>,
+pub(super) struct Caller {
+    pub user: usize,
+    pub brand: Brand,
+    pub limits: Option<RateHeaders>,
 }
 
 #[derive(Clone, Copy)]
-struct RateHeaders {
+pub(super) struct RateHeaders {
     day_limit: u64,
     day_remaining: u64,
     burst_limit: u32,
@@ -78,7 +78,7 @@ fn hv(s: &str) -> HeaderValue {
 }
 
 /// An IBM API Connect gateway error (`httpCode/httpMessage/moreInformation`).
-fn gateway_error(status: StatusCode, message: &str, more: &str) -> Response {
+pub(super) fn gateway_error(status: StatusCode, message: &str, more: &str) -> Response {
     let body = json!({"httpCode": status.as_u16().to_string(), "httpMessage": message, "moreInformation": more});
     let mut resp = (
         status,
@@ -91,7 +91,7 @@ fn gateway_error(status: StatusCode, message: &str, more: &str) -> Response {
 }
 
 /// A backend error in the documented `{uuid, code, message, timestamp}` form.
-fn backend_error(status: StatusCode, code: u32, message: &str) -> Response {
+pub(super) fn backend_error(status: StatusCode, code: u32, message: &str) -> Response {
     let body = json!({
         "uuid": uuid::Uuid::new_v4().to_string(),
         "code": code,
@@ -138,7 +138,7 @@ fn too_many(limits: Option<RateHeaders>, form: RetryAfterForm, secs: u64, which:
 }
 
 /// The gateway: client id, quota, token, realm; then injected faults.
-async fn gate(
+pub(super) async fn gate(
     sh: &Shared,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
@@ -197,6 +197,23 @@ async fn gate(
             .insert(header::WWW_AUTHENTICATE, hv("default"));
         return Err(r);
     }
+    let daily_reset = g.cfg.faults.daily_quota_no_retry_after;
+    if daily_reset > 0 {
+        // A spent daily quota as the official docs describe it, without `Retry-After`.
+        g.stats.fault("daily_quota_no_retry_after");
+        let limits = RateHeaders {
+            day_limit: g.cfg.daily_limit,
+            day_remaining: 0,
+            burst_limit: g.cfg.burst_per_second,
+            burst_remaining: g.cfg.burst_per_second,
+        };
+        return Err(too_many(
+            Some(limits),
+            RetryAfterForm::Absent,
+            daily_reset,
+            1,
+        ));
+    }
     let limits = check_quota(&mut g, client_id)?;
     let token = headers
         .get(header::AUTHORIZATION)
@@ -207,7 +224,7 @@ async fn gate(
         })
         .map(str::trim);
     let now = g.now();
-    let access = token.and_then(|t| g.access.get(t)).cloned();
+    let access = token.and_then(|t| g.tokens.access.get(t)).cloned();
     let Some(access) = access else {
         return Err(gateway_error(
             StatusCode::UNAUTHORIZED,
@@ -224,6 +241,14 @@ async fn gate(
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, hv("Bearer error='invalid_token'"));
         return Err(r);
+    }
+    if g.cfg.faults.persistent_401 {
+        g.stats.fault("persistent_401");
+        return Err(gateway_error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Cannot pass the security checks that are required by the target API or operation, Enable debug headers for more details.",
+        ));
     }
     let brand = g.world.users[access.user].brand;
     let realm = headers
@@ -326,8 +351,14 @@ fn check_quota(g: &mut Inner, client_id: &str) -> Result<Option<RateHeaders>, Re
 }
 
 /// A successful HAL response, with body faults applied where the switches say so.
-fn hal_ok(sh: &Shared, body: &Value, limits: Option<RateHeaders>) -> Response {
-    let mut text = body.to_string();
+pub(super) fn hal_ok(sh: &Shared, body: &Value, limits: Option<RateHeaders>) -> Response {
+    let pad = sh.lock().cfg.faults.huge_body_bytes;
+    let mut text = if pad > 0 {
+        sh.lock().stats.fault("huge_body_bytes");
+        padded(body, pad)
+    } else {
+        body.to_string()
+    };
     {
         let mut g = sh.lock();
         let (pt, pm) = (g.cfg.faults.truncated_json, g.cfg.faults.malformed_json);
@@ -353,21 +384,44 @@ fn hal_ok(sh: &Shared, body: &Value, limits: Option<RateHeaders>) -> Response {
     resp
 }
 
+/// `body` with an extra `_padding` field whose value is `bytes` bytes long.
+pub(super) fn padded(body: &Value, bytes: usize) -> String {
+    let mut b = body.clone();
+    if let Some(obj) = b.as_object_mut() {
+        obj.insert("_padding".into(), Value::String("x".repeat(bytes)));
+    }
+    b.to_string()
+}
+
 /// `pageToken`: 32 hex characters, then base64 of (page, pageSize, start, end) as big-endian u32s.
-fn encode_page_token(
+pub(super) fn encode_page_token(
     user_email: &str,
     page: u32,
     size: u32,
     start: u32,
     end: Option<u32>,
 ) -> String {
+    encode_page_token_ext(user_email, page, size, start, end, "")
+}
+
+/// [`encode_page_token`] with the listing's filter (a query string) carried after the four
+/// numbers, so that the next page applies the same filter without the server keeping any state.
+pub(super) fn encode_page_token_ext(
+    user_email: &str,
+    page: u32,
+    size: u32,
+    start: u32,
+    end: Option<u32>,
+    filter: &str,
+) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(user_email.as_bytes());
     let prefix: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    let mut raw = Vec::with_capacity(16);
+    let mut raw = Vec::with_capacity(16 + filter.len());
     for n in [page, size, start, end.unwrap_or(u32::MAX)] {
         raw.extend_from_slice(&n.to_be_bytes());
     }
+    raw.extend_from_slice(filter.as_bytes());
     format!(
         "{prefix}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
@@ -375,18 +429,26 @@ fn encode_page_token(
 }
 
 fn decode_page_token(token: &str) -> Option<(u32, u32, u32, Option<u32>)> {
+    decode_page_token_ext(token)
+        .filter(|t| t.4.is_empty())
+        .map(|t| (t.0, t.1, t.2, t.3))
+}
+
+/// Page, page size, start, end and filter of a token made by [`encode_page_token_ext`].
+pub(super) fn decode_page_token_ext(token: &str) -> Option<(u32, u32, u32, Option<u32>, String)> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token.get(32..)?)
         .ok()?;
-    if raw.len() != 16 {
+    if raw.len() < 16 {
         return None;
     }
     let n = |i: usize| u32::from_be_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
     let end = n(12);
-    Some((n(0), n(4), n(8), (end != u32::MAX).then_some(end)))
+    let filter = String::from_utf8(raw[16..].to_vec()).ok()?;
+    Some((n(0), n(4), n(8), (end != u32::MAX).then_some(end), filter))
 }
 
-fn parse_index_range(s: &str) -> Option<(u32, Option<u32>)> {
+pub(super) fn parse_index_range(s: &str) -> Option<(u32, Option<u32>)> {
     let (a, b) = match s.split_once('-') {
         Some((a, b)) => (a, Some(b)),
         None => (s, None),
@@ -465,6 +527,11 @@ async fn list_vehicles(
             "Internal Error",
         );
     }
+    if page == 2 && g.cfg.faults.page_shift_keep_total {
+        g.stats.fault("page_shift_keep_total");
+        let wall = g.wall_now();
+        g.world.shift_keep_total(caller.user, wall);
+    }
     if page > 1 {
         let p = g.cfg.faults.page_shift;
         if g.draw(p) {
@@ -473,7 +540,28 @@ async fn list_vehicles(
             g.world.mutate_user(caller.user, wall);
         }
     }
+    if g.cfg.faults.bare_40400 && !g.world.users[caller.user].vehicles.is_empty() {
+        g.stats.fault("bare_40400");
+        drop(g);
+        let body = json!({"uuid": uuid::Uuid::new_v4().to_string(), "code": 40400,
+                          "timestamp": crate::timefmt::now()});
+        let mut resp = (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "application/hal+json")],
+            body.to_string(),
+        )
+            .into_response();
+        base_headers(&mut resp, true, None);
+        return resp;
+    }
     let legacy = g.cfg.legacy_shapes;
+    let (no_total, next_loops) = (g.cfg.faults.list_no_total, g.cfg.faults.next_loops);
+    if no_total {
+        g.stats.fault("list_no_total");
+    }
+    if next_loops {
+        g.stats.fault("next_loops");
+    }
     let user = &g.world.users[caller.user];
     let email = user.email.clone();
     let all = &user.vehicles;
@@ -529,13 +617,17 @@ async fn list_vehicles(
             links.insert("prev".into(), link(page - 1));
         }
     }
-    if page < total_pages {
+    if next_loops {
+        links.insert("next".into(), link(page));
+    } else if page < total_pages {
         links.insert("next".into(), link(page + 1));
     }
     let mut body = serde_json::Map::new();
     body.insert("_links".into(), Value::Object(links));
-    body.insert("total".into(), json!(total));
-    if !legacy {
+    if !no_total {
+        body.insert("total".into(), json!(total));
+    }
+    if !legacy && !no_total {
         body.insert("totalPage".into(), json!(total_pages));
         body.insert("currentPage".into(), json!(page));
     }
@@ -566,12 +658,17 @@ async fn one_vehicle(
     drop(g);
     match found {
         Some(v) => hal_ok(&sh, &v, caller.limits),
-        None => backend_error(
-            StatusCode::FORBIDDEN,
-            40300,
-            "Forbidden: this vehicle is not associated with the user",
-        ),
+        None => not_associated(),
     }
+}
+
+/// 403 for a vehicle id that is not on the caller's account.
+pub(super) fn not_associated() -> Response {
+    backend_error(
+        StatusCode::FORBIDDEN,
+        40300,
+        "Forbidden: this vehicle is not associated with the user",
+    )
 }
 
 async fn status(
@@ -595,19 +692,23 @@ async fn status(
     let mut g = sh.lock();
     let shuffle = g.draw(0.5);
     let base = g.cfg.public_api_base.clone();
-    let found = g.world.users[caller.user]
-        .vehicles
-        .iter()
-        .find(|v| v.id == id)
-        .map(|v| world::status_json(v, &base, shuffle));
+    let missing = g.cfg.status_missing_vins.clone();
+    let found = g.observe(caller.user, &id).map(|v| {
+        if missing.iter().any(|m| m.eq_ignore_ascii_case(&v.vin)) {
+            None
+        } else {
+            Some(world::status_json(v, &base, shuffle))
+        }
+    });
     drop(g);
     match found {
-        Some(v) => hal_ok(&sh, &v, caller.limits),
-        None => backend_error(
-            StatusCode::FORBIDDEN,
-            40300,
-            "Forbidden: this vehicle is not associated with the user",
+        Some(Some(v)) => hal_ok(&sh, &v, caller.limits),
+        Some(None) => backend_error(
+            StatusCode::NOT_FOUND,
+            40400,
+            "Not Found: We didn't find the status for this vehicle.",
         ),
+        None => not_associated(),
     }
 }
 

@@ -16,7 +16,8 @@ use axum::routing::{get, post};
 use base64::Engine;
 use serde_json::json;
 
-use super::{AuthCode, PasswordGrant, RefreshState, Shared};
+use super::tokens::{AuthCode, RefreshState};
+use super::{PasswordGrant, Shared};
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
     Router::new()
@@ -91,6 +92,15 @@ fn id_token(client_id: &str, realm: &str, ttl: Duration) -> String {
     )
 }
 
+/// Body faults of a token answer: a raw `expires_in` value and padding.
+struct Shape {
+    expires_in_raw: String,
+    pad: usize,
+}
+
+/// Placeholder replaced by the raw `expires_in` text.
+const EXPIRES_MARK: &str = "@@sim-expires-in@@";
+
 fn token_response(
     access: &str,
     refresh: &str,
@@ -98,15 +108,33 @@ fn token_response(
     client_id: &str,
     realm: &str,
     ttl: Duration,
+    shape: &Shape,
 ) -> Response {
-    let body = json!({
+    let expires_in = if shape.expires_in_raw.is_empty() {
+        json!(ttl.as_secs())
+    } else {
+        json!(EXPIRES_MARK)
+    };
+    let mut body = json!({
         "scope": scope,
-        "expires_in": ttl.as_secs(),
+        "expires_in": expires_in,
         "token_type": "Bearer",
         "refresh_token": refresh,
         "id_token": id_token(client_id, realm, ttl),
         "access_token": access,
     });
+    if shape.pad > 0
+        && let Some(obj) = body.as_object_mut()
+    {
+        obj.insert("_padding".into(), json!("x".repeat(shape.pad)));
+    }
+    let mut text = body.to_string();
+    if !shape.expires_in_raw.is_empty() {
+        text = text.replace(
+            &serde_json::to_string(EXPIRES_MARK).unwrap_or_default(),
+            &shape.expires_in_raw,
+        );
+    }
     (
         StatusCode::OK,
         [
@@ -115,7 +143,7 @@ fn token_response(
             (header::PRAGMA, "no-cache"),
             (header::SET_COOKIE, "PSACountry=FR; Path=/"),
         ],
-        body.to_string(),
+        text,
     )
         .into_response()
 }
@@ -162,160 +190,172 @@ async fn token(
     if let Some(r) = idp_faults(&sh).await {
         return r;
     }
-    let p = params(query, &body);
-    let mut g = sh.lock();
-    let Some((client_id, secret)) = basic_client(&headers) else {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "Client authentication failed",
-        );
-    };
-    if client_id != g.cfg.client_id || secret != g.cfg.client_secret {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "Client authentication failed",
-        );
-    }
-    let grant = p.get("grant_type").map(String::as_str).unwrap_or("");
-    let ttl = g.cfg.access_ttl;
-    let scope_req = p
-        .get("scope")
-        .cloned()
-        .unwrap_or_else(|| "openid profile".into());
-    match grant {
-        "password" => {
-            if g.cfg.password_grant == PasswordGrant::Dead {
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "server_error",
-                    "Internal Server Error",
-                );
-            }
-            let (Some(user), Some(pass)) = (p.get("username"), p.get("password")) else {
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "Missing username or password",
-                );
-            };
-            let found = g
-                .world
-                .user_index(user)
-                .filter(|&u| g.world.users[u].password == *pass)
-                .filter(|&u| {
-                    p.get("realm")
-                        .is_none_or(|r| r == g.world.users[u].brand.realm())
-                });
-            let Some(u) = found else {
-                g.stats.invalid_grant += 1;
-                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", CODE_INVALID);
-            };
-            let (a, r) = g.issue_chain(u, &client_id, &scope_req);
-            *g.stats.grants.entry("password".into()).or_default() += 1;
-            let realm = g.world.users[u].brand.realm();
-            token_response(&a, &r, &scope_req, &client_id, realm, ttl)
+    // The lock lives in this block only: it is never held across the stall below.
+    let (resp, stall) = {
+        let p = params(query, &body);
+        let mut g = sh.lock();
+        let Some((client_id, secret)) = basic_client(&headers) else {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Client authentication failed",
+            );
+        };
+        if client_id != g.cfg.client_id || secret != g.cfg.client_secret {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Client authentication failed",
+            );
         }
-        "refresh_token" => {
-            let Some(presented) = p.get("refresh_token") else {
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "Missing refresh_token",
-                );
-            };
-            let now = g.now();
-            let refresh_ttl = g.cfg.refresh_ttl;
-            let grace = g.cfg.refresh_grace;
-            let Some(rt) = g.refresh.get(presented).cloned() else {
-                g.stats.invalid_grant += 1;
-                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", GRANT_INVALID);
-            };
-            let in_grace = rt.state == RefreshState::Rotated
-                && rt.rotated_at.is_some_and(|t| now.duration_since(t) < grace);
-            if rt.state == RefreshState::Rotated {
-                g.stats.reused_refresh += 1;
-            }
-            let usable = rt.state == RefreshState::Live || in_grace;
-            if !usable || now >= rt.born + refresh_ttl || rt.client_id != client_id {
-                g.stats.invalid_grant += 1;
-                if rt.state == RefreshState::Rotated && g.cfg.family_revocation {
-                    g.revoke_chain(rt.chain);
+        let grant = p.get("grant_type").map(String::as_str).unwrap_or("");
+        let ttl = g.cfg.access_ttl;
+        let shape = Shape {
+            expires_in_raw: g.cfg.faults.token_expires_in.clone(),
+            pad: g.cfg.faults.huge_body_bytes,
+        };
+        if !shape.expires_in_raw.is_empty() {
+            g.stats.fault("token_expires_in");
+        }
+        if shape.pad > 0 {
+            g.stats.fault("huge_body_bytes");
+        }
+        let mut stall = 0;
+        let scope_req = p
+            .get("scope")
+            .cloned()
+            .unwrap_or_else(|| "openid profile".into());
+        let resp = match grant {
+            "password" => {
+                if g.cfg.password_grant == PasswordGrant::Dead {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "server_error",
+                        "Internal Server Error",
+                    );
                 }
-                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", GRANT_INVALID);
+                let (Some(user), Some(pass)) = (p.get("username"), p.get("password")) else {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "Missing username or password",
+                    );
+                };
+                let found = g
+                    .world
+                    .user_index(user)
+                    .filter(|&u| g.world.users[u].password == *pass)
+                    .filter(|&u| {
+                        p.get("realm")
+                            .is_none_or(|r| r == g.world.users[u].brand.realm())
+                    });
+                let Some(u) = found else {
+                    g.stats.invalid_grant += 1;
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", CODE_INVALID);
+                };
+                let (a, r) = g.issue_chain(u, &client_id, &scope_req);
+                *g.stats.grants.entry("password".into()).or_default() += 1;
+                let realm = g.world.users[u].brand.realm();
+                token_response(&a, &r, &scope_req, &client_id, realm, ttl, &shape)
             }
-            // Rotate: every token of the chain that is still live dies now (the presented one
-            // and, on a grace replay, the one issued after it).
-            for t in g
-                .refresh
-                .values_mut()
-                .filter(|t| t.chain == rt.chain && t.state == RefreshState::Live)
-            {
-                t.state = RefreshState::Rotated;
-                t.rotated_at = Some(now);
+            "refresh_token" => {
+                let Some(presented) = p.get("refresh_token") else {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "Missing refresh_token",
+                    );
+                };
+                let now = g.now();
+                let refresh_ttl = g.cfg.refresh_ttl;
+                let grace = g.cfg.refresh_grace;
+                let Some(rt) = g.tokens.refresh.get(presented).cloned() else {
+                    g.stats.invalid_grant += 1;
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", GRANT_INVALID);
+                };
+                let in_grace = rt.state == RefreshState::Rotated
+                    && rt.rotated_at.is_some_and(|t| now.duration_since(t) < grace);
+                if rt.state == RefreshState::Rotated {
+                    g.stats.reused_refresh += 1;
+                }
+                let usable = rt.state == RefreshState::Live || in_grace;
+                if !usable || now >= rt.born + refresh_ttl || rt.client_id != client_id {
+                    g.stats.invalid_grant += 1;
+                    if rt.state == RefreshState::Rotated && g.cfg.family_revocation {
+                        g.tokens.revoke_chain(rt.chain);
+                    }
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", GRANT_INVALID);
+                }
+                let scope = p.get("scope").cloned().unwrap_or_else(|| rt.scope.clone());
+                let (a, r) = g
+                    .tokens
+                    .rotate(presented, &rt, &client_id, &scope, now, ttl);
+                *g.stats.grants.entry("refresh_token".into()).or_default() += 1;
+                stall = g.cfg.faults.idp_stall_after_rotate_ms;
+                if stall > 0 {
+                    g.stats.fault("idp_stall_after_rotate_ms");
+                }
+                let realm = g.world.users[rt.user].brand.realm();
+                token_response(&a, &r, &scope, &client_id, realm, ttl, &shape)
             }
-            if let Some(t) = g.refresh.get_mut(presented) {
-                t.state = RefreshState::Rotated;
-                t.rotated_at = t.rotated_at.or(Some(now));
+            "authorization_code" => {
+                let (Some(code), Some(redirect)) = (p.get("code"), p.get("redirect_uri")) else {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "Missing code or redirect_uri",
+                    );
+                };
+                let now = g.now();
+                let Some(c) = g.tokens.codes.get(code).cloned() else {
+                    g.stats.invalid_grant += 1;
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", CODE_INVALID);
+                };
+                if let Some(stored) = g.tokens.codes.get_mut(code) {
+                    stored.used = true;
+                }
+                let pkce_ok = match &c.challenge {
+                    None => true,
+                    Some(challenge) => p.get("code_verifier").is_some_and(|v| {
+                        use sha2::Digest;
+                        b64url(&sha2::Sha256::digest(v.as_bytes())) == *challenge
+                    }),
+                };
+                if c.used
+                    || now >= c.expires
+                    || c.client_id != client_id
+                    || c.redirect_uri != *redirect
+                    || !pkce_ok
+                {
+                    g.stats.invalid_grant += 1;
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", CODE_INVALID);
+                }
+                let (a, r) = g.issue_chain(c.user, &client_id, &c.scope);
+                *g.stats
+                    .grants
+                    .entry("authorization_code".into())
+                    .or_default() += 1;
+                let realm = g.world.users[c.user].brand.realm();
+                token_response(&a, &r, &c.scope, &client_id, realm, ttl, &shape)
             }
-            let scope = p.get("scope").cloned().unwrap_or_else(|| rt.scope.clone());
-            let (a, r) = g.issue_pair(rt.user, &client_id, rt.chain, rt.born, &scope);
-            *g.stats.grants.entry("refresh_token".into()).or_default() += 1;
-            let realm = g.world.users[rt.user].brand.realm();
-            token_response(&a, &r, &scope, &client_id, realm, ttl)
-        }
-        "authorization_code" => {
-            let (Some(code), Some(redirect)) = (p.get("code"), p.get("redirect_uri")) else {
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "Missing code or redirect_uri",
-                );
-            };
-            let now = g.now();
-            let Some(c) = g.codes.get(code).cloned() else {
-                g.stats.invalid_grant += 1;
-                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", CODE_INVALID);
-            };
-            if let Some(stored) = g.codes.get_mut(code) {
-                stored.used = true;
-            }
-            let pkce_ok = match &c.challenge {
-                None => true,
-                Some(challenge) => p.get("code_verifier").is_some_and(|v| {
-                    use sha2::Digest;
-                    b64url(&sha2::Sha256::digest(v.as_bytes())) == *challenge
-                }),
-            };
-            if c.used
-                || now >= c.expires
-                || c.client_id != client_id
-                || c.redirect_uri != *redirect
-                || !pkce_ok
-            {
-                g.stats.invalid_grant += 1;
-                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", CODE_INVALID);
-            }
-            let (a, r) = g.issue_chain(c.user, &client_id, &c.scope);
-            *g.stats
-                .grants
-                .entry("authorization_code".into())
-                .or_default() += 1;
-            let realm = g.world.users[c.user].brand.realm();
-            token_response(&a, &r, &c.scope, &client_id, realm, ttl)
-        }
-        "" => oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "Missing grant_type",
-        ),
-        other => oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            &format!("Grant type is not supported: {other}"),
-        ),
+            "" => oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Missing grant_type",
+            ),
+            other => oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                &format!("Grant type is not supported: {other}"),
+            ),
+        };
+        (resp, stall)
+    };
+    if stall > 0 {
+        // The rotation is done (the old token is dead); the answer is held back.
+        tokio::time::sleep(Duration::from_millis(stall)).await;
     }
+    resp
 }
 
 fn escape(s: &str) -> String {
@@ -431,7 +471,7 @@ async fn authorize_submit(State(sh): State<Arc<Shared>>, body: Bytes) -> Respons
         .unwrap_or_else(|| "openid profile".into());
     let redirect = p.get("redirect_uri").cloned().unwrap_or_default();
     let expires = g.now() + g.cfg.code_ttl;
-    g.codes.insert(
+    g.tokens.codes.insert(
         code.clone(),
         AuthCode {
             user,
@@ -473,10 +513,10 @@ async fn revoke(
     let Some(token) = p.get("token") else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Missing token");
     };
-    if let Some(chain) = g.refresh.get(token).map(|t| t.chain) {
-        g.revoke_chain(chain);
+    if let Some(chain) = g.tokens.refresh.get(token).map(|t| t.chain) {
+        g.tokens.revoke_chain(chain);
     } else {
-        g.access.remove(token);
+        g.tokens.access.remove(token);
     }
     (
         StatusCode::OK,

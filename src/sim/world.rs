@@ -5,12 +5,13 @@
 //! The log is written from the simulator's point of view (what it did), never by diffing JSON, so
 //! a test that compares it with the daemon's history checks the daemon's diff, not itself.
 
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::life::{Birth, Life, api_time, iso_duration};
 use crate::brand::Brand;
 
 /// One simulated end user of a brand app.
@@ -34,20 +35,8 @@ pub struct Vehicle {
     pub label: Option<String>,
     pub version: String,
     pub color: String,
-    pub telemetry: Telemetry,
-}
-
-/// Drifting status data for `/user/vehicles/{id}/status`.
-#[derive(Debug, Clone)]
-pub struct Telemetry {
-    pub level: f64,
-    pub fuel_level: f64,
-    pub odometer: f64,
-    pub lon: f64,
-    pub lat: f64,
-    pub plugged: bool,
-    pub charging: bool,
-    pub updated: DateTime<Utc>,
+    /// The car's life on the simulator's clock: what `/status` shows and what really happened.
+    pub life: Life,
 }
 
 /// What the simulator did to an account's vehicle list.
@@ -95,8 +84,19 @@ const COLORS: [&str; 6] = [
 
 impl World {
     /// Generates `users` users (brands round-robin) with 0–`max_vehicles` vehicles each, or
-    /// exactly `counts[i]` vehicles for user `i` where given.
+    /// exactly `counts[i]` vehicles for user `i` where given; their lives start now.
     pub fn generate(seed: u64, users: usize, counts: &[usize], max_vehicles: usize) -> World {
+        World::generate_at(seed, users, counts, max_vehicles, Utc::now())
+    }
+
+    /// [`World::generate`] with the cars' lives starting at `start` (sim time).
+    pub fn generate_at(
+        seed: u64,
+        users: usize,
+        counts: &[usize],
+        max_vehicles: usize,
+        start: DateTime<Utc>,
+    ) -> World {
         let mut world = World {
             users: Vec::with_capacity(users),
             log: Vec::new(),
@@ -110,7 +110,7 @@ impl World {
                 .get(i)
                 .copied()
                 .unwrap_or_else(|| world.rng.random_range(0..=max_vehicles));
-            let vehicles = (0..n).map(|_| world.new_vehicle(brand)).collect();
+            let vehicles = (0..n).map(|_| world.new_vehicle(brand, start)).collect();
             world.users.push(SimUser {
                 email: format!("user{}@example.com", i + 1),
                 password: format!("password{}", i + 1),
@@ -122,7 +122,7 @@ impl World {
         world
     }
 
-    fn new_vehicle(&mut self, brand: Brand) -> Vehicle {
+    fn new_vehicle(&mut self, brand: Brand, now: DateTime<Utc>) -> Vehicle {
         self.serial += 1;
         let mut id = String::with_capacity(200);
         while id.len() < 193 {
@@ -135,25 +135,35 @@ impl World {
         } else {
             None
         };
+        let vin = make_vin(brand, self.serial, &mut self.rng);
+        let version = format!("1PP2A5ZESFB0A0D{}", self.rng.random_range(0..10));
+        let color = COLORS[self.rng.random_range(0..COLORS.len())].to_owned();
+        let birth = Birth {
+            level: f64::from(self.rng.random_range(20..100u32)),
+            fuel_level: f64::from(self.rng.random_range(10..100u32)),
+            odometer: f64::from(self.rng.random_range(100..90_000u32)),
+            lon: -3.3556 + self.rng.random_range(-2.0..2.0),
+            lat: 47.7492 + self.rng.random_range(-2.0..2.0),
+        };
+        let life = Life::new(&id, &vin, motorization, &birth, now);
         Vehicle {
-            vin: make_vin(brand, self.serial, &mut self.rng),
+            vin,
             id,
             brand_label: brand.display().to_owned(),
             motorization,
             label,
-            version: format!("1PP2A5ZESFB0A0D{}", self.rng.random_range(0..10)),
-            color: COLORS[self.rng.random_range(0..COLORS.len())].to_owned(),
-            telemetry: Telemetry {
-                level: f64::from(self.rng.random_range(20..100u32)),
-                fuel_level: f64::from(self.rng.random_range(10..100u32)),
-                odometer: f64::from(self.rng.random_range(100..90_000u32)),
-                lon: -3.3556 + self.rng.random_range(-2.0..2.0),
-                lat: 47.7492 + self.rng.random_range(-2.0..2.0),
-                plugged: false,
-                charging: false,
-                updated: Utc::now(),
-            },
+            version,
+            color,
+            life,
         }
+    }
+
+    /// Every car's life, on an account or taken off one.
+    pub fn lives(&self) -> impl Iterator<Item = &Life> {
+        self.users
+            .iter()
+            .flat_map(|u| u.vehicles.iter().chain(u.removed.iter()))
+            .map(|v| &v.life)
     }
 
     /// Index of the user with this e-mail (case-insensitive).
@@ -163,10 +173,9 @@ impl World {
             .position(|u| u.email.eq_ignore_ascii_case(email))
     }
 
-    /// Applies one random mutation to one random account's vehicle list and drifts every
-    /// vehicle's telemetry. Returns how many events were logged.
+    /// Applies one random mutation to one random account's vehicle list. Returns how many
+    /// events were logged. (Telemetry is not touched: each car lives on the clock, see `life`.)
     pub fn tick(&mut self, now: DateTime<Utc>) -> usize {
-        self.drift(now);
         if self.users.is_empty() {
             return 0;
         }
@@ -193,7 +202,7 @@ impl World {
                     let i = self.rng.random_range(0..self.users[u].removed.len());
                     self.users[u].removed.remove(i)
                 } else {
-                    self.new_vehicle(brand)
+                    self.new_vehicle(brand, now)
                 };
                 self.push_event(&at, u, &v, "added", None, None, None);
                 let pos = self.rng.random_range(0..=n);
@@ -279,6 +288,23 @@ impl World {
         self.log.len() - before
     }
 
+    /// Removes user `u`'s first vehicle and appends a new one (the vehicle count stays the
+    /// same), logging both. Nothing happens on an empty account.
+    pub fn shift_keep_total(&mut self, u: usize, now: DateTime<Utc>) -> usize {
+        if self.users[u].vehicles.is_empty() {
+            return 0;
+        }
+        let at = crate::timefmt::format(now);
+        let brand = self.users[u].brand;
+        let gone = self.users[u].vehicles.remove(0);
+        self.push_event(&at, u, &gone, "removed", None, None, None);
+        self.users[u].removed.push(gone);
+        let v = self.new_vehicle(brand, now);
+        self.push_event(&at, u, &v, "added", None, None, None);
+        self.users[u].vehicles.push(v);
+        2
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn push_event(
         &mut self,
@@ -302,32 +328,6 @@ impl World {
             old,
             new,
         });
-    }
-
-    fn drift(&mut self, now: DateTime<Utc>) {
-        for user in &mut self.users {
-            for v in &mut user.vehicles {
-                let t = &mut v.telemetry;
-                if t.charging {
-                    t.level = (t.level + 7.0).min(100.0);
-                    if t.level >= 100.0 {
-                        t.charging = false;
-                    }
-                } else if self.rng.random_bool(0.5) {
-                    let km = f64::from(self.rng.random_range(1..40u32));
-                    t.odometer += km;
-                    t.level = (t.level - km / 3.0).max(5.0);
-                    t.fuel_level = (t.fuel_level - km / 8.0).max(3.0);
-                    t.lon += self.rng.random_range(-0.05..0.05);
-                    t.lat += self.rng.random_range(-0.05..0.05);
-                    t.plugged = false;
-                } else if t.level < 50.0 {
-                    t.plugged = true;
-                    t.charging = true;
-                }
-                t.updated = now;
-            }
-        }
     }
 }
 
@@ -431,40 +431,45 @@ pub fn vehicle_json(brand: Brand, v: &Vehicle, api_base: &str) -> Value {
 }
 
 /// The `/status` body: new blocks (`energies`, `preconditioning`) and the deprecated ones
-/// (`energy` as an array, `preconditionning`, `service`) side by side, as the real API sends them.
+/// (`energy` as an array, `preconditionning`, `service`) side by side, as the real API sends them,
+/// built from the car's last report only: while the car is parked the body does not change
+/// (`shuffle` swaps a PHEV's two energies, whose order is unstable in real traffic). Integers
+/// where the official schema says integer (autonomy km, capacity and residual Wh, chargingRate
+/// km/h, heading): `218`, never `218.0`.
 pub fn status_json(v: &Vehicle, api_base: &str, shuffle: bool) -> Value {
-    let t = &v.telemetry;
-    let ts = t.updated.format("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let older = (t.updated - ChronoDuration::minutes(7))
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    let charging_status = if t.charging {
-        "InProgress"
-    } else {
-        "Disconnected"
-    };
-    let autonomy = (t.level * 3.2).round();
+    let l = &v.life;
+    let r = &l.rep;
+    let ts = api_time(r.at);
+    let pos_ts = api_time(r.position_at);
+    let older = api_time(l.born - ChronoDuration::days(3));
+    let autonomy = l.reported_electric_autonomy();
+    let residual = l.reported_residual_wh();
+    let fuel_autonomy = l.reported_fuel_autonomy();
+    let capacity = i64::from(l.capacity_wh);
+    let remaining = iso_duration(r.remaining_secs);
+    let charging = json!({"plugged": r.plugged, "status": r.charge_status, "remainingTime": remaining,
+        "chargingRate": r.charging_rate_kmh, "chargingMode": r.charge_mode,
+        "nextDelayedTime": "PT0S"});
+    let mut charging_new = charging.clone();
+    charging_new["schedule"] = json!([]);
     let electric_new = json!({
-        "createdAt": ts, "type": "Electric", "subType": "ElectricEnergy", "level": t.level, "autonomy": autonomy,
+        "createdAt": ts, "type": "Electric", "subType": "ElectricEnergy", "level": r.soc, "autonomy": autonomy,
         "extension": {"electric": {
-            "battery": {"load": {"createdAt": ts, "capacity": 50_000, "residual": (t.level * 500.0).round()},
+            "battery": {"load": {"createdAt": ts, "capacity": capacity, "residual": residual},
                         "health": {"createdAt": ts, "resistance": 91}},
-            "charging": {"plugged": t.plugged, "status": charging_status, "remainingTime": if t.charging {"PT2H55M"} else {"PT0S"},
-                         "chargingRate": if t.charging {20} else {0}, "chargingMode": if t.charging {"Slow"} else {"No"},
-                         "nextDelayedTime": "PT0S", "schedule": []}}}
+            "charging": charging_new}}
     });
     let fuel_new = json!({
-        "createdAt": ts, "type": "Fuel", "subType": "FossilEnergy", "level": t.fuel_level,
-        "autonomy": (t.fuel_level * 6.0).round(), "extension": {"fuel": {"consumptions": {"total": 0}}}
+        "createdAt": ts, "type": "Fuel", "subType": "FossilEnergy", "level": r.fuel,
+        "autonomy": fuel_autonomy, "extension": {"fuel": {"consumptions": {"total": 0}}}
     });
     let electric_old = json!({
-        "createdAt": ts, "updatedAt": ts, "type": "Electric", "level": t.level, "autonomy": autonomy,
-        "charging": {"plugged": t.plugged, "status": charging_status, "remainingTime": "PT0S",
-                     "chargingRate": 0, "chargingMode": if t.charging {"Slow"} else {"No"}, "nextDelayedTime": "PT0S"},
-        "battery": {"load": {"capacity": 50_000, "residual": (t.level * 500.0).round()}}
+        "createdAt": ts, "updatedAt": ts, "type": "Electric", "level": r.soc, "autonomy": autonomy,
+        "charging": charging,
+        "battery": {"load": {"capacity": capacity, "residual": residual}}
     });
-    let fuel_old = json!({"createdAt": ts, "updatedAt": ts, "type": "Fuel", "level": t.fuel_level,
-                          "autonomy": (t.fuel_level * 6.0).round()});
+    let fuel_old = json!({"createdAt": ts, "updatedAt": ts, "type": "Fuel", "level": r.fuel,
+                          "autonomy": fuel_autonomy});
     let (mut energies, mut energy) = match v.motorization {
         "Electric" => (vec![electric_new], vec![electric_old]),
         "Hybrid" => (vec![fuel_new, electric_new], vec![fuel_old, electric_old]),
@@ -482,26 +487,50 @@ pub fn status_json(v: &Vehicle, api_base: &str, shuffle: bool) -> Value {
     };
     let precond =
         json!({"airConditioning": {"createdAt": older, "updatedAt": older, "status": "Disabled"}});
-    json!({
+    let kinetic = if r.driving {
+        json!({"createdAt": ts, "moving": true, "speed": r.speed})
+    } else {
+        json!({"createdAt": ts, "moving": false})
+    };
+    let locked = if r.driving { "Unlocked" } else { "Locked" };
+    let opening: Vec<Value> = ["Driver", "Passenger", "RearLeft", "RearRight", "Trunk"]
+        .iter()
+        .map(|d| json!({"identifier": d, "state": "Closed"}))
+        .collect();
+    let doors = json!({"createdAt": ts, "lockedStates": [locked], "opening": opening});
+    let mut body = json!({
         "createdAt": ts, "updatedAt": ts,
         "lastPosition": {"type": "Feature",
-            "geometry": {"type": "Point", "coordinates": [t.lon, t.lat, 7.0]},
-            "properties": {"createdAt": older, "heading": 8, "type": "Acquire", "signalQuality": 9, "fixStatus": "3D"}},
-        "ignition": {"createdAt": ts, "type": "Stop"},
+            "geometry": {"type": "Point", "coordinates": [r.lon, r.lat, 7.0]},
+            "properties": {"createdAt": pos_ts, "heading": r.heading, "type": "Acquire", "signalQuality": 9, "fixStatus": "3D"}},
+        "ignition": {"createdAt": ts, "type": if r.driving {"Start"} else {"Stop"}},
         "battery": {"voltage": 87.0, "createdAt": ts},
         "privacy": {"createdAt": ts, "state": "None"},
         "service": {"createdAt": "2023-07-03T14:39:40Z", "type": service},
-        "environment": {"luminosity": {"createdAt": ts, "day": true}, "air": {"createdAt": ts, "temp": 18.0}},
-        "odometer": {"createdAt": ts, "mileage": (t.odometer * 10.0).round() / 10.0},
-        "kinetic": {"createdAt": older, "moving": false},
-        "alarm": {"status": {"createdAt": ts, "activation": "Active"}},
+        "environment": {"luminosity": {"createdAt": ts, "day": (7..19).contains(&r.at.hour())},
+                        "air": {"createdAt": ts, "temp": r.air_temp}},
+        "odometer": {"createdAt": ts, "mileage": r.odometer},
+        "kinetic": kinetic,
+        "doorsState": doors,
+        "alarm": {"status": {"createdAt": ts, "activation": if r.driving {"Inactive"} else {"Active"}}},
         "_links": {"self": {"href": format!("{api_base}/user/vehicles/{}/status?profile=endUser", v.id)},
                    "vehicle": {"href": format!("{api_base}/user/vehicles/{}", v.id)}},
         "preconditioning": precond.clone(),
         "energies": energies,
         "preconditionning": precond,
         "energy": energy,
-    })
+    });
+    if v.motorization != "Electric"
+        && let Some(obj) = body.as_object_mut()
+    {
+        obj.insert(
+            "engines".into(),
+            json!([{"createdAt": ts, "type": "Thermic",
+                "extension": {"thermic": {"coolant": {"temp": r.coolant_temp}, "oil": {"temp": r.oil_temp},
+                                          "air": {"temp": r.air_temp}}}}]),
+        );
+    }
+    body
 }
 
 #[cfg(test)]
