@@ -99,6 +99,8 @@ pub struct RawConfig {
     pub app: RawApp,
     #[serde(default)]
     pub accounts: Vec<RawAccount>,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::config::RawTelemetry,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -199,6 +201,7 @@ impl Default for RawConfig {
             },
             app: RawApp::default(),
             accounts: Vec::new(),
+            telemetry: crate::telemetry::config::RawTelemetry::default(),
         }
     }
 }
@@ -250,6 +253,8 @@ pub struct Config {
     pub idp_timeout: Duration,
     pub idp_rate: Rate,
     pub accounts: Vec<Account>,
+    /// `[telemetry]`: what is polled per vehicle, and how often.
+    pub telemetry: crate::telemetry::config::Settings,
 }
 
 impl Config {
@@ -630,6 +635,10 @@ fn validate(raw: RawConfig, path: &Path, checks: Checks) -> Result<Config, Confi
             });
         }
     }
+    let telemetry = crate::telemetry::config::validate(&raw.telemetry).unwrap_or_else(|bad| {
+        bad.into_iter().for_each(|(k, r)| v.bad(k, r));
+        crate::telemetry::config::Settings::default()
+    });
     if checks == Checks::Full {
         check_dir_usable(&mut v, "state_dir", &raw.state_dir);
         // The daemon creates `state_dir` (and the database's directory inside it); any other
@@ -672,6 +681,7 @@ fn validate(raw: RawConfig, path: &Path, checks: Checks) -> Result<Config, Confi
         idp_timeout: raw.idp.timeout.0,
         idp_rate,
         accounts,
+        telemetry,
     })
 }
 

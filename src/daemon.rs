@@ -364,17 +364,19 @@ pub async fn once(cfg: Config) -> u8 {
             done_rx.try_recv().ok()
         }
     };
+    let code = match &summary {
+        Some(s) => {
+            tracing::info!("{}", s.line());
+            // Then the vehicles' telemetry, unless a signal stopped the pass.
+            crate::telemetry::after_once(&app.cfg, app.engine.clone(), exit::for_pass(s)).await
+        }
+        None => exit::TEMPFAIL,
+    };
     finish(&app).await;
     if let Some(h) = signals {
         h.close();
     }
-    match summary {
-        Some(s) => {
-            tracing::info!("{}", s.line());
-            exit::for_pass(&s)
-        }
-        None => exit::TEMPFAIL,
-    }
+    code
 }
 
 /// A callback run after every pass.
@@ -427,6 +429,8 @@ struct Daemon<'a> {
     /// Unix ms of the running pass's last progress (an account finished, or the pass started).
     progress: Arc<AtomicU64>,
     stalled: bool,
+    /// The vehicles' telemetry polls, beside the list passes.
+    telemetry: Option<crate::telemetry::Background>,
 }
 
 /// How long a pass may go without any account finishing before it counts as stuck (then the
@@ -496,6 +500,9 @@ impl Daemon<'_> {
                             }
                         }
                         tracing::info!(accounts = next.cfg.accounts.len(), schedule = %next.cfg.schedule, "configuration reloaded");
+                        if let Some(t) = self.telemetry.as_mut() {
+                            t.restart(&next.cfg, next.engine.clone());
+                        }
                         self.app = next;
                         let unsaved = self.app.engine.tokens.flush_pending().await;
                         if !unsaved.is_empty() {
@@ -514,6 +521,9 @@ impl Daemon<'_> {
         tracing::info!("received {}, shutting down", sig.name());
         notify::notify("STOPPING=1");
         let _ = self.sched.remove(&self.job).await;
+        if let Some(t) = self.telemetry.take() {
+            t.shutdown(self.app.cfg.shutdown_timeout).await;
+        }
         if let Some(Running { handle, stop }) = self.pass.take() {
             stop_pass(handle, &stop, self.app.cfg.shutdown_timeout, rx).await;
         }
@@ -596,7 +606,12 @@ pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
         pass: None,
         progress: Arc::new(AtomicU64::new(now_ms())),
         stalled: false,
+        telemetry: None,
     };
+    d.telemetry = Some(crate::telemetry::Background::start(
+        &d.app.cfg,
+        d.app.engine.clone(),
+    ));
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     let stop = d.hooks.stop.clone();
     loop {

@@ -53,6 +53,7 @@ pub async fn run(database: &Path, duration: Option<u64>) -> u8 {
          [rate_limit]\nrequests_per_second = 20\nburst = 1\n\
          [api]\nbase_url = \"{}\"\nretry_base = \"200ms\"\nretry_cap = \"2s\"\n\
          [idp]\nbase_url = \"{}\"\n\
+         [telemetry]\nactive_interval = \"3s\"\nparked_interval = \"6s\"\ndaily_request_budget = 10000000\n\
          [app]\nclient_id = \"{}\"\nclient_secret = \"{}\"\n{accounts}",
         db_path.display(),
         state_dir.display(),
@@ -90,6 +91,7 @@ pub async fn run(database: &Path, duration: Option<u64>) -> u8 {
     println!("Press Ctrl-C to stop.\n");
     let printed = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let db_for_hook = db_path.clone();
+    let telemetry_seen = crate::telemetry::DemoSeen::default();
     let hooks = Hooks {
         shard: None,
         stop: tokio_util::sync::CancellationToken::new(),
@@ -117,6 +119,9 @@ pub async fn run(database: &Path, duration: Option<u64>) -> u8 {
                         vin.unwrap_or_default()
                     );
                     printed.store(id, std::sync::atomic::Ordering::Relaxed);
+                }
+                for line in crate::telemetry::demo_lines(&conn, &telemetry_seen) {
+                    println!("  {line}");
                 }
             }
         })),

@@ -27,6 +27,7 @@ pub mod sim;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod telemetry;
 pub mod timefmt;
 
 use std::time::Duration;
@@ -137,6 +138,7 @@ fn check_config(path: &std::path::Path, shard: Option<(u32, u32)>) -> u8 {
                 cfg.schedule,
                 cfg.database.display()
             );
+            print!("{}", telemetry::projection_lines(&cfg));
             exit::OK
         }
         Err(code) => code,

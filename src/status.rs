@@ -107,5 +107,8 @@ pub fn render(cfg: &Config) -> String {
             "rate limit: the API asked every request to wait until {until}; passes fail fast (rate_limited) until then"
         );
     }
+    if let Some(c) = &conn {
+        out.push_str(&crate::telemetry::status_lines(c, cfg));
+    }
     out
 }

@@ -229,7 +229,7 @@ async fn metadata_describes_every_column_and_every_documented_query_runs() {
         .skip(1)
         .map(|b| b.split("\n```").next().unwrap())
         .collect();
-    assert_eq!(queries.len(), 10);
+    assert_eq!(queries.len(), 20);
     for q in queries {
         let mut st = db.prepare(q).unwrap_or_else(|e| panic!("{q}: {e}"));
         let n = st.query_map([], |_| Ok(())).unwrap().count();

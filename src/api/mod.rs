@@ -5,6 +5,7 @@
 
 pub mod model;
 pub mod retry;
+pub mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -219,5 +220,31 @@ pub fn classify(status: u16, body: &[u8]) -> ApiError {
         ApiError::Server { status, message }
     } else {
         ApiError::Client { status, message }
+    }
+}
+
+/// A response as it arrived: status, `Retry-After` (raw) and body.
+pub(crate) struct RawResponse {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl ApiClient {
+    /// GETs `url` with the API's headers, through the rate limiter and the body cap; 401 and 429
+    /// are already errors ([`ApiClient::get`]); the telemetry endpoints classify the rest in
+    /// `api::telemetry`.
+    pub(crate) async fn get_raw(
+        &self,
+        a: &Account,
+        url: &str,
+        token: &SecretString,
+    ) -> Result<RawResponse, ApiError> {
+        let (status, body) = self.get(a, url, token).await?;
+        Ok(RawResponse {
+            status,
+            retry_after: None,
+            body,
+        })
     }
 }

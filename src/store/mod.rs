@@ -22,6 +22,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
+pub mod telemetry;
+
 use crate::diff::{Change, CompleteListing, Known, diff, first_absences};
 use crate::timefmt;
 

@@ -1,0 +1,722 @@
+//! The telemetry writes and reads of the database (`status_bodies`, `vehicle_status`,
+//! `vehicle_states`, `charging_sessions`, `trips`, `vehicle_alerts`, `maintenance`,
+//! `telemetry_endpoints`).
+//!
+//! One [`Batch`] per account and poll round is one transaction: each distinct body once; a
+//! status equal to the vehicle's latest only moves `last_fetched_ts`; a new observation adds a
+//! `vehicle_status` row and the state and session changes `telemetry::derive` decides from what
+//! the database holds (so a restart continues where the last run stopped); trips and alerts are
+//! upserted, maintenance gets a row only when a value changes; the poller's bookkeeping is
+//! written with them. A crash at any instant leaves the previous transaction's state: at most one
+//! open state and one open session per vehicle (partial unique indexes enforce it).
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{Db, DbError};
+use crate::telemetry::derive::{self, Before, Changes, OpenState, Sample, Session, State};
+use crate::telemetry::records::{Alert, Trip};
+use crate::telemetry::schedule::Endpoint;
+use crate::telemetry::status::{Observation, ParsedStatus};
+
+/// The poller's bookkeeping of one vehicle endpoint (a `telemetry_endpoints` row).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Book {
+    pub last_attempt_ts: Option<i64>,
+    pub last_success_ts: Option<i64>,
+    pub next_due_ts: Option<i64>,
+    pub unavailable_since_ts: Option<i64>,
+    pub unavailable_reason: Option<String>,
+    pub consecutive_failures: i64,
+    pub bookmark: Option<String>,
+}
+
+/// A vehicle to poll: listed now, with a VIN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolledVehicle {
+    pub vehicle_id: String,
+    pub vin: String,
+}
+
+/// One fetched status.
+#[derive(Debug, Clone)]
+pub struct StatusFetch {
+    pub vin: String,
+    pub fetched_ts: i64,
+    pub body: String,
+    pub parsed: ParsedStatus,
+}
+
+/// What one status did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusRecorded {
+    pub vin: String,
+    /// A new `vehicle_status` row (else only `last_fetched_ts` moved).
+    pub new_observation: bool,
+    /// The vehicle's open state afterwards.
+    pub state: Option<State>,
+    pub events: Vec<derive::Event>,
+    pub drive_ended: bool,
+}
+
+/// Everything one account's poll round writes, in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub statuses: Vec<StatusFetch>,
+    /// (vin, trips)
+    pub trips: Vec<(String, Vec<Trip>)>,
+    /// (vin, alerts)
+    pub alerts: Vec<(String, Vec<Alert>)>,
+    /// (vin, observed_ts, days_before, km_before)
+    pub maintenance: Vec<(String, i64, Option<i64>, Option<f64>)>,
+    /// Bookkeeping rows, written last (vin, endpoint, book).
+    pub books: Vec<(String, Endpoint, Book)>,
+}
+
+/// The bookkeeping rows (vin, endpoint, book) and open states (vin, state) of an account.
+pub type BooksAndStates = (Vec<(String, Endpoint, Book)>, Vec<(String, State)>);
+
+/// A vehicle's telemetry summary for `status`: (vin, soc, observed_ts, last_fetched_ts,
+/// unavailable endpoints).
+pub type VehicleSummary = (String, Option<f64>, Option<i64>, Option<i64>, Vec<String>);
+
+fn sample(o: &Observation, ts: i64) -> Sample {
+    Sample {
+        ts,
+        soc: o.soc,
+        range_km: o.range_km,
+        odometer_km: o.odometer_km,
+        charging_status: o.charging_status.clone(),
+        plugged: o.plugged,
+        charging_rate_kmh: o.charging_rate_kmh,
+        charging_mode: o.charging_mode.clone(),
+        latitude: o.latitude,
+        longitude: o.longitude,
+        ignition: o.ignition.clone(),
+        moving: o.moving,
+        battery_capacity_wh: o.battery_capacity_wh,
+    }
+}
+
+fn open_state(
+    tx: &Transaction<'_>,
+    account_id: i64,
+    vin: &str,
+) -> rusqlite::Result<Option<OpenState>> {
+    tx.prepare_cached(
+        "SELECT state, started_ts FROM vehicle_states WHERE account_id = ?1 AND vin = ?2 AND ended_ts IS NULL",
+    )?
+    .query_row(params![account_id, vin], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })
+    .optional()
+    .map(|o| {
+        o.and_then(|(s, started_ts)| {
+            State::parse(&s).map(|state| OpenState { state, started_ts })
+        })
+    })
+}
+
+fn open_session(
+    tx: &Transaction<'_>,
+    account_id: i64,
+    vin: &str,
+) -> rusqlite::Result<Option<Session>> {
+    tx.prepare_cached(
+        "SELECT started_ts, start_soc, end_soc, start_range_km, end_range_km, max_rate_kmh, charging_mode,
+                latitude, longitude, odometer_km, energy_added_kwh
+         FROM charging_sessions WHERE account_id = ?1 AND vin = ?2 AND ended_ts IS NULL",
+    )?
+    .query_row(params![account_id, vin], |r| {
+        Ok(Session {
+            started_ts: r.get(0)?,
+            ended_ts: None,
+            start_soc: r.get(1)?,
+            end_soc: r.get(2)?,
+            start_range_km: r.get(3)?,
+            end_range_km: r.get(4)?,
+            max_rate_kmh: r.get(5)?,
+            charging_mode: r.get(6)?,
+            latitude: r.get(7)?,
+            longitude: r.get(8)?,
+            odometer_km: r.get(9)?,
+            energy_added_kwh: r.get(10)?,
+            end_reason: None,
+        })
+    })
+    .optional()
+}
+
+fn apply_changes(
+    tx: &Transaction<'_>,
+    account_id: i64,
+    vin: &str,
+    c: &Changes,
+) -> rusqlite::Result<()> {
+    if let Some(at) = c.close_state_at {
+        tx.prepare_cached(
+            "UPDATE vehicle_states SET ended_ts = max(?3, started_ts) WHERE account_id = ?1 AND vin = ?2 AND ended_ts IS NULL",
+        )?
+        .execute(params![account_id, vin, at])?;
+    }
+    for s in &c.states {
+        tx.prepare_cached(
+            "INSERT INTO vehicle_states (account_id, vin, state, started_ts, ended_ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![account_id, vin, s.state.as_str(), s.started_ts, s.ended_ts])?;
+    }
+    let update = |s: &Session| -> rusqlite::Result<usize> {
+        tx.prepare_cached(
+            "UPDATE charging_sessions SET ended_ts = ?3, start_soc = ?4, end_soc = ?5, start_range_km = ?6,
+                    end_range_km = ?7, max_rate_kmh = ?8, charging_mode = ?9, latitude = ?10, longitude = ?11,
+                    odometer_km = ?12, energy_added_kwh = ?13, end_reason = ?14
+             WHERE account_id = ?1 AND vin = ?2 AND ended_ts IS NULL",
+        )?
+        .execute(params![
+            account_id,
+            vin,
+            s.ended_ts,
+            s.start_soc,
+            s.end_soc,
+            s.start_range_km,
+            s.end_range_km,
+            s.max_rate_kmh,
+            s.charging_mode,
+            s.latitude,
+            s.longitude,
+            s.odometer_km,
+            s.energy_added_kwh,
+            s.end_reason
+        ])
+    };
+    if let Some(s) = &c.session_close {
+        update(s)?;
+    }
+    if let Some(s) = &c.session_update {
+        update(s)?;
+    }
+    if let Some(s) = &c.session_open {
+        tx.prepare_cached(
+            "INSERT INTO charging_sessions (account_id, vin, started_ts, ended_ts, start_soc, end_soc, start_range_km,
+                    end_range_km, max_rate_kmh, charging_mode, latitude, longitude, odometer_km, energy_added_kwh, end_reason)
+             VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, NULL)",
+        )?
+        .execute(params![
+            account_id,
+            vin,
+            s.started_ts,
+            s.start_soc,
+            s.end_soc,
+            s.start_range_km,
+            s.end_range_km,
+            s.max_rate_kmh,
+            s.charging_mode,
+            s.latitude,
+            s.longitude,
+            s.odometer_km,
+            s.energy_added_kwh
+        ])?;
+    }
+    Ok(())
+}
+
+fn record_status(
+    tx: &Transaction<'_>,
+    account_id: i64,
+    f: &StatusFetch,
+    gap_limit: i64,
+) -> rusqlite::Result<StatusRecorded> {
+    let hash = f.parsed.hash.to_vec();
+    tx.prepare_cached(
+        "INSERT INTO status_bodies (body_hash, account_id, vin, first_fetched_ts, body) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (body_hash) DO NOTHING",
+    )?
+    .execute(params![hash, account_id, f.vin, f.fetched_ts, f.body])?;
+    let latest: Option<(i64, Vec<u8>, i64)> = tx
+        .prepare_cached(
+            "SELECT status_id, body_hash, observed_ts FROM vehicle_status WHERE account_id = ?1 AND vin = ?2
+             ORDER BY observed_ts DESC, status_id DESC LIMIT 1",
+        )?
+        .query_row(params![account_id, f.vin], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    if let Some((id, h, _)) = &latest
+        && *h == hash
+    {
+        tx.prepare_cached("UPDATE vehicle_status SET last_fetched_ts = max(last_fetched_ts, ?2) WHERE status_id = ?1")?
+            .execute(params![id, f.fetched_ts])?;
+        return Ok(StatusRecorded {
+            vin: f.vin.clone(),
+            new_observation: false,
+            state: open_state(tx, account_id, &f.vin)?.map(|s| s.state),
+            events: Vec::new(),
+            drive_ended: false,
+        });
+    }
+    let o = &f.parsed.observation;
+    let observed_ts = o.observed_ts.unwrap_or(f.fetched_ts);
+    let before = Before {
+        last_ts: latest.map(|(_, _, t)| t),
+        state: open_state(tx, account_id, &f.vin)?,
+        session: open_session(tx, account_id, &f.vin)?,
+    };
+    let changes = derive::derive(&before, &sample(o, observed_ts), gap_limit);
+    apply_changes(tx, account_id, &f.vin, &changes)?;
+    tx.prepare_cached(
+        "INSERT INTO vehicle_status (account_id, vin, observed_ts, first_fetched_ts, last_fetched_ts, soc, range_km,
+                fuel_pct, fuel_range_km, odometer_km, charging_status, plugged, charging_rate_kmh, charging_mode,
+                charging_remaining_min, latitude, longitude, position_ts, ignition, moving, speed_kmh, outside_temp_c,
+                doors_locked, body_hash)
+         VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+    )?
+    .execute(params![
+        account_id,
+        f.vin,
+        observed_ts,
+        f.fetched_ts,
+        o.soc,
+        o.range_km,
+        o.fuel_pct,
+        o.fuel_range_km,
+        o.odometer_km,
+        o.charging_status,
+        o.plugged,
+        o.charging_rate_kmh,
+        o.charging_mode,
+        o.charging_remaining_min,
+        o.latitude,
+        o.longitude,
+        o.position_ts,
+        o.ignition,
+        o.moving,
+        o.speed_kmh,
+        o.outside_temp_c,
+        o.doors_locked,
+        hash
+    ])?;
+    let after = derive::apply(&before, &changes, observed_ts);
+    Ok(StatusRecorded {
+        vin: f.vin.clone(),
+        new_observation: true,
+        state: after.state.map(|s| s.state),
+        drive_ended: changes.drive_ended(),
+        events: changes.events,
+    })
+}
+
+fn upsert_trip(
+    tx: &Transaction<'_>,
+    account_id: i64,
+    vin: &str,
+    t: &Trip,
+) -> rusqlite::Result<bool> {
+    let n = tx
+        .prepare_cached(
+            "INSERT INTO trips (account_id, vin, trip_id, started_ts, ended_ts, distance_km, duration_s, start_odometer_km,
+                    start_soc, end_soc, electric_consumption, electric_avg_consumption, fuel_consumption, fuel_avg_consumption,
+                    avg_speed_kmh, max_speed_kmh, start_latitude, start_longitude, end_latitude, end_longitude, done, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)
+             ON CONFLICT (account_id, vin, trip_id) DO UPDATE SET started_ts = excluded.started_ts, ended_ts = excluded.ended_ts,
+                    distance_km = excluded.distance_km, duration_s = excluded.duration_s,
+                    start_odometer_km = excluded.start_odometer_km, start_soc = excluded.start_soc, end_soc = excluded.end_soc,
+                    electric_consumption = excluded.electric_consumption,
+                    electric_avg_consumption = excluded.electric_avg_consumption,
+                    fuel_consumption = excluded.fuel_consumption, fuel_avg_consumption = excluded.fuel_avg_consumption,
+                    avg_speed_kmh = excluded.avg_speed_kmh, max_speed_kmh = excluded.max_speed_kmh,
+                    start_latitude = excluded.start_latitude, start_longitude = excluded.start_longitude,
+                    end_latitude = excluded.end_latitude, end_longitude = excluded.end_longitude, done = excluded.done,
+                    data = excluded.data
+             WHERE trips.data IS NOT excluded.data",
+        )?
+        .execute(params![
+            account_id,
+            vin,
+            t.trip_id,
+            t.started_ts,
+            t.ended_ts,
+            t.distance_km,
+            t.duration_s,
+            t.start_odometer_km,
+            t.start_soc,
+            t.end_soc,
+            t.electric_consumption,
+            t.electric_avg_consumption,
+            t.fuel_consumption,
+            t.fuel_avg_consumption,
+            t.avg_speed_kmh,
+            t.max_speed_kmh,
+            t.start_latitude,
+            t.start_longitude,
+            t.end_latitude,
+            t.end_longitude,
+            t.done,
+            t.data
+        ])?;
+    Ok(n > 0)
+}
+
+fn upsert_alert(
+    tx: &Transaction<'_>,
+    account_id: i64,
+    vin: &str,
+    a: &Alert,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO vehicle_alerts (account_id, vin, alert_id, type, severity, active, started_ts, ended_ts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (account_id, vin, alert_id) DO UPDATE SET type = excluded.type, severity = excluded.severity,
+                active = excluded.active, started_ts = excluded.started_ts, ended_ts = excluded.ended_ts",
+    )?
+    .execute(params![account_id, vin, a.alert_id, a.kind, a.severity, a.active, a.started_ts, a.ended_ts])?;
+    Ok(())
+}
+
+fn record_maintenance(
+    tx: &Transaction<'_>,
+    account_id: i64,
+    vin: &str,
+    observed_ts: i64,
+    days: Option<i64>,
+    km: Option<f64>,
+) -> rusqlite::Result<()> {
+    let last: Option<(Option<i64>, Option<f64>)> = tx
+        .prepare_cached(
+            "SELECT days_before, km_before FROM maintenance WHERE account_id = ?1 AND vin = ?2
+             ORDER BY observed_ts DESC, maintenance_id DESC LIMIT 1",
+        )?
+        .query_row(params![account_id, vin], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if last != Some((days, km)) {
+        tx.prepare_cached(
+            "INSERT INTO maintenance (account_id, vin, observed_ts, days_before, km_before) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![account_id, vin, observed_ts, days, km])?;
+    }
+    Ok(())
+}
+
+fn save_book(
+    tx: &Transaction<'_>,
+    account_id: i64,
+    vin: &str,
+    ep: Endpoint,
+    b: &Book,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO telemetry_endpoints (account_id, vin, endpoint, last_attempt_ts, last_success_ts, next_due_ts,
+                unavailable_since_ts, unavailable_reason, consecutive_failures, bookmark)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (account_id, vin, endpoint) DO UPDATE SET last_attempt_ts = excluded.last_attempt_ts,
+                last_success_ts = excluded.last_success_ts, next_due_ts = excluded.next_due_ts,
+                unavailable_since_ts = excluded.unavailable_since_ts, unavailable_reason = excluded.unavailable_reason,
+                consecutive_failures = excluded.consecutive_failures, bookmark = excluded.bookmark",
+    )?
+    .execute(params![
+        account_id,
+        vin,
+        ep.as_str(),
+        b.last_attempt_ts,
+        b.last_success_ts,
+        b.next_due_ts,
+        b.unavailable_since_ts,
+        b.unavailable_reason,
+        b.consecutive_failures,
+        b.bookmark
+    ])?;
+    Ok(())
+}
+
+impl Db {
+    /// The account's vehicles to poll: listed now (`removed_at IS NULL`) and with a VIN.
+    pub fn telemetry_vehicles(&self, account_id: i64) -> Result<Vec<PolledVehicle>, DbError> {
+        let run = || -> rusqlite::Result<Vec<PolledVehicle>> {
+            let mut st = self.conn.prepare_cached(
+                "SELECT vehicle_id, vin FROM vehicles WHERE account_id = ?1 AND removed_at IS NULL AND vin IS NOT NULL
+                 ORDER BY vin",
+            )?;
+            st.query_map([account_id], |r| {
+                Ok(PolledVehicle {
+                    vehicle_id: r.get(0)?,
+                    vin: r.get(1)?,
+                })
+            })?
+            .collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    /// The account's bookkeeping rows and each vehicle's open state: (vin, endpoint, book) and
+    /// (vin, state).
+    pub fn telemetry_books(&self, account_id: i64) -> Result<BooksAndStates, DbError> {
+        let run = || -> rusqlite::Result<_> {
+            let mut st = self.conn.prepare_cached(
+                "SELECT vin, endpoint, last_attempt_ts, last_success_ts, next_due_ts, unavailable_since_ts,
+                        unavailable_reason, consecutive_failures, bookmark
+                 FROM telemetry_endpoints WHERE account_id = ?1",
+            )?;
+            let books = st
+                .query_map([account_id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        Book {
+                            last_attempt_ts: r.get(2)?,
+                            last_success_ts: r.get(3)?,
+                            next_due_ts: r.get(4)?,
+                            unavailable_since_ts: r.get(5)?,
+                            unavailable_reason: r.get(6)?,
+                            consecutive_failures: r.get(7)?,
+                            bookmark: r.get(8)?,
+                        },
+                    ))
+                })?
+                .filter_map(|r| match r {
+                    Ok((vin, ep, b)) => Endpoint::parse(&ep).map(|e| Ok((vin, e, b))),
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut st = self.conn.prepare_cached(
+                "SELECT vin, state FROM vehicle_states WHERE account_id = ?1 AND ended_ts IS NULL",
+            )?;
+            let states = st
+                .query_map([account_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?
+                .filter_map(|r| match r {
+                    Ok((vin, s)) => State::parse(&s).map(|s| Ok((vin, s))),
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((books, states))
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    /// Writes one account's poll round in one transaction; what each status did, in order.
+    pub fn write_telemetry(
+        &mut self,
+        account_id: i64,
+        batch: &Batch,
+        gap_limit: i64,
+    ) -> Result<Vec<StatusRecorded>, DbError> {
+        self.write(|tx| {
+            let mut out = Vec::with_capacity(batch.statuses.len());
+            for f in &batch.statuses {
+                out.push(record_status(tx, account_id, f, gap_limit)?);
+                crate::faultpoint::hit("telemetry_mid_batch");
+            }
+            for (vin, trips) in &batch.trips {
+                for t in trips {
+                    upsert_trip(tx, account_id, vin, t)?;
+                }
+            }
+            for (vin, alerts) in &batch.alerts {
+                for a in alerts {
+                    upsert_alert(tx, account_id, vin, a)?;
+                }
+            }
+            for (vin, ts, days, km) in &batch.maintenance {
+                record_maintenance(tx, account_id, vin, *ts, *days, *km)?;
+            }
+            for (vin, ep, b) in &batch.books {
+                save_book(tx, account_id, vin, *ep, b)?;
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Per vehicle of an account, for `status`: VIN, SoC, observed_ts and last_fetched_ts of the
+/// latest observation, and the endpoints marked unavailable.
+pub fn vehicle_summaries(
+    conn: &rusqlite::Connection,
+    account: &str,
+) -> rusqlite::Result<Vec<VehicleSummary>> {
+    let mut st = conn.prepare(
+        "SELECT v.vin,
+                (SELECT s.soc FROM vehicle_status s WHERE s.account_id = v.account_id AND s.vin = v.vin
+                 ORDER BY s.observed_ts DESC, s.status_id DESC LIMIT 1),
+                (SELECT max(s.observed_ts) FROM vehicle_status s WHERE s.account_id = v.account_id AND s.vin = v.vin),
+                (SELECT max(s.last_fetched_ts) FROM vehicle_status s WHERE s.account_id = v.account_id AND s.vin = v.vin),
+                (SELECT group_concat(e.endpoint, ',') FROM telemetry_endpoints e
+                 WHERE e.account_id = v.account_id AND e.vin = v.vin AND e.unavailable_since_ts IS NOT NULL)
+         FROM vehicles v JOIN accounts a USING (account_id)
+         WHERE a.name = ?1 AND v.removed_at IS NULL AND v.vin IS NOT NULL ORDER BY v.vin",
+    )?;
+    st.query_map([account], |r| {
+        let un: Option<String> = r.get(4)?;
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            un.map(|u| u.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
+        ))
+    })?
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::status;
+    use serde_json::json;
+
+    fn db() -> (tempfile::TempDir, Db, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        let id = db.account_id("a", "peugeot").unwrap();
+        (dir, db, id)
+    }
+
+    fn fetch(vin: &str, at: i64, body: serde_json::Value) -> StatusFetch {
+        let text = body.to_string();
+        StatusFetch {
+            vin: vin.into(),
+            fetched_ts: at,
+            parsed: status::parse(text.as_bytes()).unwrap(),
+            body: text,
+        }
+    }
+
+    fn body(ts: &str, soc: f64, status: &str) -> serde_json::Value {
+        json!({"createdAt": ts, "energies": [{"createdAt": ts, "type": "Electric", "level": soc, "autonomy": 100,
+               "extension": {"electric": {"battery": {"load": {"capacity": 40000}}, "charging": {"status": status, "plugged": true, "chargingRate": 12}}}}]})
+    }
+
+    fn count(db: &Db, sql: &str) -> i64 {
+        db.conn().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn identical_polls_move_last_fetched_only_and_sessions_follow() {
+        let (_d, mut db, id) = db();
+        let one = |db: &mut Db, f: StatusFetch| {
+            db.write_telemetry(
+                id,
+                &Batch {
+                    statuses: vec![f],
+                    ..Batch::default()
+                },
+                3600,
+            )
+            .unwrap()
+            .remove(0)
+        };
+        let r = one(
+            &mut db,
+            fetch("V1", 100, body("2026-01-01T00:00:00Z", 20.0, "InProgress")),
+        );
+        assert!(r.new_observation);
+        assert_eq!(r.state, Some(State::Charging));
+        let r = one(
+            &mut db,
+            fetch("V1", 160, body("2026-01-01T00:00:00Z", 20.0, "InProgress")),
+        );
+        assert!(!r.new_observation);
+        assert_eq!(count(&db, "SELECT count(*) FROM vehicle_status"), 1);
+        assert_eq!(
+            count(&db, "SELECT last_fetched_ts FROM vehicle_status"),
+            160
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM status_bodies"), 1);
+        one(
+            &mut db,
+            fetch("V1", 220, body("2026-01-01T00:10:00Z", 30.0, "InProgress")),
+        );
+        one(
+            &mut db,
+            fetch("V1", 280, body("2026-01-01T00:20:00Z", 45.0, "Finished")),
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM vehicle_status"), 3);
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM charging_sessions WHERE ended_ts IS NOT NULL"
+            ),
+            1
+        );
+        let (reason, kwh): (String, f64) = db
+            .conn()
+            .query_row(
+                "SELECT end_reason, energy_added_kwh FROM charging_sessions",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(reason, "finished");
+        assert!((kwh - 10.0).abs() < 1e-9, "40 kWh × 25 % = {kwh}");
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM vehicle_states WHERE ended_ts IS NULL"
+            ),
+            1
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM vehicle_states"), 2);
+    }
+
+    #[test]
+    fn a_new_connection_continues_the_open_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        {
+            let mut db = Db::open(&path).unwrap();
+            let id = db.account_id("a", "peugeot").unwrap();
+            let b = Batch {
+                statuses: vec![fetch(
+                    "V1",
+                    1,
+                    body("2026-01-01T00:00:00Z", 20.0, "InProgress"),
+                )],
+                ..Batch::default()
+            };
+            db.write_telemetry(id, &b, 3600).unwrap();
+        }
+        let mut db = Db::open(&path).unwrap();
+        let id = db.account_id("a", "peugeot").unwrap();
+        let b = Batch {
+            statuses: vec![fetch(
+                "V1",
+                2,
+                body("2026-01-01T00:05:00Z", 25.0, "InProgress"),
+            )],
+            ..Batch::default()
+        };
+        db.write_telemetry(id, &b, 3600).unwrap();
+        assert_eq!(count(&db, "SELECT count(*) FROM charging_sessions"), 1);
+        assert_eq!(
+            count(
+                &db,
+                "SELECT CAST(end_soc AS INTEGER) FROM charging_sessions WHERE ended_ts IS NULL"
+            ),
+            25
+        );
+    }
+
+    #[test]
+    fn maintenance_rows_only_on_change_and_books_round_trip() {
+        let (_d, mut db, id) = db();
+        let book = Book {
+            next_due_ts: Some(42),
+            bookmark: Some("2026-01-01T00:00:00Z".into()),
+            ..Book::default()
+        };
+        let b = Batch {
+            maintenance: vec![
+                ("V1".into(), 1, Some(100), Some(2000.0)),
+                ("V1".into(), 2, Some(100), Some(2000.0)),
+            ],
+            books: vec![("V1".into(), Endpoint::Trips, book.clone())],
+            ..Batch::default()
+        };
+        db.write_telemetry(id, &b, 3600).unwrap();
+        let b = Batch {
+            maintenance: vec![("V1".into(), 3, Some(99), Some(2000.0))],
+            ..Batch::default()
+        };
+        db.write_telemetry(id, &b, 3600).unwrap();
+        assert_eq!(count(&db, "SELECT count(*) FROM maintenance"), 2);
+        let (books, _) = db.telemetry_books(id).unwrap();
+        assert_eq!(books, vec![("V1".to_owned(), Endpoint::Trips, book)]);
+    }
+}

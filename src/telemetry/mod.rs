@@ -1,0 +1,1063 @@
+//! Vehicle telemetry: what the cars do, polled per vehicle from `/status`, `/trips`, `/alerts`
+//! and `/maintenance` (never a wake-up, never `lastPosition`/`telemetry`/`collisions`), stored
+//! as typed time series, charging sessions and state intervals.
+//!
+//! [`Telemetry`] is the runner the daemon uses: [`Telemetry::run_due`] polls what is due (per
+//! vehicle and endpoint, from `schedule`, with the bookkeeping persisted in
+//! `telemetry_endpoints`), at most `max_concurrent_vehicles` vehicles at a time, and writes each
+//! account's round in one transaction (`store::telemetry`). [`Telemetry::run_once_pass`] is the
+//! `--once` variant: a status poll of every current vehicle, the rest when due. [`spawn`] runs
+//! `run_due` in the background until cancelled. The vehicles are those the list pass recorded
+//! as current (`vehicles.removed_at IS NULL`, with a VIN): one that leaves the list is no longer
+//! polled. A vehicle's failure never fails its account: 403/404 mark the endpoint unavailable
+//! (backed off), other failures retry at the next interval; only a database write error is
+//! reported as such.
+//!
+//! Submodules: `status` (the body → observation and hash), `derive` (observations → states and
+//! charging sessions), `schedule` (due times, the budget), `records` (trips, alerts,
+//! maintenance items), `config` (the `[telemetry]` section).
+
+pub mod config;
+pub mod derive;
+pub mod records;
+pub mod schedule;
+pub mod status;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ApiError;
+use crate::api::telemetry::TelemetryError;
+use crate::auth::AuthError;
+use crate::config::{Account, Config};
+use crate::store::telemetry::{Batch, Book, PolledVehicle, StatusFetch};
+use crate::store::{Db, DbError};
+use crate::sync::Engine;
+use config::Settings;
+use derive::{Event, State};
+use schedule::{Endpoint, Outcome};
+
+/// The current Unix time in seconds (the one clock read of the runner, outside decisions).
+pub fn now_ts() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetrySummary {
+    /// Requests sent.
+    pub requests: usize,
+    pub statuses: usize,
+    pub new_observations: usize,
+    pub unchanged: usize,
+    pub trips: usize,
+    /// Endpoints newly or still unavailable (403/404) this round.
+    pub unavailable: usize,
+    /// Requests that failed for another reason (retried at the next interval).
+    pub failures: usize,
+    /// A database write failed (exit 74 for `--once`).
+    pub local_io: Option<String>,
+    /// Charges and drives, as (account, vin, event), for the logs and the demo.
+    pub events: Vec<(String, String, Event)>,
+    /// The earliest next due time of any polled endpoint.
+    pub next_due: Option<i64>,
+}
+
+impl TelemetrySummary {
+    fn merge(&mut self, o: TelemetrySummary) {
+        self.requests += o.requests;
+        self.statuses += o.statuses;
+        self.new_observations += o.new_observations;
+        self.unchanged += o.unchanged;
+        self.trips += o.trips;
+        self.unavailable += o.unavailable;
+        self.failures += o.failures;
+        self.local_io = self.local_io.take().or(o.local_io);
+        self.events.extend(o.events);
+        self.next_due = match (self.next_due, o.next_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// One line for the logs.
+    pub fn line(&self) -> String {
+        format!(
+            "telemetry: {} requests, {} statuses ({} new, {} unchanged), {} trips, {} unavailable, {} failed",
+            self.requests,
+            self.statuses,
+            self.new_observations,
+            self.unchanged,
+            self.trips,
+            self.unavailable,
+            self.failures
+        )
+    }
+}
+
+/// List-pass requests a day for `accounts` accounts at this cron schedule (one page each).
+pub fn list_requests_per_day(schedule: &str, accounts: usize) -> f64 {
+    let Ok(cron) = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(schedule)
+    else {
+        return 0.0;
+    };
+    let start = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default(); // 2026-01-01
+    let end = start + chrono::Duration::days(1);
+    let passes = cron
+        .iter_after(start)
+        .take_while(|t| *t <= end)
+        .take(86_401)
+        .count();
+    passes as f64 * accounts as f64
+}
+
+/// The projection `status` and `check-config` print, per app client id: (client id, projection).
+pub fn projections(
+    cfg: &Config,
+    vehicles: &HashMap<String, usize>,
+) -> Vec<(String, schedule::Projection)> {
+    let mut by_client: HashMap<&str, (usize, usize)> = HashMap::new();
+    for a in &cfg.accounts {
+        let e = by_client.entry(a.client_id.as_str()).or_default();
+        e.0 += 1;
+        e.1 += vehicles.get(&a.name).copied().unwrap_or(0);
+    }
+    let mut out: Vec<_> = by_client
+        .into_iter()
+        .map(|(client, (accounts, n))| {
+            let list = list_requests_per_day(&cfg.schedule, accounts);
+            let p = schedule::projection(
+                &cfg.telemetry.intervals,
+                cfg.telemetry.daily_request_budget,
+                n,
+                list,
+            );
+            (client.to_owned(), p)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The runner.
+pub struct Telemetry {
+    settings: Settings,
+    engine: Arc<Engine>,
+    accounts: Vec<Account>,
+    /// List requests a day per client id.
+    list_per_day: HashMap<String, f64>,
+}
+
+/// One vehicle's planned work.
+struct Work {
+    vehicle: PolledVehicle,
+    due: Vec<Endpoint>,
+    books: HashMap<Endpoint, Book>,
+    state: Option<State>,
+}
+
+/// What one vehicle's requests produced.
+#[derive(Default)]
+struct VehicleResult {
+    requests: usize,
+    status: Option<StatusFetch>,
+    trips: Option<Vec<records::Trip>>,
+    alerts: Option<Vec<records::Alert>>,
+    maintenance: Option<(i64, Option<i64>, Option<f64>)>,
+    outcomes: Vec<(Endpoint, Outcome, Option<String>)>,
+    new_bookmark: Option<String>,
+}
+
+impl Telemetry {
+    /// The runner for a configuration, sharing the engine's API client, tokens and database.
+    pub fn new(cfg: &Config, engine: Arc<Engine>) -> Telemetry {
+        let mut accounts_per_client: HashMap<String, usize> = HashMap::new();
+        for a in &cfg.accounts {
+            *accounts_per_client.entry(a.client_id.clone()).or_default() += 1;
+        }
+        let list_per_day = accounts_per_client
+            .into_iter()
+            .map(|(c, n)| (c, list_requests_per_day(&cfg.schedule, n)))
+            .collect();
+        Telemetry {
+            settings: cfg.telemetry.clone(),
+            engine,
+            accounts: cfg.accounts.clone(),
+            list_per_day,
+        }
+    }
+
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Db) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
+        let db = self.engine.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = db.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("database task failed: {e}"))
+    }
+
+    /// Polls every endpoint that is due at `now` (Unix seconds).
+    pub async fn run_due(&self, now: i64, stop: CancellationToken) -> TelemetrySummary {
+        self.run(now, stop, false).await
+    }
+
+    /// `--once`: one status poll of every current vehicle, and trips, alerts and maintenance
+    /// where their persisted bookkeeping says they are due.
+    pub async fn run_once_pass(&self, now: i64, stop: CancellationToken) -> TelemetrySummary {
+        self.run(now, stop, true).await
+    }
+
+    async fn run(&self, now: i64, stop: CancellationToken, all_status: bool) -> TelemetrySummary {
+        let mut total = TelemetrySummary::default();
+        if !self.settings.enabled {
+            return total;
+        }
+        // Load every account's vehicles, books and states.
+        let mut plans = Vec::new();
+        for a in &self.accounts {
+            let (name, brand) = (a.name.clone(), a.brand.key().to_owned());
+            let loaded = self
+                .db(move |db| {
+                    let id = db.account_id(&name, &brand)?;
+                    let vehicles = db.telemetry_vehicles(id)?;
+                    let (books, states) = db.telemetry_books(id)?;
+                    Ok((id, vehicles, books, states))
+                })
+                .await;
+            match loaded {
+                Ok(l) => plans.push((a.clone(), l)),
+                Err(e) => {
+                    tracing::error!(account = %a.name, "telemetry: cannot read the database: {e}");
+                    total.local_io = Some(e.to_string());
+                    return total;
+                }
+            }
+        }
+        // The budget: per client id, from the vehicles' current states.
+        let mut mix: HashMap<String, (usize, usize)> = HashMap::new();
+        for (a, (_, vehicles, _, states)) in &plans {
+            let active: HashSet<&str> = states
+                .iter()
+                .filter(|(_, s)| s.is_active())
+                .map(|(v, _)| v.as_str())
+                .collect();
+            let e = mix.entry(a.client_id.clone()).or_default();
+            for v in vehicles {
+                if active.contains(v.vin.as_str()) {
+                    e.0 += 1;
+                } else {
+                    e.1 += 1;
+                }
+            }
+        }
+        let stretch: HashMap<String, f64> = mix
+            .into_iter()
+            .map(|(c, (act, park))| {
+                let list = self.list_per_day.get(&c).copied().unwrap_or(0.0);
+                let k = schedule::stretch(
+                    &self.settings.intervals,
+                    self.settings.daily_request_budget,
+                    list,
+                    act,
+                    park,
+                );
+                (c, k)
+            })
+            .collect();
+        let sem = Arc::new(Semaphore::new(self.settings.max_concurrent_vehicles.max(1)));
+        let mut set = tokio::task::JoinSet::new();
+        for (a, (account_id, vehicles, books, states)) in plans {
+            let k = stretch.get(&a.client_id).copied().unwrap_or(1.0);
+            let mut by_vin: HashMap<String, HashMap<Endpoint, Book>> = HashMap::new();
+            for (vin, ep, b) in books {
+                by_vin.entry(vin).or_default().insert(ep, b);
+            }
+            let states: HashMap<String, State> = states.into_iter().collect();
+            let mut work = Vec::new();
+            let mut next_due: Option<i64> = None;
+            for v in vehicles {
+                let books = by_vin.remove(&v.vin).unwrap_or_default();
+                let due: Vec<Endpoint> = Endpoint::ALL
+                    .into_iter()
+                    .filter(|ep| {
+                        let d = books.get(ep).and_then(|b| b.next_due_ts);
+                        (all_status && *ep == Endpoint::Status) || d.is_none_or(|d| d <= now)
+                    })
+                    .collect();
+                for ep in Endpoint::ALL {
+                    if !due.contains(&ep)
+                        && let Some(d) = books.get(&ep).and_then(|b| b.next_due_ts)
+                    {
+                        next_due = Some(next_due.map_or(d, |n| n.min(d)));
+                    }
+                }
+                if !due.is_empty() {
+                    let state = states.get(&v.vin).copied();
+                    work.push(Work {
+                        vehicle: v,
+                        due,
+                        books,
+                        state,
+                    });
+                }
+            }
+            total.next_due = match (total.next_due, next_due) {
+                (Some(x), Some(y)) => Some(x.min(y)),
+                (x, y) => x.or(y),
+            };
+            if work.is_empty() {
+                continue;
+            }
+            if stop.is_cancelled() {
+                break;
+            }
+            let this = TelemetryAccount {
+                settings: self.settings.clone(),
+                engine: self.engine.clone(),
+                account: a,
+                account_id,
+                stretch: k,
+            };
+            let sem = sem.clone();
+            let stop = stop.clone();
+            set.spawn(async move { this.poll(now, work, sem, stop).await });
+        }
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(s) => total.merge(s),
+                Err(e) => tracing::error!("a telemetry task failed: {e}"),
+            }
+        }
+        for (account, vin, e) in &total.events {
+            match e {
+                Event::ChargeStarted { soc } => {
+                    tracing::info!(account = %account, vin = %vin, soc = ?soc, "charge started");
+                }
+                Event::ChargeEnded {
+                    reason,
+                    start_soc,
+                    end_soc,
+                } => {
+                    tracing::info!(account = %account, vin = %vin, reason = %reason, start_soc = ?start_soc, end_soc = ?end_soc, "charge ended");
+                }
+                Event::DriveEnded => tracing::info!(account = %account, vin = %vin, "drive ended"),
+            }
+        }
+        if total.requests > 0 {
+            tracing::debug!("{}", total.line());
+        }
+        total
+    }
+}
+
+/// One account's round.
+struct TelemetryAccount {
+    settings: Settings,
+    engine: Arc<Engine>,
+    account: Account,
+    account_id: i64,
+    stretch: f64,
+}
+
+impl TelemetryAccount {
+    async fn poll(
+        self,
+        now: i64,
+        work: Vec<Work>,
+        sem: Arc<Semaphore>,
+        stop: CancellationToken,
+    ) -> TelemetrySummary {
+        let mut summary = TelemetrySummary::default();
+        let token = match self.engine.tokens.access_token(&self.account).await {
+            Ok(t) => t,
+            Err(e) => {
+                // The list pass reports the account's token problems; telemetry waits.
+                tracing::debug!(account = %self.account.name, "telemetry skipped: {e}");
+                summary.failures += work.len();
+                return summary;
+            }
+        };
+        let this = Arc::new(self);
+        let token = Arc::new(tokio::sync::Mutex::new(token));
+        let mut set = tokio::task::JoinSet::new();
+        let mut plans = Vec::new();
+        for (i, w) in work.into_iter().enumerate() {
+            let permit = tokio::select! {
+                p = sem.clone().acquire_owned() => p,
+                () = stop.cancelled() => break,
+            };
+            let Ok(permit) = permit else { break };
+            let (this, token) = (this.clone(), token.clone());
+            let (vehicle, due, bookmark) = (
+                w.vehicle.clone(),
+                w.due.clone(),
+                w.books
+                    .get(&Endpoint::Trips)
+                    .and_then(|b| b.bookmark.clone()),
+            );
+            set.spawn(async move {
+                let r = this.vehicle(now, &vehicle, &due, bookmark, &token).await;
+                drop(permit);
+                (i, r)
+            });
+            plans.push(w);
+        }
+        let mut results: Vec<Option<VehicleResult>> = (0..plans.len()).map(|_| None).collect();
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok((i, res)) => results[i] = Some(res),
+                Err(e) => tracing::error!("a vehicle's telemetry task failed: {e}"),
+            }
+        }
+        // One transaction for the account's round.
+        let iv = this.settings.intervals;
+        let mut batch = Batch::default();
+        for (w, r) in plans.iter().zip(results) {
+            let Some(r) = r else { continue };
+            let vin = w.vehicle.vin.clone();
+            summary.requests += r.requests;
+            // The state after this round: the new observation's, else the stored one.
+            let prev = w.state;
+            let state = r
+                .status
+                .as_ref()
+                .map(|f| {
+                    let o = &f.parsed.observation;
+                    derive_state(o)
+                })
+                .or(prev);
+            let active = state.is_some_and(State::is_active);
+            let drive_ended =
+                prev == Some(State::Driving) && state.is_some_and(|s| s != State::Driving);
+            let mut books = w.books.clone();
+            for (ep, outcome, reason) in &r.outcomes {
+                let b = books.entry(*ep).or_default();
+                b.last_attempt_ts = Some(now);
+                match outcome {
+                    Outcome::Ok => {
+                        b.last_success_ts = Some(now);
+                        b.unavailable_since_ts = None;
+                        b.unavailable_reason = None;
+                        b.consecutive_failures = 0;
+                    }
+                    Outcome::Unavailable => {
+                        b.unavailable_since_ts = b.unavailable_since_ts.or(Some(now));
+                        b.unavailable_reason = reason.clone();
+                        summary.unavailable += 1;
+                    }
+                    Outcome::Failed => {
+                        b.consecutive_failures += 1;
+                        summary.failures += 1;
+                    }
+                }
+                b.next_due_ts = Some(schedule::next_due(
+                    *ep,
+                    *outcome,
+                    now,
+                    active,
+                    &iv,
+                    this.stretch,
+                ));
+                if *ep == Endpoint::Trips && r.new_bookmark.is_some() {
+                    b.bookmark = r.new_bookmark.clone();
+                }
+            }
+            if drive_ended {
+                // The trip is worth fetching now (next round), not at the safety interval.
+                let b = books.entry(Endpoint::Trips).or_default();
+                if b.unavailable_since_ts.is_none() {
+                    b.next_due_ts = Some(now);
+                }
+            }
+            // A state change to active brings the next status poll forward.
+            if let Some(b) = books.get_mut(&Endpoint::Status)
+                && let Some(d) = b.next_due_ts
+                && b.unavailable_since_ts.is_none()
+            {
+                b.next_due_ts = Some(schedule::status_due_after_change(
+                    d,
+                    now,
+                    active,
+                    &iv,
+                    this.stretch,
+                ));
+            }
+            for (ep, b) in books {
+                if w.books.get(&ep) != Some(&b) {
+                    if let Some(d) = b.next_due_ts {
+                        summary.next_due = Some(summary.next_due.map_or(d, |n| n.min(d)));
+                    }
+                    batch.books.push((vin.clone(), ep, b));
+                }
+            }
+            if let Some(f) = r.status {
+                batch.statuses.push(f);
+            }
+            if let Some(t) = r.trips {
+                summary.trips += t.len();
+                batch.trips.push((vin.clone(), t));
+            }
+            if let Some(a) = r.alerts {
+                batch.alerts.push((vin.clone(), a));
+            }
+            if let Some((ts, d, km)) = r.maintenance {
+                batch.maintenance.push((vin.clone(), ts, d, km));
+            }
+        }
+        summary.statuses = batch.statuses.len();
+        let account_id = this.account_id;
+        let gap = this.settings.gap_limit;
+        let db = this.engine.db.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut g = db.lock().unwrap_or_else(|e| e.into_inner());
+            g.write_telemetry(account_id, &batch, gap)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("database task failed: {e}"));
+        match written {
+            Ok(recorded) => {
+                for r in recorded {
+                    if r.new_observation {
+                        summary.new_observations += 1;
+                    } else {
+                        summary.unchanged += 1;
+                    }
+                    for e in r.events {
+                        summary
+                            .events
+                            .push((this.account.name.clone(), r.vin.clone(), e));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(account = %this.account.name, "telemetry: cannot record: {e}");
+                summary.local_io = Some(e.to_string());
+            }
+        }
+        summary
+    }
+
+    /// A request with the account's token; one refresh and retry after a 401.
+    async fn with_token<T, F, Fut>(
+        &self,
+        token: &tokio::sync::Mutex<SecretString>,
+        mut f: F,
+    ) -> Result<T, TelemetryError>
+    where
+        F: FnMut(SecretString) -> Fut,
+        Fut: std::future::Future<Output = Result<T, TelemetryError>>,
+    {
+        let current = token.lock().await.clone();
+        match f(current.clone()).await {
+            Err(TelemetryError::Api(ApiError::Unauthorized(m))) => {
+                tracing::info!(account = %self.account.name, "telemetry: access token refused ({m}); refreshing once");
+                let fresh = self
+                    .engine
+                    .tokens
+                    .after_rejection(&self.account, &current)
+                    .await
+                    .map_err(|e: AuthError| {
+                        TelemetryError::Api(ApiError::Unauthorized(e.to_string()))
+                    })?;
+                *token.lock().await = fresh.clone();
+                f(fresh).await
+            }
+            other => other,
+        }
+    }
+
+    fn outcome(
+        &self,
+        vin: &str,
+        ep: Endpoint,
+        e: &TelemetryError,
+    ) -> (Endpoint, Outcome, Option<String>) {
+        match e {
+            TelemetryError::Unavailable { .. } => {
+                tracing::info!(account = %self.account.name, vin, endpoint = ep.as_str(), "{e}; backing off");
+                (
+                    ep,
+                    Outcome::Unavailable,
+                    Some(e.to_string().chars().take(200).collect()),
+                )
+            }
+            TelemetryError::Api(api) => {
+                if let ApiError::RateLimited { retry_after, .. } = api {
+                    self.engine
+                        .api
+                        .limits()
+                        .cooldown(retry_after.unwrap_or(Duration::from_secs(60)));
+                }
+                tracing::warn!(account = %self.account.name, vin, endpoint = ep.as_str(), kind = %e.kind(), "telemetry request failed: {e}");
+                (ep, Outcome::Failed, None)
+            }
+        }
+    }
+
+    async fn vehicle(
+        &self,
+        now: i64,
+        v: &PolledVehicle,
+        due: &[Endpoint],
+        bookmark: Option<String>,
+        token: &tokio::sync::Mutex<SecretString>,
+    ) -> VehicleResult {
+        let api = &self.engine.api;
+        let a = &self.account;
+        let mut r = VehicleResult::default();
+        for ep in due {
+            match ep {
+                Endpoint::Status => {
+                    r.requests += 1;
+                    let got = self
+                        .with_token(token, |t| async move {
+                            api.get_status(a, &v.vehicle_id, &t).await
+                        })
+                        .await;
+                    match got.and_then(|body| {
+                        let parsed = status::parse(&body)
+                            .map_err(|e| TelemetryError::Api(ApiError::Malformed(e.to_string())))?;
+                        Ok((body, parsed))
+                    }) {
+                        Ok((body, parsed)) => {
+                            r.status = Some(StatusFetch {
+                                vin: v.vin.clone(),
+                                fetched_ts: now,
+                                body: String::from_utf8_lossy(&body).into_owned(),
+                                parsed,
+                            });
+                            r.outcomes.push((*ep, Outcome::Ok, None));
+                        }
+                        Err(e) => r.outcomes.push(self.outcome(&v.vin, *ep, &e)),
+                    }
+                }
+                Endpoint::Trips => {
+                    let mut url = api.trips_url(a, &v.vehicle_id, bookmark.as_deref());
+                    let mut trips = Vec::new();
+                    let mut failed = None;
+                    for _page in 0..50 {
+                        r.requests += 1;
+                        let u = url.clone();
+                        match self
+                            .with_token(token, |t| {
+                                let u = u.clone();
+                                async move { api.get_trips_page(a, &u, &t).await }
+                            })
+                            .await
+                        {
+                            Ok(page) => {
+                                trips.extend(page.items.iter().filter_map(records::trip));
+                                match page.next.map(|n| api.telemetry_next_url(a, &n)) {
+                                    Some(Ok(n)) => url = n,
+                                    Some(Err(e)) => {
+                                        failed = Some(e);
+                                        break;
+                                    }
+                                    None => break,
+                                }
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    match failed {
+                        None => {
+                            r.new_bookmark = trips_bookmark(&trips).or(bookmark.clone());
+                            r.trips = Some(trips);
+                            r.outcomes.push((*ep, Outcome::Ok, None));
+                        }
+                        Some(e) => {
+                            // Pages already read are kept; the bookmark stays, so they are read again.
+                            r.trips = Some(trips);
+                            r.outcomes.push(self.outcome(&v.vin, *ep, &e));
+                        }
+                    }
+                }
+                Endpoint::Alerts => {
+                    let mut url = api.alerts_url(a, &v.vehicle_id);
+                    let mut alerts = Vec::new();
+                    let mut failed = None;
+                    for _page in 0..20 {
+                        r.requests += 1;
+                        let u = url.clone();
+                        match self
+                            .with_token(token, |t| {
+                                let u = u.clone();
+                                async move { api.get_alerts_page(a, &u, &t).await }
+                            })
+                            .await
+                        {
+                            Ok(page) => {
+                                alerts.extend(page.items.iter().filter_map(records::alert));
+                                match page.next.map(|n| api.telemetry_next_url(a, &n)) {
+                                    Some(Ok(n)) => url = n,
+                                    Some(Err(e)) => {
+                                        failed = Some(e);
+                                        break;
+                                    }
+                                    None => break,
+                                }
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    r.alerts = Some(alerts);
+                    match failed {
+                        None => r.outcomes.push((*ep, Outcome::Ok, None)),
+                        Some(e) => r.outcomes.push(self.outcome(&v.vin, *ep, &e)),
+                    }
+                }
+                Endpoint::Maintenance => {
+                    r.requests += 1;
+                    match self
+                        .with_token(token, |t| async move {
+                            api.get_maintenance(a, &v.vehicle_id, &t).await
+                        })
+                        .await
+                    {
+                        Ok(m) => {
+                            let (days, km) = records::maintenance(&m);
+                            let ts = ["updatedAt", "createdAt"]
+                                .iter()
+                                .find_map(|k| {
+                                    m.get(k)
+                                        .and_then(serde_json::Value::as_str)
+                                        .and_then(status::ts)
+                                })
+                                .unwrap_or(now);
+                            r.maintenance = Some((ts, days, km));
+                            r.outcomes.push((*ep, Outcome::Ok, None));
+                        }
+                        Err(e) => r.outcomes.push(self.outcome(&v.vin, *ep, &e)),
+                    }
+                }
+            }
+        }
+        r
+    }
+}
+
+/// The state an observation shows (what derive opens for it).
+fn derive_state(o: &status::Observation) -> State {
+    derive::Sample {
+        moving: o.moving,
+        charging_status: o.charging_status.clone(),
+        ignition: o.ignition.clone(),
+        ..derive::Sample::default()
+    }
+    .state()
+}
+
+/// The next `/trips` bookmark: just after the newest finished trip's start, but no later than
+/// the start of a trip still in progress (so its final form is fetched too).
+fn trips_bookmark(trips: &[records::Trip]) -> Option<String> {
+    let done_max = trips
+        .iter()
+        .filter(|t| t.done != Some(false))
+        .map(|t| t.started_ts + 1)
+        .max();
+    let open_min = trips
+        .iter()
+        .filter(|t| t.done == Some(false))
+        .map(|t| t.started_ts)
+        .min();
+    let b = match (done_max, open_min) {
+        (Some(d), Some(o)) => d.min(o),
+        (d, o) => d.or(o)?,
+    };
+    chrono::DateTime::from_timestamp(b, 0).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+/// Runs [`Telemetry::run_due`] in the background until `stop`: one round at a time, started
+/// when something is due (checked every second, and the database re-read at least every five
+/// seconds so vehicles the list pass adds or removes are followed). Returns `None` when
+/// telemetry is disabled.
+pub fn spawn(
+    cfg: &Config,
+    engine: Arc<Engine>,
+    stop: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if !cfg.telemetry.enabled {
+        return None;
+    }
+    let t = Telemetry::new(cfg, engine);
+    Some(tokio::spawn(async move {
+        let mut next_due: Option<i64> = None;
+        let mut last_load = i64::MIN;
+        loop {
+            let now = now_ts();
+            if next_due.is_none_or(|d| d <= now) || now - last_load >= 5 {
+                let s = t.run_due(now, stop.clone()).await;
+                last_load = now;
+                next_due = s.next_due;
+                if s.requests > 0 {
+                    tracing::info!("{}", s.line());
+                }
+            }
+            if stop.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+    }))
+}
+
+/// The daemon's background telemetry: started with the daemon, restarted on reload, stopped
+/// at shutdown.
+pub struct Background {
+    stop: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts polling (nothing when `[telemetry] enabled = false`).
+    pub fn start(cfg: &Config, engine: Arc<Engine>) -> Background {
+        let stop = CancellationToken::new();
+        let handle = spawn(cfg, engine, stop.clone());
+        Background { stop, handle }
+    }
+
+    /// After a reload: the running round finishes, the next ones use the new configuration.
+    pub fn restart(&mut self, cfg: &Config, engine: Arc<Engine>) {
+        self.stop.cancel();
+        *self = Background::start(cfg, engine);
+    }
+
+    /// Stops starting new vehicles and waits up to `timeout` for the round in flight.
+    pub async fn shutdown(self, timeout: Duration) {
+        self.stop.cancel();
+        if let Some(h) = self.handle {
+            let abort = h.abort_handle();
+            if tokio::time::timeout(timeout, h).await.is_err() {
+                tracing::warn!(
+                    "the telemetry round did not finish within {timeout:?}; abandoning it"
+                );
+                abort.abort();
+            }
+        }
+    }
+}
+
+/// `--once` after the list pass: one telemetry round ([`Telemetry::run_once_pass`]); returns
+/// the exit code, which telemetry changes only when the database could not be written (74,
+/// unless the list pass already asks for re-authorization, 77).
+pub async fn after_once(cfg: &Config, engine: Arc<Engine>, list_code: u8) -> u8 {
+    if !cfg.telemetry.enabled {
+        return list_code;
+    }
+    let s = Telemetry::new(cfg, engine)
+        .run_once_pass(now_ts(), CancellationToken::new())
+        .await;
+    tracing::info!("{}", s.line());
+    once_exit_code(list_code, &s)
+}
+
+/// The `--once` exit code with the telemetry round's result.
+pub fn once_exit_code(list_code: u8, s: &TelemetrySummary) -> u8 {
+    if s.local_io.is_some() && list_code != crate::exit::NOPERM {
+        crate::exit::IOERR
+    } else {
+        list_code
+    }
+}
+
+/// The projection lines `check-config` prints: with the vehicles the database knows (if it
+/// exists), per app client id.
+pub fn projection_lines(cfg: &Config) -> String {
+    use std::fmt::Write as _;
+    if !cfg.telemetry.enabled {
+        return "telemetry: disabled (only the vehicle list is polled)\n".into();
+    }
+    let conn = cfg
+        .database
+        .exists()
+        .then(|| crate::store::open_read_only(&cfg.database).ok())
+        .flatten();
+    let mut counts = HashMap::new();
+    for a in &cfg.accounts {
+        let n = conn
+            .as_ref()
+            .and_then(|c| crate::store::telemetry::vehicle_summaries(c, &a.name).ok())
+            .map_or(0, |v| v.len());
+        counts.insert(a.name.clone(), n);
+    }
+    let mut out = String::new();
+    for (client, p) in projections(cfg, &counts) {
+        let _ = writeln!(out, "{p} [{client}]");
+    }
+    out
+}
+
+/// What the demo has already printed.
+#[derive(Default)]
+pub struct DemoSeen {
+    inner: std::sync::Mutex<(HashSet<i64>, HashSet<i64>, i64)>,
+}
+
+/// New charges (started, ended) and trips since the last call, one line each, for the demo.
+pub fn demo_lines(conn: &rusqlite::Connection, seen: &DemoSeen) -> Vec<String> {
+    let mut g = seen.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let (started, ended, trips_rowid) = &mut *g;
+    let mut out = Vec::new();
+    type Row = (
+        i64,
+        String,
+        Option<i64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = conn
+        .prepare(
+            "SELECT session_id, vin, ended_ts, start_soc, end_soc, energy_added_kwh, end_reason FROM charging_sessions
+             ORDER BY session_id DESC LIMIT 50",
+        )
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
+                .collect()
+        })
+        .unwrap_or_default();
+    let pct = |x: Option<f64>| x.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}%"));
+    for (id, vin, ended_ts, s0, s1, kwh, reason) in rows.into_iter().rev() {
+        if started.insert(id) {
+            out.push(format!("{vin} charge started at {}", pct(s0)));
+        }
+        if ended_ts.is_some() && ended.insert(id) {
+            let kwh = kwh.map(|k| format!(", {k:.1} kWh")).unwrap_or_default();
+            out.push(format!(
+                "{vin} charge ended ({}): {} → {}{kwh}",
+                reason.unwrap_or_default(),
+                pct(s0),
+                pct(s1)
+            ));
+        }
+    }
+    let trips: Vec<(i64, String, Option<f64>, Option<i64>)> = conn
+        .prepare("SELECT rowid, vin, distance_km, duration_s FROM trips WHERE rowid > ?1 ORDER BY rowid LIMIT 50")
+        .and_then(|mut st| st.query_map([*trips_rowid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect())
+        .unwrap_or_default();
+    for (rowid, vin, km, secs) in trips {
+        *trips_rowid = rowid;
+        out.push(format!(
+            "{vin} trip {:.1} km in {} min",
+            km.unwrap_or(0.0),
+            secs.unwrap_or(0) / 60
+        ));
+    }
+    out
+}
+
+/// The `status` lines: per vehicle SoC, data age and unavailable endpoints, and the projection.
+pub fn status_lines(conn: &rusqlite::Connection, cfg: &Config) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if !cfg.telemetry.enabled {
+        let _ = writeln!(out, "\ntelemetry: disabled ([telemetry] enabled = false)");
+        return out;
+    }
+    let now = now_ts();
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:<17} {:>6} {:>10} {:>10}  UNAVAILABLE",
+        "ACCOUNT", "VIN", "SOC", "DATA AGE", "FETCHED"
+    );
+    let mut counts = HashMap::new();
+    let age = |t: Option<i64>| match t {
+        None => "-".to_owned(),
+        Some(t) => {
+            let d = (now - t).max(0);
+            if d >= 2 * 86_400 {
+                format!("{}d", d / 86_400)
+            } else if d >= 3600 {
+                format!("{}h", d / 3600)
+            } else {
+                format!("{}m", d / 60)
+            }
+        }
+    };
+    for a in &cfg.accounts {
+        let rows = crate::store::telemetry::vehicle_summaries(conn, &a.name).unwrap_or_default();
+        counts.insert(a.name.clone(), rows.len());
+        for (vin, soc, observed, fetched, unavailable) in rows {
+            let soc = soc.map_or_else(|| "-".to_owned(), |s| format!("{s:.0}%"));
+            let un = if unavailable.is_empty() {
+                "-".to_owned()
+            } else {
+                unavailable.join(",")
+            };
+            let _ = writeln!(
+                out,
+                "{:<16} {:<17} {:>6} {:>10} {:>10}  {un}",
+                a.name,
+                vin,
+                soc,
+                age(observed),
+                age(fetched)
+            );
+        }
+    }
+    for (client, p) in projections(cfg, &counts) {
+        let _ = writeln!(out, "{p} [{client}]");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_requests_follow_the_cron_schedule() {
+        assert_eq!(list_requests_per_day("0 */5 * * * *", 1), 288.0);
+        assert_eq!(list_requests_per_day("0 */5 * * * *", 3), 864.0);
+        assert_eq!(list_requests_per_day("0 0 * * * *", 2), 48.0);
+        assert_eq!(list_requests_per_day("not cron", 2), 0.0);
+    }
+
+    #[test]
+    fn the_trips_bookmark() {
+        let t = |start: i64, done: Option<bool>| records::Trip {
+            trip_id: start.to_string(),
+            started_ts: start,
+            done,
+            ..records::Trip::default()
+        };
+        assert_eq!(trips_bookmark(&[]), None);
+        // 2026-01-01T00:00:00Z = 1767225600
+        assert_eq!(
+            trips_bookmark(&[t(1_767_225_600, Some(true))]).as_deref(),
+            Some("2026-01-01T00:00:01Z")
+        );
+        assert_eq!(
+            trips_bookmark(&[t(1_767_225_600, Some(true)), t(1_767_225_700, Some(false))])
+                .as_deref(),
+            Some("2026-01-01T00:00:01Z")
+        );
+        assert_eq!(
+            trips_bookmark(&[t(1_767_225_700, Some(false))]).as_deref(),
+            Some("2026-01-01T00:01:40Z")
+        );
+    }
+}
