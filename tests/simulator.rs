@@ -1,5 +1,7 @@
 //! The simulator against the spec: each IdP grant and error, rotation, expiry, pagination, the
-//! empty account, quotas, every fault switch, and the OpenAPI schemas of the bodies.
+//! empty account, quotas, every fault switch, the OpenAPI schemas of the bodies (with integers
+//! checked in the raw text), the world clock and the cars' lives against the ground truth, and
+//! `/trips`, `/alerts`, `/maintenance`.
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -1,10 +1,10 @@
 //! A simulator of the Stellantis `connectedcar/v4` B2C API and its `idpcvs` OAuth2 identity
-//! provider, faithful to the facts collected in `docs/simulator.md` and `docs/api.md`: rotating
-//! refresh tokens with an absolute lifetime, expiring access tokens, HAL pagination with opaque
-//! `pageToken` links, the gateway's and the backend's
-//! error bodies, per-client quotas with `X-RateLimit-*` headers and `Retry-After`, and switchable
-//! faults (5xx bursts, "CORVET Error", slow and dropped responses, truncated or malformed JSON, a
-//! 200 without `_embedded`, an IdP that times out, and the adversarial switches). Its cars live
+//! provider, faithful to the facts in `docs/api.md` and `docs/simulator.md`: rotating refresh
+//! tokens with an absolute lifetime, expiring access tokens, HAL pagination with opaque
+//! `pageToken` links, the gateway's and the backend's error bodies, per-client quotas with
+//! `X-RateLimit-*` headers and `Retry-After`, and switchable faults (5xx bursts, "CORVET
+//! Error", slow and dropped responses, truncated or malformed JSON, a 200 without `_embedded`,
+//! an IdP that times out, and the adversarial switches). Its cars live
 //! on one clock (`time_scale`): they drive, park and charge, and `/status`, `/trips`, `/alerts`
 //! and `/maintenance` report it, while [`SimHandle::drives`] and friends keep the ground truth.
 //!
