@@ -23,6 +23,7 @@ pub mod listing;
 pub mod logging;
 pub mod notify;
 pub mod ratelimit;
+pub mod shard;
 pub mod sim;
 pub mod status;
 pub mod store;
@@ -120,7 +121,7 @@ fn load(
         exit::CONFIG
     })?;
     if let Some((i, n)) = shard {
-        cfg.keep_shard(i, n);
+        shard::keep(&mut cfg, i, n);
         tracing::info!(shard = %format!("{i}/{n}"), accounts = cfg.accounts.len(), "serving one shard");
     }
     Ok(cfg)

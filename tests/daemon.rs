@@ -536,7 +536,7 @@ async fn shards_split_the_accounts_between_instances() {
         .collect();
     let expected: Vec<String> = (1..=8)
         .map(|n| format!("user{n}"))
-        .filter(|n| stellantis_sync::config::shard_of(n, 2) == 0)
+        .filter(|n| stellantis_sync::shard::shard_of(n, 2) == 0)
         .collect();
     assert_eq!(synced, expected);
     assert!(!synced.is_empty() && synced.len() < 8);
