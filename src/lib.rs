@@ -29,6 +29,7 @@ pub mod status;
 pub mod store;
 pub mod sync;
 pub mod timefmt;
+pub mod transfer;
 
 use std::time::Duration;
 
@@ -66,6 +67,12 @@ pub fn run(cli: Cli) -> u8 {
                 Err(code) => code,
             },
             Some(Command::Login(args)) => login(&cli.config, args).await,
+            Some(Command::ExportAccount(a)) => {
+                transfer::export_cmd(&cli.config, &a.name, &a.to, a.with_tokens, a.remove).await
+            }
+            Some(Command::ImportAccount(a)) => {
+                transfer::import_cmd(&cli.config, &a.file, a.with_tokens).await
+            }
             Some(Command::Run) | None => match load(&cli.config, config::Checks::Full, shard) {
                 Ok(cfg) if once => daemon::once(cfg).await,
                 Ok(cfg) => {

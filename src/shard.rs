@@ -83,7 +83,9 @@ mod tests {
 
     #[test]
     fn growing_by_one_moves_only_accounts_to_the_new_shard() {
-        let names: Vec<String> = (0..10_000).map(|i| format!("account-{i}@x.example")).collect();
+        let names: Vec<String> = (0..10_000)
+            .map(|i| format!("account-{i}@x.example"))
+            .collect();
         for n in 1..=12u32 {
             let mut moved = 0u32;
             let mut counts = vec![0u32; n as usize + 1];
@@ -92,7 +94,12 @@ mod tests {
                 assert!(before < n && after <= n, "{name}: {before}/{n} -> {after}");
                 counts[after as usize] += 1;
                 if before != after {
-                    assert_eq!(after, n, "{name} moved {before} -> {after} going {n} -> {}", n + 1);
+                    assert_eq!(
+                        after,
+                        n,
+                        "{name} moved {before} -> {after} going {n} -> {}",
+                        n + 1
+                    );
                     moved += 1;
                 }
             }
@@ -124,7 +131,9 @@ mod tests {
             dir.path()
         );
         for i in 0..60 {
-            text.push_str(&format!("[[accounts]]\nname = \"a{i}\"\nbrand = \"peugeot\"\n"));
+            text.push_str(&format!(
+                "[[accounts]]\nname = \"a{i}\"\nbrand = \"peugeot\"\n"
+            ));
         }
         let path = dir.path().join("c.toml");
         std::fs::write(&path, text).unwrap();

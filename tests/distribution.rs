@@ -39,7 +39,9 @@ async fn tls_server() -> u16 {
                 let mut buf = [0u8; 4096];
                 let _ = tls.read(&mut buf).await;
                 let _ = tls
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
                     .await;
                 let _ = tls.shutdown().await;
             });
@@ -62,8 +64,8 @@ async fn https_probe_against_a_private_ca() {
         .get(format!("https://localhost:{port}/"))
         .send()
         .await;
-    let trusts_test_ca = std::env::var("SSL_CERT_FILE").ok().as_deref()
-        == Some(format!("{TLS}/ca.pem").as_str());
+    let trusts_test_ca =
+        std::env::var("SSL_CERT_FILE").ok().as_deref() == Some(format!("{TLS}/ca.pem").as_str());
     if trusts_test_ca {
         let resp = result.expect("the system roots (SSL_CERT_FILE) include the test CA");
         assert_eq!(resp.status(), 200);
@@ -111,3 +113,460 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+// ---------------------------------------------------------------------------------------------
+// Moving an account: export-account / import-account
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::{Acct, BIN, Env, Opts, assert_code, stored_record, text};
+use stellantis_sync::sim::SimConfig;
+
+async fn run_with(config: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(std::process::Stdio::null());
+    tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the binary ran for more than 2 minutes")
+        .unwrap()
+}
+
+/// Tables with an `account_id` column, found independently of `src/transfer.rs`.
+fn account_tables(c: &rusqlite::Connection) -> Vec<String> {
+    let mut st = c
+        .prepare(
+            "SELECT m.name FROM sqlite_schema m WHERE m.type = 'table'
+               AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) WHERE name = 'account_id')
+             ORDER BY m.name",
+        )
+        .unwrap();
+    st.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The rowid-alias column of a table (`INTEGER PRIMARY KEY`, not `WITHOUT ROWID`), if any.
+fn rowid_alias(c: &rusqlite::Connection, table: &str) -> Option<String> {
+    let ddl: String = c
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .unwrap();
+    if ddl.to_uppercase().contains("WITHOUT ROWID") {
+        return None;
+    }
+    let mut st = c
+        .prepare("SELECT name, upper(type) FROM pragma_table_info(?1) WHERE pk > 0")
+        .unwrap();
+    let pks: Vec<(String, String)> = st
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    match pks.as_slice() {
+        [(n, t)] if t == "INTEGER" => Some(n.clone()),
+        _ => None,
+    }
+}
+
+fn columns(c: &rusqlite::Connection, table: &str) -> Vec<String> {
+    let mut st = c.prepare("SELECT name FROM pragma_table_info(?1)").unwrap();
+    st.query_map([table], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Every row of `account`, per table, as text: `account_id` replaced by the name, and every id
+/// that a move renumbers (a rowid alias, or a column referencing one) replaced by its rank among
+/// the account's rows of that table.
+fn dump_account(db: &Path, account: &str) -> BTreeMap<String, Vec<String>> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut out = BTreeMap::new();
+    for table in account_tables(&c) {
+        let own = rowid_alias(&c, &table);
+        let mut st = c
+            .prepare("SELECT \"from\", \"table\", \"to\" FROM pragma_foreign_key_list(?1)")
+            .unwrap();
+        let refs: Vec<(String, String, String)> = st
+            .query_map([&table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let exprs: Vec<String> = columns(&c, &table)
+            .iter()
+            .map(|col| {
+                if col == "account_id" {
+                    "(SELECT name FROM accounts a WHERE a.account_id = t.account_id)".to_owned()
+                } else if table != "accounts" && own.as_deref() == Some(col.as_str()) {
+                    format!(
+                        "(SELECT count(*) FROM \"{table}\" x WHERE x.account_id = t.account_id AND x.\"{col}\" <= t.\"{col}\")"
+                    )
+                } else if let Some((_, p, to)) = refs
+                    .iter()
+                    .find(|(f, p, _)| f == col && p != "accounts" && rowid_alias(&c, p).is_some())
+                {
+                    format!(
+                        "(SELECT count(*) FROM \"{p}\" x WHERE x.account_id = t.account_id AND x.\"{to}\" <= t.\"{col}\")"
+                    )
+                } else {
+                    format!("t.\"{col}\"")
+                }
+            })
+            .map(|e| format!("quote({e})"))
+            .collect();
+        let q = format!(
+            "SELECT {} FROM \"{table}\" t WHERE t.account_id = (SELECT account_id FROM accounts WHERE name = ?1)",
+            exprs.join(" || '|' || ")
+        );
+        let mut st = c.prepare(&q).unwrap();
+        let mut rows: Vec<String> = st
+            .query_map([account], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows.sort();
+        out.insert(table, rows);
+    }
+    out
+}
+
+/// Every row of every other account, raw (ids included: they must not change).
+fn dump_others(db: &Path, account: &str) -> BTreeMap<String, Vec<String>> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut out = BTreeMap::new();
+    for table in account_tables(&c) {
+        let exprs: Vec<String> = columns(&c, &table)
+            .iter()
+            .map(|col| format!("quote(t.\"{col}\")"))
+            .collect();
+        let q = format!(
+            "SELECT {} FROM \"{table}\" t WHERE t.account_id IS NOT (SELECT account_id FROM accounts WHERE name = ?1)",
+            exprs.join(" || '|' || ")
+        );
+        let mut st = c.prepare(&q).unwrap();
+        let mut rows: Vec<String> = st
+            .query_map([account], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows.sort();
+        out.insert(table, rows);
+    }
+    out
+}
+
+/// Rows for an account in every table the sync passes leave empty for it (telemetry, absences).
+fn add_telemetry(db: &Path, account: &str, vin: &str, seed: i64) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let id: i64 = c
+        .query_row(
+            "SELECT account_id FROM accounts WHERE name = ?1",
+            [account],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let hash = format!("{account}-{seed}").into_bytes();
+    let t = 1_700_000_000 + seed * 1000;
+    let stmts: &[(&str, &str)] = &[
+        (
+            "vehicle_absences",
+            "INSERT INTO vehicle_absences (account_id, vehicle_id, since, run_id)
+             VALUES (?1, 'gone-' || ?2, strftime('%Y-%m-%dT%H:%M:%fZ', ?4, 'unixepoch'),
+                     (SELECT max(run_id) FROM sync_runs WHERE account_id = ?1))",
+        ),
+        (
+            "status_bodies",
+            "INSERT INTO status_bodies (body_hash, account_id, vin, first_fetched_ts, body) VALUES (?3, ?1, ?2, ?4, '{\"energy\":[{\"level\":80}]}')",
+        ),
+        (
+            "vehicle_status",
+            "INSERT INTO vehicle_status (account_id, vin, observed_ts, first_fetched_ts, last_fetched_ts, soc, range_km, latitude, longitude, body_hash)
+             VALUES (?1, ?2, ?4, ?4, ?4 + 600, 80.5, 310, 48.85, 2.35, ?3), (?1, ?2, ?4 + 900, ?4 + 900, ?4 + 900, 79.0, 305, NULL, NULL, ?3)",
+        ),
+        (
+            "vehicle_states",
+            "INSERT INTO vehicle_states (account_id, vin, state, started_ts, ended_ts) VALUES (?1, ?2, 'parked', ?4, ?4 + 500), (?1, ?2, 'charging', ?4 + 500, NULL)",
+        ),
+        (
+            "charging_sessions",
+            "INSERT INTO charging_sessions (account_id, vin, started_ts, ended_ts, start_soc, end_soc, energy_added_kwh) VALUES (?1, ?2, ?4, ?4 + 3600, 20.0, 80.0, 30.25)",
+        ),
+        (
+            "trips",
+            "INSERT INTO trips (account_id, vin, trip_id, started_ts, ended_ts, distance_km, done, data) VALUES (?1, ?2, 'trip-1', ?4, ?4 + 1200, 12.5, 1, '{\"id\":\"trip-1\"}')",
+        ),
+        (
+            "vehicle_alerts",
+            "INSERT INTO vehicle_alerts (account_id, vin, alert_id, type, severity, active, started_ts) VALUES (?1, ?2, 'alert-1', 'lowBattery', 'medium', 1, ?4)",
+        ),
+        (
+            "maintenance",
+            "INSERT INTO maintenance (account_id, vin, observed_ts, days_before, km_before) VALUES (?1, ?2, ?4, 120, 9000.0)",
+        ),
+        (
+            "telemetry_endpoints",
+            "INSERT INTO telemetry_endpoints (account_id, vin, endpoint, last_success_ts, bookmark) VALUES (?1, ?2, 'trips', ?4, 'trip-1')",
+        ),
+    ];
+    for (table, sql) in stmts {
+        let n: i64 = c
+            .query_row(
+                &format!("SELECT count(*) FROM {table} WHERE account_id = ?1"),
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if n == 0 {
+            c.execute(sql, rusqlite::params![id, vin, hash, t]).unwrap();
+        }
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// A second instance (its own directory, state and database) against the same simulator.
+fn second_instance(env: &Env, accounts: &[Acct]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        common::config_text(&env.sim, dir.path(), accounts, &Opts::default()),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_moves_between_databases_and_back_without_losing_a_row() {
+    let a = Env::new(
+        SimConfig {
+            users: 4,
+            ..SimConfig::default()
+        },
+        |s| vec![Acct::bootstrapped(s, 1), Acct::bootstrapped(s, 2)],
+        Opts::default(),
+    )
+    .await;
+    let (bdir, bcfg) = second_instance(&a, &[Acct::bootstrapped(&a.sim, 4)]);
+    let bdb = bdir.path().join("state/stellantis-sync.sqlite");
+    let bstate = bdir.path().join("state");
+    // Real history from a few passes while the simulated world changes; B first, so its ids
+    // overlap A's and the move has to renumber.
+    for _ in 0..3 {
+        assert_code(&run_with(&bcfg, &["--once"]).await, 0);
+    }
+    for _ in 0..3 {
+        assert_code(&a.once().await, 0);
+        a.sim.tick(3);
+    }
+    for (db, acct, seed) in [
+        (a.db_path(), "user1", 1),
+        (a.db_path(), "user2", 2),
+        (bdb.clone(), "user4", 4),
+    ] {
+        add_telemetry(&db, acct, &format!("VIN{seed}"), seed);
+    }
+    let orig = dump_account(&a.db_path(), "user1");
+    for (table, rows) in &orig {
+        assert!(
+            !rows.is_empty(),
+            "no {table} rows for user1 to move: {orig:#?}"
+        );
+    }
+    assert!(orig["vehicle_changes"].len() >= 2, "{orig:#?}");
+    let a_others = dump_others(&a.db_path(), "user1");
+    let token_before = stored_record(&a.state_dir(), "user1");
+    let work = tempfile::tempdir().unwrap();
+    let f1 = work.path().join("user1.sqlite");
+    let f1s = f1.to_str().unwrap();
+
+    // --with-tokens moves the token, so it needs --remove.
+    let o = a
+        .run(
+            &["export-account", "user1", "--to", f1s, "--with-tokens"],
+            &[],
+        )
+        .await;
+    assert_code(&o, 65);
+    assert!(text(&o).contains("needs --remove"), "{}", text(&o));
+    assert!(!f1.exists());
+
+    // A -> file: the file is a database of this schema holding only user1 (and its token).
+    let o = a
+        .run(
+            &[
+                "export-account",
+                "user1",
+                "--to",
+                f1s,
+                "--with-tokens",
+                "--remove",
+            ],
+            &[],
+        )
+        .await;
+    assert_code(&o, 0);
+    assert_eq!(mode(&f1), 0o600);
+    assert_eq!(dump_account(&f1, "user1"), orig);
+    {
+        let c = rusqlite::Connection::open(&f1).unwrap();
+        let v: u32 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, stellantis_sync::store::schema_version());
+        let names: i64 = c
+            .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(names, 1);
+    }
+    assert!(!work.path().join("user1.sqlite-wal").exists());
+    assert!(!a.state_dir().join("tokens/user1.json").exists());
+    assert_eq!(dump_others(&a.db_path(), "user1"), a_others);
+    let gone = dump_account(&a.db_path(), "user1");
+    assert!(gone.values().all(Vec::is_empty), "{gone:#?}");
+    // Nothing left to export; an existing file is never overwritten.
+    assert_code(
+        &a.run(
+            &["export-account", "user1", "--to", "/tmp/nope.sqlite"],
+            &[],
+        )
+        .await,
+        65,
+    );
+    assert_code(
+        &a.run(&["export-account", "user2", "--to", f1s], &[]).await,
+        65,
+    );
+
+    // A running daemon on B holds its state directory: import refuses.
+    let mut daemon = {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&bcfg)
+            .arg("run")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd.spawn().unwrap()
+    };
+    let mut refused = None;
+    for _ in 0..100 {
+        let o = run_with(&bcfg, &["import-account", f1s, "--with-tokens"]).await;
+        if o.status.code() == Some(75) {
+            refused = Some(o);
+            break;
+        }
+        assert_ne!(
+            o.status.code(),
+            Some(0),
+            "imported while a daemon ran: {}",
+            text(&o)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("import never saw the daemon's lock");
+    assert!(
+        text(&refused).contains("in use by a running"),
+        "{}",
+        text(&refused)
+    );
+    common::signal(&daemon, "TERM");
+    let _ = tokio::time::timeout(Duration::from_secs(20), daemon.wait()).await;
+    let _ = daemon.kill().await;
+
+    // file -> B.
+    let b_others = dump_others(&bdb, "user1");
+    let o = run_with(&bcfg, &["import-account", f1s, "--with-tokens"]).await;
+    assert_code(&o, 0);
+    assert_eq!(dump_account(&bdb, "user1"), orig);
+    assert_eq!(dump_others(&bdb, "user1"), b_others);
+    assert_eq!(stored_record(&bstate, "user1"), token_before);
+    assert_eq!(mode(&bstate.join("tokens/user1.json")), 0o600);
+    // A second import would duplicate every row: refused.
+    let o = run_with(&bcfg, &["import-account", f1s]).await;
+    assert_code(&o, 65);
+    assert!(text(&o).contains("already holds history"), "{}", text(&o));
+    assert_eq!(dump_account(&bdb, "user1"), orig);
+
+    // B -> file -> A.
+    let f2 = work.path().join("back.sqlite");
+    let f2s = f2.to_str().unwrap();
+    assert_code(
+        &run_with(
+            &bcfg,
+            &[
+                "export-account",
+                "user1",
+                "--to",
+                f2s,
+                "--with-tokens",
+                "--remove",
+            ],
+        )
+        .await,
+        0,
+    );
+    assert_eq!(dump_others(&bdb, "user1"), b_others);
+    assert!(dump_account(&bdb, "user1").values().all(Vec::is_empty));
+    let o = a.run(&["import-account", f2s, "--with-tokens"], &[]).await;
+    assert_code(&o, 0);
+    assert_eq!(dump_account(&a.db_path(), "user1"), orig);
+    assert_eq!(dump_others(&a.db_path(), "user1"), a_others);
+    assert_eq!(stored_record(&a.state_dir(), "user1"), token_before);
+
+    // The moved token still works: the next pass syncs user1 and extends its history.
+    let runs = |db: &Path| -> i64 {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sync_runs JOIN accounts USING (account_id) WHERE name = 'user1' AND status = 'ok'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let before = runs(&a.db_path());
+    assert_code(&a.once().await, 0);
+    assert_eq!(runs(&a.db_path()), before + 1);
+
+    // Without --with-tokens nothing secret is exported.
+    let f3 = work.path().join("user2.sqlite");
+    assert_code(
+        &a.run(
+            &["export-account", "user2", "--to", f3.to_str().unwrap()],
+            &[],
+        )
+        .await,
+        0,
+    );
+    let c = rusqlite::Connection::open(&f3).unwrap();
+    let tables: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'transfer_token'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0);
+    let rt = common::stored_refresh_token(&a.state_dir(), "user2").unwrap();
+    let bytes = std::fs::read(&f3).unwrap();
+    assert!(
+        !bytes.windows(rt.len()).any(|w| w == rt.as_bytes()),
+        "a refresh token in an export without --with-tokens"
+    );
+}
