@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Validates deploy/kubernetes/ offline (run by .ci/run; needs kubernetes-validate==1.37.0).
+
+1. Every resource of the base and of the Litestream overlay (the overlay's strategic-merge patch
+   applied here, by name, as kustomize would) against the Kubernetes OpenAPI schemas shipped in
+   kubernetes-validate, strict (unknown fields fail), for KUBERNETES_VERSION (default 1.37.0, the
+   newest the package ships). A kind without a schema fails too.
+2. What the schemas cannot see: the shard index comes from the pod-index label through the
+   downward API into `--shard $(SHARD)/$(SHARDS)` with SHARDS == replicas; probes on /healthz and
+   /readyz on port 9187, which the ConfigMap's [http] listen serves on 0.0.0.0; every *_file key
+   of the config points into the Secret's mount and names a key of the Secret; the pod and
+   container security contexts (non-root, read-only root, no capabilities); a volume per pod.
+"""
+
+import copy
+import os
+import sys
+import tomllib
+
+import kubernetes_validate
+import yaml
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy", "kubernetes")
+VERSION = os.environ.get("KUBERNETES_VERSION", "1.37.0")
+errors = []
+
+
+def check(cond, what):
+    if not cond:
+        errors.append(what)
+
+
+def load(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def by_name(items, name):
+    return next((i for i in items if i.get("name") == name), None)
+
+
+def merge(base, patch):
+    """Strategic merge for what the overlay uses: dicts merge, lists of named items merge by
+    name, other values replace."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            out[k] = merge(base[k], v) if k in base else copy.deepcopy(v)
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and all(
+        isinstance(i, dict) and "name" in i for i in base + patch
+    ):
+        out = [copy.deepcopy(i) for i in base]
+        for p in patch:
+            existing = by_name(out, p["name"])
+            if existing is None:
+                out.append(copy.deepcopy(p))
+            else:
+                out[out.index(existing)] = merge(existing, p)
+        return out
+    return copy.deepcopy(patch)
+
+
+def kustomize(folder):
+    """The resources a kustomization lists, with its patches applied."""
+    (k,) = load(os.path.join(folder, "kustomization.yaml"))
+    out = []
+    for r in k.get("resources", []):
+        path = os.path.join(folder, r)
+        if os.path.isdir(path):
+            out.extend(kustomize(path))
+        else:
+            out.extend(load(path))
+    for p in k.get("patches", []):
+        (patch,) = load(os.path.join(folder, p["path"]))
+        target = [
+            i for i, r in enumerate(out)
+            if r["kind"] == patch["kind"] and r["metadata"]["name"] == patch["metadata"]["name"]
+        ]
+        check(len(target) == 1, f"{folder}: patch {p['path']} matches {len(target)} resources")
+        if target:
+            out[target[0]] = merge(out[target[0]], patch)
+    return out
+
+
+def validate(resources, label):
+    for r in resources:
+        name = f"{label}: {r['kind']}/{r['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(r, VERSION, strict=True)
+            print(f"ok   {name} against Kubernetes {VERSION}")
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            errors.append(f"{name}: {path}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            errors.append(f"{name}: no schema ({e})")
+
+
+def semantics(resources, label):
+    kinds = {(r["kind"], r["metadata"]["name"]): r for r in resources}
+    sts = kinds[("StatefulSet", "stellantis-sync")]
+    cm = kinds[("ConfigMap", "stellantis-sync-config")]
+    secret = kinds[("Secret", "stellantis-sync-secrets")]
+    svc = kinds[("Service", "stellantis-sync")]
+    spec = sts["spec"]
+    pod = spec["template"]["spec"]
+    main = by_name(pod["containers"], "stellantis-sync")
+    env = {e["name"]: e for e in main["env"]}
+
+    check(spec["serviceName"] == svc["metadata"]["name"], f"{label}: serviceName")
+    check(svc["spec"].get("clusterIP") == "None", f"{label}: the Service is not headless")
+    check(
+        env["SHARD"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.labels['apps.kubernetes.io/pod-index']",
+        f"{label}: SHARD does not come from the pod-index label",
+    )
+    check(int(env["SHARDS"]["value"]) == spec["replicas"], f"{label}: SHARDS != replicas")
+    args = main["args"]
+    check(args[args.index("--shard") + 1] == "$(SHARD)/$(SHARDS)", f"{label}: --shard argument")
+    check(args[args.index("--config") + 1] == "/etc/stellantis-sync/config.toml", f"{label}: --config")
+
+    port = {p["name"]: p["containerPort"] for p in main["ports"]}
+    check(port.get("http") == 9187, f"{label}: container port 9187")
+    for probe, path in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
+        g = main.get(probe, {}).get("httpGet", {})
+        check(g.get("path") == path and g.get("port") in ("http", 9187), f"{label}: {probe}")
+
+    psc = pod["securityContext"]
+    check(psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) > 0, f"{label}: non-root pod")
+    check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{label}: seccomp")
+    check(pod.get("automountServiceAccountToken") is False, f"{label}: service account token")
+    for c in pod["containers"] + pod.get("initContainers", []):
+        sc = c.get("securityContext", {})
+        check(sc.get("readOnlyRootFilesystem") is True, f"{label}: {c['name']}: read-only root")
+        check(sc.get("allowPrivilegeEscalation") is False, f"{label}: {c['name']}: privilege escalation")
+        check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{label}: {c['name']}: capabilities")
+
+    claims = [t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])]
+    mounts = {m["name"]: m for m in main["volumeMounts"]}
+    check("data" in claims and mounts["data"]["mountPath"] == "/var/lib/stellantis-sync",
+          f"{label}: a volume per pod at the state directory")
+
+    config = tomllib.loads(cm["data"]["config.toml"])
+    check(config["state_dir"] == "/var/lib/stellantis-sync", f"{label}: state_dir")
+    check(config.get("http", {}).get("listen") == "0.0.0.0:9187", f"{label}: [http] listen")
+    secret_mount = mounts["secrets"]["mountPath"]
+    volume = by_name(pod["volumes"], "secrets")
+    check(volume["secret"]["secretName"] == secret["metadata"]["name"], f"{label}: secret volume")
+    keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    files = []
+    for table in [config.get("app", {})] + config.get("accounts", []):
+        for k, v in table.items():
+            check(not (k in ("client_secret", "password", "refresh_token")),
+                  f"{label}: a secret inline in the ConfigMap ({k})")
+            if k.endswith("_file"):
+                files.append(v)
+    check(len(files) >= 3, f"{label}: *_file keys")
+    for f in files:
+        check(os.path.dirname(f) == secret_mount and os.path.basename(f) in keys,
+              f"{label}: {f} is not a key of the Secret mounted at {secret_mount}")
+    check(mounts["config"]["mountPath"] == "/etc/stellantis-sync", f"{label}: config mount")
+
+
+def main():
+    if tuple(int(x) for x in VERSION.split(".")[:2]) < (1, 28):
+        sys.exit("the pod-index label needs Kubernetes >= 1.28")
+    base = kustomize(ROOT)
+    overlay = kustomize(os.path.join(ROOT, "litestream"))
+    validate(base, "base")
+    validate(overlay, "litestream")
+    semantics(base, "base")
+    semantics(overlay, "litestream")
+    pod = next(r for r in overlay if r["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    side = by_name(pod.get("initContainers", []), "litestream")
+    check(side is not None and side.get("restartPolicy") == "Always", "litestream: native sidecar")
+    check(by_name(pod["volumes"], "litestream-config") is not None, "litestream: config volume")
+    check(by_name(pod["volumes"], "config") is not None, "litestream: base volumes kept")
+    if errors:
+        for e in errors:
+            print("FAIL", e)
+        sys.exit(1)
+    print(f"deploy/kubernetes: {len(base)} base and {len(overlay)} overlay resources valid")
+
+
+if __name__ == "__main__":
+    main()
