@@ -570,3 +570,128 @@ async fn an_account_moves_between_databases_and_back_without_losing_a_row() {
         "a refresh token in an export without --with-tokens"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fleet analytics: DuckDB views over every shard's database (tools/fleet.py, docs/fleet.md)
+
+fn fleet_query(dbs: &[PathBuf], query: &str) -> Vec<serde_json::Value> {
+    let o = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/fleet.py"))
+        .args(["--json", "--query", query])
+        .args(dbs)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "fleet.py failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_views_are_the_union_of_three_shards() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import duckdb, duckdb_extension_sqlite"])
+        .output();
+    assert!(
+        probe.as_ref().is_ok_and(|o| o.status.success()),
+        "python3 cannot import duckdb and duckdb_extension_sqlite: \
+         pip install duckdb==1.5.5 duckdb-extension-sqlite==1.5.5 \
+         (.ci/run installs them into target/ci-venv and puts it first on PATH): {probe:?}"
+    );
+    let env = Env::new(
+        SimConfig {
+            users: 9,
+            ..SimConfig::default()
+        },
+        |s| (1..=9).map(|n| Acct::bootstrapped(s, n)).collect(),
+        Opts::default(),
+    )
+    .await;
+    // Three instances of one configuration, as the systemd template runs them: --shard I/3 and
+    // the state directory and database moved by environment variables.
+    let mut dbs = Vec::new();
+    for i in 0..3 {
+        let state = env.dir.path().join(format!("fleet/{i}"));
+        let db = state.join("stellantis-sync.sqlite");
+        let o = env
+            .run(
+                &["--shard", &format!("{i}/3"), "--once"],
+                &[
+                    ("STELLANTIS_SYNC_STATE_DIR", state.to_str().unwrap()),
+                    ("STELLANTIS_SYNC_DATABASE", db.to_str().unwrap()),
+                ],
+            )
+            .await;
+        assert_code(&o, 0);
+        dbs.push(db);
+    }
+    // What each shard's file holds, read directly.
+    let mut accounts = Vec::new();
+    let mut vehicles = Vec::new();
+    for (i, db) in dbs.iter().enumerate() {
+        let c = rusqlite::Connection::open(db).unwrap();
+        let mut st = c.prepare("SELECT name FROM accounts").unwrap();
+        let names: Vec<String> = st
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(!names.is_empty(), "shard {i} has no account");
+        for n in names {
+            assert_eq!(stellantis_sync::shard::shard_of(&n, 3), i as u32, "{n}");
+            accounts.push(serde_json::json!([i, n]));
+        }
+        let mut st = c
+            .prepare("SELECT a.name, v.vehicle_id, v.vin FROM vehicles v JOIN accounts a USING (account_id)")
+            .unwrap();
+        for row in st
+            .query_map([], |r| {
+                Ok(serde_json::json!([
+                    i,
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?
+                ]))
+            })
+            .unwrap()
+        {
+            vehicles.push(row.unwrap());
+        }
+    }
+    accounts.sort_by_key(|v| v.to_string());
+    vehicles.sort_by_key(|v| v.to_string());
+    assert_eq!(accounts.len(), 9);
+    let expected_vehicles: usize = env
+        .sim
+        .users()
+        .iter()
+        .map(|(email, _, _)| env.sim.vehicles(email).len())
+        .sum();
+    assert_eq!(vehicles.len(), expected_vehicles);
+    assert!(expected_vehicles >= 5);
+
+    let mut got = fleet_query(&dbs, "SELECT shard, name FROM accounts");
+    got.sort_by_key(|v| v.to_string());
+    assert_eq!(got, accounts);
+    let mut got = fleet_query(
+        &dbs,
+        "SELECT v.shard, a.name, v.vehicle_id, v.vin FROM vehicles v JOIN accounts a USING (shard, account_id)",
+    );
+    got.sort_by_key(|v| v.to_string());
+    assert_eq!(got, vehicles);
+    // The SQLite views are unioned too (DuckDB reads their columns as text).
+    let current = fleet_query(&dbs, "SELECT count(*) FROM vehicle_current");
+    assert_eq!(current, vec![serde_json::json!([expected_vehicles])]);
+    let runs = fleet_query(
+        &dbs,
+        "SELECT count(DISTINCT shard), count(*) FROM sync_runs WHERE status = 'ok'",
+    );
+    assert_eq!(runs, vec![serde_json::json!([3, 9])]);
+}
