@@ -71,7 +71,7 @@ pub fn run(cli: Cli) -> u8 {
                 transfer::export_cmd(&cli.config, &a.name, &a.to, a.with_tokens, a.remove).await
             }
             Some(Command::ImportAccount(a)) => {
-                transfer::import_cmd(&cli.config, &a.file, a.with_tokens).await
+                transfer::import_cmd(&cli.config, &a.file, a.with_tokens, shard).await
             }
             Some(Command::Run) | None => match load(&cli.config, config::Checks::Full, shard) {
                 Ok(cfg) if once => daemon::once(cfg).await,

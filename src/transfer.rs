@@ -121,6 +121,15 @@ pub enum TransferError {
         "{path} already exists: `{name}` has a token record in the target; remove it or import without --with-tokens"
     )]
     TokenExists { path: PathBuf, name: String },
+    #[error(
+        "`{name}` belongs to shard {belongs}/{count}, not to this instance's --shard {index}/{count}"
+    )]
+    WrongShard {
+        name: String,
+        belongs: u32,
+        index: u32,
+        count: u32,
+    },
     #[error("copying {table} of `{name}`: {read} rows read but {written} written")]
     Mismatch {
         table: String,
@@ -572,6 +581,7 @@ pub async fn import(
     cfg: &Config,
     file: &Path,
     with_tokens: bool,
+    shard: Option<(u32, u32)>,
 ) -> Result<(String, Counts, bool), TransferError> {
     let _instance = lock(&cfg.state_dir)?;
     let probe = store::open_read_only(file)?;
@@ -588,6 +598,17 @@ pub async fn import(
     let name: String = probe
         .query_row("SELECT name FROM accounts", [], |r| r.get(0))
         .map_err(sql(file))?;
+    if let Some((index, count)) = shard {
+        let belongs = crate::shard::shard_of(&name, count);
+        if belongs != index {
+            return Err(TransferError::WrongShard {
+                name,
+                belongs,
+                index,
+                count,
+            });
+        }
+    }
     let has_token_table: bool = probe
         .query_row(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
@@ -692,7 +713,13 @@ pub async fn export_cmd(
 }
 
 /// The `import-account` command: loads the configuration, imports, prints what it did.
-pub async fn import_cmd(config: &Path, file: &Path, with_tokens: bool) -> u8 {
+/// With `--shard I/N`, an account of another shard is refused.
+pub async fn import_cmd(
+    config: &Path,
+    file: &Path,
+    with_tokens: bool,
+    shard: Option<(u32, u32)>,
+) -> u8 {
     let cfg = match config::load(config, Checks::ValuesOnly) {
         Ok(c) => c,
         Err(e) => {
@@ -700,7 +727,7 @@ pub async fn import_cmd(config: &Path, file: &Path, with_tokens: bool) -> u8 {
             return exit::CONFIG;
         }
     };
-    match import(&cfg, file, with_tokens).await {
+    match import(&cfg, file, with_tokens, shard).await {
         Ok((name, counts, token_left)) => {
             println!(
                 "imported `{name}` from {} into {}{}: {}",

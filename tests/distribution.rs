@@ -464,21 +464,16 @@ async fn an_account_moves_between_databases_and_back_without_losing_a_row() {
             .kill_on_drop(true);
         cmd.spawn().unwrap()
     };
-    let mut refused = None;
-    for _ in 0..100 {
-        let o = run_with(&bcfg, &["import-account", f1s, "--with-tokens"]).await;
-        if o.status.code() == Some(75) {
-            refused = Some(o);
-            break;
-        }
-        assert_ne!(
-            o.status.code(),
-            Some(0),
-            "imported while a daemon ran: {}",
-            text(&o)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The daemon holds its instance lock once its start-up pass has written a run; then import.
+    let b_runs = || -> i64 {
+        rusqlite::Connection::open(&bdb)
+            .unwrap()
+            .query_row("SELECT count(*) FROM sync_runs", [], |r| r.get(0))
+            .unwrap()
+    };
+    let runs_before = b_runs();
+    common::wait_for(30, "the daemon's start-up pass", || b_runs() > runs_before).await;
+    let refused = Some(run_with(&bcfg, &["import-account", f1s, "--with-tokens"]).await);
     let refused = refused.expect("import never saw the daemon's lock");
     assert!(
         text(&refused).contains("in use by a running"),
@@ -488,6 +483,12 @@ async fn an_account_moves_between_databases_and_back_without_losing_a_row() {
     common::signal(&daemon, "TERM");
     let _ = tokio::time::timeout(Duration::from_secs(20), daemon.wait()).await;
     let _ = daemon.kill().await;
+
+    // An instance serving another shard refuses the account (user1 is shard 0 of 2).
+    assert_eq!(stellantis_sync::shard::shard_of("user1", 2), 0);
+    let o = run_with(&bcfg, &["--shard", "1/2", "import-account", f1s]).await;
+    assert_code(&o, 65);
+    assert!(text(&o).contains("belongs to shard 0/2"), "{}", text(&o));
 
     // file -> B.
     let b_others = dump_others(&bdb, "user1");
