@@ -473,8 +473,8 @@ async fn an_account_moves_between_databases_and_back_without_losing_a_row() {
     };
     let runs_before = b_runs();
     common::wait_for(30, "the daemon's start-up pass", || b_runs() > runs_before).await;
-    let refused = Some(run_with(&bcfg, &["import-account", f1s, "--with-tokens"]).await);
-    let refused = refused.expect("import never saw the daemon's lock");
+    let refused = run_with(&bcfg, &["import-account", f1s, "--with-tokens"]).await;
+    assert_code(&refused, 75);
     assert!(
         text(&refused).contains("in use by a running"),
         "{}",
