@@ -3,8 +3,9 @@
 
 1. Every resource of the base and of the Litestream overlay (the overlay's strategic-merge patch
    applied here, by name, as kustomize would) against the Kubernetes OpenAPI schemas shipped in
-   kubernetes-validate, strict (unknown fields fail), for KUBERNETES_VERSION (default 1.37.0, the
-   newest the package ships). A kind without a schema fails too.
+   kubernetes-validate, strict (unknown fields fail), for each of KUBERNETES_VERSIONS (default
+   1.29.0, the oldest the manifests need: the pod-index label is 1.28, native sidecars 1.29;
+   and 1.37.0, the newest the package ships; it has 1.25 to 1.37). A kind without a schema fails.
 2. What the schemas cannot see: the shard index comes from the pod-index label through the
    downward API into `--shard $(SHARD)/$(SHARDS)` with SHARDS == replicas; probes on /healthz and
    /readyz on port 9187, which the ConfigMap's [http] listen serves on 0.0.0.0; every *_file key
@@ -28,7 +29,7 @@ import kubernetes_validate
 import yaml
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy", "kubernetes")
-VERSION = os.environ.get("KUBERNETES_VERSION", "1.37.0")
+VERSIONS = os.environ.get("KUBERNETES_VERSIONS", "1.29.0,1.37.0").split(",")
 errors = []
 
 
@@ -90,12 +91,12 @@ def kustomize(folder):
     return out
 
 
-def validate(resources, label):
+def validate(resources, label, version):
     for r in resources:
         name = f"{label}: {r['kind']}/{r['metadata']['name']}"
         try:
-            kubernetes_validate.validate(r, VERSION, strict=True)
-            print(f"ok   {name} against Kubernetes {VERSION}")
+            kubernetes_validate.validate(r, version, strict=True)
+            print(f"ok   {name} against Kubernetes {version}")
         except kubernetes_validate.ValidationError as e:
             path = ".".join(str(p) for p in e.path)
             errors.append(f"{name}: {path}: {e.message}")
@@ -214,12 +215,13 @@ def check_config(resources):
 
 
 def main():
-    if tuple(int(x) for x in VERSION.split(".")[:2]) < (1, 28):
-        sys.exit("the pod-index label needs Kubernetes >= 1.28")
     base = kustomize(ROOT)
     overlay = kustomize(os.path.join(ROOT, "litestream"))
-    validate(base, "base")
-    validate(overlay, "litestream")
+    for version in VERSIONS:
+        if tuple(int(x) for x in version.split(".")[:2]) < (1, 29):
+            sys.exit(f"Kubernetes {version}: the manifests need >= 1.29 (pod-index label, native sidecar)")
+        validate(base, "base", version)
+        validate(overlay, "litestream", version)
     semantics(base, "base")
     semantics(overlay, "litestream")
     check_config(base)
