@@ -93,8 +93,9 @@ pub fn run(cli: Cli) -> u8 {
 fn check_global_flags(cli: &Cli) -> Result<(), String> {
     let name = match &cli.command {
         None | Some(Command::Run) => return Ok(()),
-        Some(Command::CheckConfig) | Some(Command::Status) => {
-            // `--shard` narrows what they show; `--once` means nothing to them.
+        Some(Command::CheckConfig) | Some(Command::Status) | Some(Command::ImportAccount(_)) => {
+            // `--shard` narrows what they show (import: refuses another shard's account);
+            // `--once` means nothing to them.
             if cli.once {
                 return Err("--once only applies to `run` (e.g. `stellantis-sync --once`)".into());
             }
@@ -103,6 +104,7 @@ fn check_global_flags(cli: &Cli) -> Result<(), String> {
         Some(Command::Login(_)) => "login",
         Some(Command::Demo(_)) => "demo",
         Some(Command::Simulate(_)) => "simulate",
+        Some(Command::ExportAccount(_)) => "export-account",
     };
     if cli.once {
         return Err(format!(
@@ -111,7 +113,7 @@ fn check_global_flags(cli: &Cli) -> Result<(), String> {
     }
     if cli.shard.is_some() {
         return Err(format!(
-            "--shard only applies to `run`, `status` and `check-config`, not to `{name}`"
+            "--shard only applies to `run`, `status`, `check-config` and `import-account`, not to `{name}`"
         ));
     }
     Ok(())

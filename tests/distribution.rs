@@ -50,7 +50,7 @@ async fn tls_server() -> u16 {
     port
 }
 
-/// The client the daemon uses for HTTPS (`auth::http_client`) builds with the rustls backend and
+/// The client the daemon uses for HTTPS (`http::client`) builds with the rustls backend and
 /// verifies certificates against the platform's roots: with the system store, the test CA is
 /// unknown and the request fails on the certificate; when the system store is pointed at the
 /// test CA (`SSL_CERT_FILE`, which the platform verifier reads on Linux), the same request
@@ -59,7 +59,7 @@ async fn tls_server() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_probe_against_a_private_ca() {
     let port = tls_server().await;
-    let client = stellantis_sync::auth::http_client(Duration::from_secs(10));
+    let client = stellantis_sync::http::client(Duration::from_secs(10));
     let result = client
         .get(format!("https://localhost:{port}/"))
         .send()

