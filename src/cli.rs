@@ -57,6 +57,34 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve the simulated Stellantis API and identity provider.
     Simulate(SimulateArgs),
+    /// Copy one account's history into FILE (a SQLite database with the same schema).
+    ExportAccount(ExportArgs),
+    /// Add the account history of an export FILE to this instance's database.
+    ImportAccount(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The account's name.
+    pub name: String,
+    /// The export file to create (never overwritten; mode 0600).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Also move the account's token record (needs --remove; the file then holds a secret).
+    #[arg(long)]
+    pub with_tokens: bool,
+    /// Delete the account from this instance's database once the export file is durable.
+    #[arg(long)]
+    pub remove: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// An export file written by `export-account`.
+    pub file: PathBuf,
+    /// Also write the account's token record into this instance's token store.
+    #[arg(long)]
+    pub with_tokens: bool,
 }
 
 #[derive(Debug, Args)]

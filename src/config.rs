@@ -470,24 +470,6 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
 }
 
-/// The shard (0-based) an account belongs to among `n`: a stable FNV-1a hash of its name, so
-/// the split never changes between runs, versions or machines.
-pub fn shard_of(name: &str, n: u32) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    u32::try_from(h % u64::from(n.max(1))).unwrap_or(0)
-}
-
-impl Config {
-    /// Keeps only the accounts of shard `i` of `n`.
-    pub fn keep_shard(&mut self, i: u32, n: u32) {
-        self.accounts.retain(|a| shard_of(&a.name, n) == i);
-    }
-}
-
 /// Whether the scheduler accepts this cron expression (six or seven fields, seconds first).
 pub fn cron_is_valid(expr: &str) -> Result<(), String> {
     let fields = expr.split_whitespace().count();
@@ -868,30 +850,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("shedule"), "{err}");
-    }
-
-    #[test]
-    fn shards_partition_the_accounts_stably() {
-        let names: Vec<String> = (0..1000).map(|i| format!("account-{i}")).collect();
-        let mut counts = [0u32; 4];
-        for n in &names {
-            let s = shard_of(n, 4);
-            assert_eq!(s, shard_of(n, 4));
-            counts[s as usize] += 1;
-        }
-        assert_eq!(counts.iter().sum::<u32>(), 1000);
-        assert!(counts.iter().all(|c| (200..=300).contains(c)), "{counts:?}");
-        // Known FNV-1a values (computed independently in Python), so the split can never change
-        // silently between versions: an account must stay in its instance's database.
-        assert_eq!((shard_of("alice", 4), shard_of("alice", 7)), (3, 1));
-        assert_eq!(
-            (
-                shard_of("bob@example.com", 4),
-                shard_of("bob@example.com", 7)
-            ),
-            (1, 3)
-        );
-        assert_eq!(shard_of("alice", 1), 0);
     }
 
     #[test]

@@ -480,7 +480,7 @@ impl Daemon<'_> {
         match config::load(self.config_path, Checks::Full) {
             Ok(mut new) => {
                 if let Some((i, n)) = self.hooks.shard {
-                    new.keep_shard(i, n);
+                    crate::shard::keep(&mut new, i, n);
                 }
                 if new.database != self.app.cfg.database || new.state_dir != self.app.cfg.state_dir
                 {

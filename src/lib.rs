@@ -23,12 +23,14 @@ pub mod listing;
 pub mod logging;
 pub mod notify;
 pub mod ratelimit;
+pub mod shard;
 pub mod sim;
 pub mod status;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
 pub mod timefmt;
+pub mod transfer;
 
 use std::time::Duration;
 
@@ -66,6 +68,12 @@ pub fn run(cli: Cli) -> u8 {
                 Err(code) => code,
             },
             Some(Command::Login(args)) => login(&cli.config, args).await,
+            Some(Command::ExportAccount(a)) => {
+                transfer::export_cmd(&cli.config, &a.name, &a.to, a.with_tokens, a.remove).await
+            }
+            Some(Command::ImportAccount(a)) => {
+                transfer::import_cmd(&cli.config, &a.file, a.with_tokens, shard).await
+            }
             Some(Command::Run) | None => match load(&cli.config, config::Checks::Full, shard) {
                 Ok(cfg) if once => daemon::once(cfg).await,
                 Ok(cfg) => {
@@ -86,8 +94,9 @@ pub fn run(cli: Cli) -> u8 {
 fn check_global_flags(cli: &Cli) -> Result<(), String> {
     let name = match &cli.command {
         None | Some(Command::Run) => return Ok(()),
-        Some(Command::CheckConfig) | Some(Command::Status) => {
-            // `--shard` narrows what they show; `--once` means nothing to them.
+        Some(Command::CheckConfig) | Some(Command::Status) | Some(Command::ImportAccount(_)) => {
+            // `--shard` narrows what they show (import: refuses another shard's account);
+            // `--once` means nothing to them.
             if cli.once {
                 return Err("--once only applies to `run` (e.g. `stellantis-sync --once`)".into());
             }
@@ -96,6 +105,7 @@ fn check_global_flags(cli: &Cli) -> Result<(), String> {
         Some(Command::Login(_)) => "login",
         Some(Command::Demo(_)) => "demo",
         Some(Command::Simulate(_)) => "simulate",
+        Some(Command::ExportAccount(_)) => "export-account",
     };
     if cli.once {
         return Err(format!(
@@ -104,7 +114,7 @@ fn check_global_flags(cli: &Cli) -> Result<(), String> {
     }
     if cli.shard.is_some() {
         return Err(format!(
-            "--shard only applies to `run`, `status` and `check-config`, not to `{name}`"
+            "--shard only applies to `run`, `status`, `check-config` and `import-account`, not to `{name}`"
         ));
     }
     Ok(())
@@ -121,7 +131,7 @@ fn load(
         exit::CONFIG
     })?;
     if let Some((i, n)) = shard {
-        cfg.keep_shard(i, n);
+        shard::keep(&mut cfg, i, n);
         tracing::info!(shard = %format!("{i}/{n}"), accounts = cfg.accounts.len(), "serving one shard");
     }
     Ok(cfg)

@@ -457,20 +457,20 @@ async fn the_demo_records_changes_within_a_minute() {
 /// `systemd-analyze verify` exits 0 even on unknown keys, so any stderr fails the check.
 #[test]
 fn systemd_units_verify_cleanly_and_are_hardened() {
-    if std::process::Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("systemd-analyze is not installed; skipping the unit checks");
-        return;
-    }
+    assert!(
+        std::process::Command::new("systemd-analyze")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "systemd-analyze is missing: install the `systemd` package (apt-get install systemd; .ci/run does) to verify the units"
+    );
     let dir = tempfile::tempdir().unwrap();
     let units = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd");
     for name in [
         "stellantis-sync.service",
         "stellantis-sync-once.service",
         "stellantis-sync-once.timer",
+        "stellantis-sync@.service",
     ] {
         let body = std::fs::read_to_string(format!("{units}/{name}"))
             .unwrap()
@@ -481,6 +481,8 @@ fn systemd_units_verify_cleanly_and_are_hardened() {
         "stellantis-sync.service",
         "stellantis-sync-once.service",
         "stellantis-sync-once.timer",
+        // The template, through an instance: systemd loads stellantis-sync@.service for it.
+        "stellantis-sync@3.service",
     ] {
         let o = std::process::Command::new("systemd-analyze")
             .args(["verify", "--man=no"])
@@ -490,7 +492,25 @@ fn systemd_units_verify_cleanly_and_are_hardened() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success() && err.trim().is_empty(), "{name}: {err}");
     }
-    for name in ["stellantis-sync.service", "stellantis-sync-once.service"] {
+    // The template's instance gets its own state directory and database, and its shard.
+    let template = std::fs::read_to_string(dir.path().join("stellantis-sync@.service")).unwrap();
+    for line in [
+        "StateDirectory=stellantis-sync/%i",
+        "Environment=STELLANTIS_SYNC_STATE_DIR=/var/lib/stellantis-sync/%i",
+        "Environment=STELLANTIS_SYNC_DATABASE=/var/lib/stellantis-sync/%i/stellantis-sync.sqlite",
+        "EnvironmentFile=/etc/stellantis-sync/shards.env",
+    ] {
+        assert!(template.lines().any(|l| l == line), "template lacks {line}");
+    }
+    assert!(
+        template.contains("--shard %i/${SHARD_COUNT} run"),
+        "template ExecStart lacks --shard %i/${{SHARD_COUNT}}"
+    );
+    for name in [
+        "stellantis-sync.service",
+        "stellantis-sync-once.service",
+        "stellantis-sync@3.service",
+    ] {
         let o = std::process::Command::new("systemd-analyze")
             .args(["security", "--offline=yes", "--threshold=20"])
             .arg(dir.path().join(name))
@@ -536,7 +556,7 @@ async fn shards_split_the_accounts_between_instances() {
         .collect();
     let expected: Vec<String> = (1..=8)
         .map(|n| format!("user{n}"))
-        .filter(|n| stellantis_sync::config::shard_of(n, 2) == 0)
+        .filter(|n| stellantis_sync::shard::shard_of(n, 2) == 0)
         .collect();
     assert_eq!(synced, expected);
     assert!(!synced.is_empty() && synced.len() < 8);

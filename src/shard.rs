@@ -1,0 +1,155 @@
+//! Shards: which instance serves which account under `--shard I/N`.
+//!
+//! An account's shard is `jump(key(name), N)`:
+//! - [`key`] is the 64-bit FNV-1a hash of the account name's UTF-8 bytes (offset basis
+//!   `0xcbf29ce484222325`, prime `0x100000001b3`). It is part of the on-disk contract: an
+//!   account's history lives in its shard's database, so this function must never change.
+//! - [`jump`] is the jump consistent hash of Lamping and Veach ("A Fast, Minimal Memory,
+//!   Consistent Hash Algorithm", 2014, arXiv:1406.2294). Going from N to N+1 shards moves only
+//!   the accounts that land on the new shard N (about 1/(N+1) of them); every other account
+//!   keeps its shard, so its history stays in one database. Moving the few that change is
+//!   `export-account` / `import-account` (see `src/transfer.rs`).
+
+use crate::config::Config;
+
+/// The stable 64-bit key of an account name: FNV-1a 64 over its UTF-8 bytes.
+pub fn key(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Jump consistent hash: the bucket in `0..n` of `key` (`n` = 0 is treated as 1).
+pub fn jump(mut key: u64, n: u32) -> u32 {
+    let n = i64::from(n.max(1));
+    let (mut b, mut j): (i64, i64) = (-1, 0);
+    while j < n {
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        // As in the paper: (b + 1) * (2^31 / ((key >> 33) + 1)) in double precision.
+        let step = f64::from(1u32 << 31) / ((key >> 33) as f64 + 1.0);
+        j = ((b + 1) as f64 * step) as i64;
+    }
+    u32::try_from(b).unwrap_or(0)
+}
+
+/// The shard (0-based) of the account `name` among `n`.
+pub fn shard_of(name: &str, n: u32) -> u32 {
+    jump(key(name), n)
+}
+
+/// Keeps only the accounts of shard `i` of `n` in `cfg`.
+pub fn keep(cfg: &mut Config, i: u32, n: u32) {
+    cfg.accounts.retain(|a| shard_of(&a.name, n) == i);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Known values, computed independently with a few lines of Python (FNV-1a 64 and the
+    /// paper's C++ loop transcribed, with Python floats as C doubles), so the split can never
+    /// change silently between versions: an account must stay in its instance's database.
+    #[test]
+    fn pinned_values() {
+        assert_eq!(key("alice"), 0x508b_2abb_65a0_3907);
+        assert_eq!(key("user2"), 0x4228_c371_628c_9e40);
+        let cases: [(&str, [u32; 7]); 4] = [
+            ("alice", [0, 0, 0, 3, 4, 4, 4]),
+            ("bob@example.com", [0, 0, 0, 3, 3, 3, 3]),
+            ("user2", [0, 1, 2, 3, 6, 9, 43]),
+            ("account-0", [0, 1, 1, 1, 6, 6, 27]),
+        ];
+        for (name, want) in cases {
+            let got: Vec<u32> = [1, 2, 3, 4, 7, 10, 100]
+                .iter()
+                .map(|&n| shard_of(name, n))
+                .collect();
+            assert_eq!(got, want, "{name}");
+        }
+        // Raw jump values for fixed keys.
+        assert_eq!(jump(0, 1000), 0);
+        assert_eq!(jump(1, 10), 6);
+        assert_eq!(jump(1, 1000), 549);
+        assert_eq!(jump(0xdead_beef, 1000), 285);
+        assert_eq!(jump(u64::MAX, 10), 9);
+        assert_eq!(jump(1, i32::MAX as u32), 262_355_607);
+        assert_eq!(jump(0xdead_beef, i32::MAX as u32), 1_452_406_526);
+        assert_eq!(jump(42, 0), 0);
+    }
+
+    #[test]
+    fn growing_by_one_moves_only_accounts_to_the_new_shard() {
+        let names: Vec<String> = (0..10_000)
+            .map(|i| format!("account-{i}@x.example"))
+            .collect();
+        for n in 1..=12u32 {
+            let mut moved = 0u32;
+            let mut counts = vec![0u32; n as usize + 1];
+            for name in &names {
+                let (before, after) = (shard_of(name, n), shard_of(name, n + 1));
+                assert!(before < n && after <= n, "{name}: {before}/{n} -> {after}");
+                counts[after as usize] += 1;
+                if before != after {
+                    assert_eq!(
+                        after,
+                        n,
+                        "{name} moved {before} -> {after} going {n} -> {}",
+                        n + 1
+                    );
+                    moved += 1;
+                }
+            }
+            // Expected 10,000/(n+1) moves; allow ±15 % plus a little for small counts.
+            let expect = 10_000.0 / f64::from(n + 1);
+            let m = f64::from(moved);
+            assert!(
+                m > expect * 0.85 - 20.0 && m < expect * 1.15 + 20.0,
+                "{n} -> {}: {moved} moved, expected about {expect:.0}",
+                n + 1
+            );
+            // And the shards stay balanced.
+            for (s, c) in counts.iter().enumerate() {
+                let c = f64::from(*c);
+                assert!(
+                    c > expect * 0.85 - 20.0 && c < expect * 1.15 + 20.0,
+                    "shard {s}/{}: {c} accounts, expected about {expect:.0}",
+                    n + 1
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn keep_partitions_a_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = format!(
+            "state_dir = {:?}\n[app]\nclient_id = \"x\"\nclient_secret = \"y\"\n",
+            dir.path()
+        );
+        for i in 0..60 {
+            text.push_str(&format!(
+                "[[accounts]]\nname = \"a{i}\"\nbrand = \"peugeot\"\n"
+            ));
+        }
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut all = Vec::new();
+        for i in 0..3 {
+            let mut cfg = crate::config::load(&path, crate::config::Checks::ValuesOnly).unwrap();
+            assert_eq!(cfg.accounts.len(), 60);
+            keep(&mut cfg, i, 3);
+            assert!(!cfg.accounts.is_empty() && cfg.accounts.len() < 60);
+            for a in &cfg.accounts {
+                assert_eq!(shard_of(&a.name, 3), i);
+                all.push(a.name.clone());
+            }
+        }
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 60, "every account in exactly one shard");
+    }
+}

@@ -1,0 +1,817 @@
+//! `export-account` / `import-account`: moving one account's history between databases (for
+//! example from one shard to another after `--shard I/N` changed).
+//!
+//! - The export file is itself a SQLite database with this build's schema (migrated by
+//!   [`Db::open`]), holding only that account's rows. With `--with-tokens` it also holds the
+//!   account's token record in the table `transfer_token`, which no migration creates: the
+//!   analytics database never has it. Such a file is a secret (mode 0600, like every export).
+//! - Rows are copied table by table, in the order of [`ACCOUNT_TABLES`] (parents first), inside one
+//!   transaction. An `INTEGER PRIMARY KEY` (rowid) id is renumbered by a per-table offset that puts
+//!   the copied ids above the target's highest id, keeping their order; every column declared
+//!   `REFERENCES` such a table is shifted by the same offset, and `account_id` takes the target's
+//!   id of the account. Each table's copied row count is checked against the source's.
+//! - Import refuses an account that already has any row in the target (apart from a bare
+//!   `accounts` row), so two histories never mix and no row is duplicated. Import takes the
+//!   target's instance lock (`daemon.lock`), so it refuses while a daemon runs there.
+//! - `export-account --remove` deletes the account from the source after the export file is
+//!   durable (it takes the source's instance lock). `--with-tokens` moves the refresh token (one
+//!   token must live in one place: two instances using it would rotate each other out), so it
+//!   needs `--remove`; the source's token file is deleted, and import writes the record to the
+//!   target's token store (0600, durable write).
+
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::auth::store::{StoreError, TokenRecord, TokenStore};
+use crate::config::{self, Checks, Config};
+use crate::daemon::{self, StartError};
+use crate::exit;
+use crate::store::{self, Db, DbError};
+
+/// Every table with an `account_id` column, parents before children. A migration that adds such
+/// a table must add it here: export and import refuse to run on a schema with an uncovered one
+/// (and `tests` fail), so no account's rows can be left behind.
+pub const ACCOUNT_TABLES: &[&str] = &[
+    "accounts",
+    "sync_runs",
+    "vehicles",
+    "vehicle_changes",
+    "vehicle_absences",
+    "status_bodies",
+    "vehicle_status",
+    "vehicle_states",
+    "charging_sessions",
+    "trips",
+    "vehicle_alerts",
+    "maintenance",
+    "telemetry_endpoints",
+];
+
+/// The table of an export file holding the token record (never in an analytics database).
+const TOKEN_TABLE: &str = "transfer_token";
+
+/// Exit code of a refused transfer (sysexits `EX_DATAERR`): nothing was changed.
+pub const REFUSED: u8 = 65;
+
+/// Why an export or import did not happen; nothing was changed unless the message says so.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tokens(#[from] StoreError),
+    #[error(
+        "{dir} is in use by a running stellantis-sync (lock {lock}); stop it first (e.g. systemctl stop stellantis-sync)"
+    )]
+    Busy { dir: String, lock: String },
+    #[error("{dir}: {reason}")]
+    StateDir { dir: String, reason: String },
+    #[error("{path} already exists; an export never overwrites a file")]
+    Exists { path: PathBuf },
+    #[error("database {path} has no account named `{name}`")]
+    NoAccount { path: PathBuf, name: String },
+    #[error(
+        "database {path} already holds history of `{name}` ({rows} rows in {table}); importing would mix two histories. Remove it there first (`export-account {name} --to FILE --remove`) or import elsewhere"
+    )]
+    AlreadyThere {
+        path: PathBuf,
+        name: String,
+        table: String,
+        rows: i64,
+    },
+    #[error(
+        "database {path}: table {table} has an account_id column that export/import does not cover (add it to ACCOUNT_TABLES in src/transfer.rs)"
+    )]
+    Uncovered { path: PathBuf, table: String },
+    #[error(
+        "database {path} has schema version {found}, this program {expected}; run this version's daemon (or `--once`) on it first"
+    )]
+    Version {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("{path} is not an export of exactly one account (it holds {accounts})")]
+    NotAnExport { path: PathBuf, accounts: i64 },
+    #[error("{path} holds no token record (export it with --with-tokens --remove)")]
+    NoToken { path: PathBuf },
+    #[error(
+        "--with-tokens moves the refresh token out of this instance, so it needs --remove (a token used by two instances rotates the other one out)"
+    )]
+    TokensNeedRemove,
+    #[error(
+        "{path} already exists: `{name}` has a token record in the target; remove it or import without --with-tokens"
+    )]
+    TokenExists { path: PathBuf, name: String },
+    #[error(
+        "`{name}` belongs to shard {belongs}/{count}, not to this instance's --shard {index}/{count}"
+    )]
+    WrongShard {
+        name: String,
+        belongs: u32,
+        index: u32,
+        count: u32,
+    },
+    #[error("copying {table} of `{name}`: {read} rows read but {written} written")]
+    Mismatch {
+        table: String,
+        name: String,
+        read: i64,
+        written: i64,
+    },
+}
+
+impl TransferError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            TransferError::Config(_) => exit::CONFIG,
+            TransferError::Busy { .. } => exit::TEMPFAIL,
+            TransferError::Db(_)
+            | TransferError::Sqlite { .. }
+            | TransferError::Io { .. }
+            | TransferError::Tokens(_)
+            | TransferError::StateDir { .. } => exit::IOERR,
+            TransferError::Uncovered { .. } | TransferError::Mismatch { .. } => exit::SOFTWARE,
+            _ => REFUSED,
+        }
+    }
+}
+
+/// Rows copied per table.
+pub type Counts = Vec<(String, i64)>;
+
+fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> TransferError + '_ {
+    move |source| TransferError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> TransferError + '_ {
+    move |source| TransferError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn lock(state_dir: &Path) -> Result<File, TransferError> {
+    daemon::instance_lock(state_dir).map_err(|e| match e {
+        StartError::AlreadyRunning { dir, lock } => TransferError::Busy { dir, lock },
+        other => TransferError::StateDir {
+            dir: state_dir.display().to_string(),
+            reason: other.to_string(),
+        },
+    })
+}
+
+/// The tables of `schema` that have an `account_id` column (SQLite's own tables excluded).
+pub fn tables_with_account_id(conn: &Connection, schema: &str) -> rusqlite::Result<Vec<String>> {
+    let mut st = conn.prepare(&format!(
+        "SELECT m.name FROM \"{schema}\".sqlite_schema AS m
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'
+           AND EXISTS (SELECT 1 FROM pragma_table_info(m.name, ?1) WHERE name = 'account_id')
+         ORDER BY m.name"
+    ))?;
+    st.query_map([schema], |r| r.get(0))?.collect()
+}
+
+/// A table's columns, its renumbered id (a rowid alias) and its references to other tables.
+struct TableInfo {
+    columns: Vec<String>,
+    id: Option<String>,
+    refs: Vec<(String, String)>,
+}
+
+fn table_info(conn: &Connection, schema: &str, table: &str) -> rusqlite::Result<TableInfo> {
+    let mut st = conn.prepare("SELECT name, upper(type), pk FROM pragma_table_info(?1, ?2)")?;
+    let cols: Vec<(String, String, i64)> = st
+        .query_map([table, schema], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let ddl: String = conn.query_row(
+        &format!("SELECT sql FROM \"{schema}\".sqlite_schema WHERE type = 'table' AND name = ?1"),
+        [table],
+        |r| r.get(0),
+    )?;
+    let without_rowid = ddl.to_ascii_uppercase().contains("WITHOUT ROWID");
+    let pks: Vec<&(String, String, i64)> = cols.iter().filter(|c| c.2 > 0).collect();
+    let id = match pks.as_slice() {
+        [(name, ty, _)] if ty == "INTEGER" && !without_rowid => Some(name.clone()),
+        _ => None,
+    };
+    let mut st = conn.prepare("SELECT \"from\", \"table\" FROM pragma_foreign_key_list(?1, ?2)")?;
+    let refs = st
+        .query_map([table, schema], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(TableInfo {
+        columns: cols.into_iter().map(|c| c.0).collect(),
+        id,
+        refs,
+    })
+}
+
+/// Fails if `schema` has a table with an `account_id` column that [`ACCOUNT_TABLES`] misses.
+fn check_coverage(conn: &Connection, schema: &str, path: &Path) -> Result<(), TransferError> {
+    for table in tables_with_account_id(conn, schema).map_err(sql(path))? {
+        if !ACCOUNT_TABLES.contains(&table.as_str()) {
+            return Err(TransferError::Uncovered {
+                path: path.to_owned(),
+                table,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_version(conn: &Connection, schema: &str, path: &Path) -> Result<(), TransferError> {
+    let found: u32 = conn
+        .query_row(&format!("PRAGMA \"{schema}\".user_version"), [], |r| {
+            r.get(0)
+        })
+        .map_err(sql(path))?;
+    let expected = store::schema_version();
+    if found != expected {
+        return Err(TransferError::Version {
+            path: path.to_owned(),
+            found,
+            expected,
+        });
+    }
+    Ok(())
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Copies every row of account `name` from the attached schema `src` into `main`, inside the
+/// caller's transaction. `main_path` names the target in errors.
+fn copy_account(conn: &Connection, name: &str, main_path: &Path) -> Result<Counts, TransferError> {
+    let e = sql(main_path);
+    let old: i64 = conn
+        .query_row(
+            "SELECT account_id FROM src.accounts WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(&e)?
+        .ok_or_else(|| TransferError::NoAccount {
+            path: main_path.to_owned(),
+            name: name.to_owned(),
+        })?;
+    let existing: Option<i64> = conn
+        .query_row(
+            "SELECT account_id FROM main.accounts WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(&e)?;
+    if let Some(id) = existing {
+        for table in &ACCOUNT_TABLES[1..] {
+            let rows: i64 = conn
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM main.{} WHERE account_id = ?1",
+                        quote(table)
+                    ),
+                    [id],
+                    |r| r.get(0),
+                )
+                .map_err(&e)?;
+            if rows > 0 {
+                return Err(TransferError::AlreadyThere {
+                    path: main_path.to_owned(),
+                    name: name.to_owned(),
+                    table: (*table).to_owned(),
+                    rows,
+                });
+            }
+        }
+        // A bare row (the account was configured here but never synced): replaced, same id.
+        conn.execute("DELETE FROM main.accounts WHERE account_id = ?1", [id])
+            .map_err(&e)?;
+    }
+    let acc = table_info(conn, "main", "accounts").map_err(&e)?;
+    let cols: Vec<String> = acc.columns.iter().map(|c| quote(c)).collect();
+    let select: Vec<String> = acc
+        .columns
+        .iter()
+        .map(|c| {
+            if c == "account_id" {
+                "?1".to_owned()
+            } else {
+                quote(c)
+            }
+        })
+        .collect();
+    conn.execute(
+        &format!(
+            "INSERT INTO main.accounts ({}) SELECT {} FROM src.accounts WHERE account_id = ?2",
+            cols.join(", "),
+            select.join(", ")
+        ),
+        params![existing, old],
+    )
+    .map_err(&e)?;
+    let new = existing.unwrap_or_else(|| conn.last_insert_rowid());
+    let mut counts: Counts = vec![("accounts".to_owned(), 1)];
+    let mut offsets: Vec<(&str, i64)> = Vec::new();
+    for table in &ACCOUNT_TABLES[1..] {
+        let t = quote(table);
+        let info = table_info(conn, "main", table).map_err(&e)?;
+        if let Some(id) = &info.id {
+            let off: i64 = conn
+                .query_row(
+                    &format!(
+                        "SELECT max(0, coalesce((SELECT max({id}) FROM main.{t}), 0) + 1
+                                     - coalesce((SELECT min({id}) FROM src.{t} WHERE account_id = ?1), 0))",
+                        id = quote(id)
+                    ),
+                    [old],
+                    |r| r.get(0),
+                )
+                .map_err(&e)?;
+            offsets.push((table, off));
+        }
+        let mut select = Vec::with_capacity(info.columns.len());
+        for c in &info.columns {
+            let parent = info
+                .refs
+                .iter()
+                .find(|(from, _)| from == c)
+                .map(|(_, p)| p.as_str());
+            let shift = |p: &str| offsets.iter().find(|(t, _)| *t == p).map(|(_, o)| *o);
+            let expr = if c == "account_id" {
+                "?1".to_owned()
+            } else if Some(c) == info.id.as_ref() {
+                format!("{} + {}", quote(c), shift(table).unwrap_or(0))
+            } else if let Some(off) = parent.and_then(shift) {
+                format!("{} + {off}", quote(c))
+            } else {
+                quote(c)
+            };
+            select.push(expr);
+        }
+        let cols: Vec<String> = info.columns.iter().map(|c| quote(c)).collect();
+        // In id order, so renumbered ids keep their order.
+        let order = info
+            .id
+            .as_ref()
+            .map(|id| format!(" ORDER BY {}", quote(id)))
+            .unwrap_or_default();
+        let written = conn
+            .execute(
+                &format!(
+                    "INSERT INTO main.{t} ({}) SELECT {} FROM src.{t} WHERE account_id = ?2{order}",
+                    cols.join(", "),
+                    select.join(", ")
+                ),
+                params![new, old],
+            )
+            .map_err(&e)?;
+        let read: i64 = conn
+            .query_row(
+                &format!("SELECT count(*) FROM src.{t} WHERE account_id = ?1"),
+                [old],
+                |r| r.get(0),
+            )
+            .map_err(&e)?;
+        let written = i64::try_from(written).unwrap_or(i64::MAX);
+        if read != written {
+            return Err(TransferError::Mismatch {
+                table: (*table).to_owned(),
+                name: name.to_owned(),
+                read,
+                written,
+            });
+        }
+        counts.push(((*table).to_owned(), written));
+    }
+    Ok(counts)
+}
+
+/// Deletes every row of account `name` from `main` (children first), in the caller's transaction.
+fn delete_account(conn: &Connection, name: &str, path: &Path) -> Result<(), TransferError> {
+    let e = sql(path);
+    let Some(id): Option<i64> = conn
+        .query_row(
+            "SELECT account_id FROM main.accounts WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(&e)?
+    else {
+        return Ok(());
+    };
+    for table in ACCOUNT_TABLES.iter().rev() {
+        conn.execute(
+            &format!("DELETE FROM main.{} WHERE account_id = ?1", quote(table)),
+            [id],
+        )
+        .map_err(&e)?;
+    }
+    Ok(())
+}
+
+fn attach(conn: &Connection, path: &Path, main_path: &Path) -> Result<(), TransferError> {
+    let p = path.to_str().ok_or_else(|| TransferError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::other("the path is not UTF-8"),
+    })?;
+    conn.execute("ATTACH DATABASE ?1 AS src", [p])
+        .map_err(sql(main_path))?;
+    Ok(())
+}
+
+fn sync_dir(path: &Path) -> Result<(), TransferError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+fn summary(counts: &Counts) -> String {
+    counts
+        .iter()
+        .map(|(t, n)| format!("{t} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `export-account NAME --to FILE [--with-tokens] [--remove]` with a loaded configuration.
+pub async fn export(
+    cfg: &Config,
+    name: &str,
+    to: &Path,
+    with_tokens: bool,
+    remove: bool,
+) -> Result<Counts, TransferError> {
+    if with_tokens && !remove {
+        return Err(TransferError::TokensNeedRemove);
+    }
+    if to.exists() {
+        return Err(TransferError::Exists {
+            path: to.to_owned(),
+        });
+    }
+    let _instance = if remove {
+        Some(lock(&cfg.state_dir)?)
+    } else {
+        None
+    };
+    if !cfg.database.exists() {
+        return Err(TransferError::NoAccount {
+            path: cfg.database.clone(),
+            name: name.to_owned(),
+        });
+    }
+    let tokens = TokenStore::new(&cfg.state_dir);
+    let (_account_lock, record) = if with_tokens {
+        let l = tokens.lock(name, Duration::from_secs(10)).await?;
+        let record = tokens.load(name)?.ok_or_else(|| TransferError::NoToken {
+            path: tokens.path(name),
+        })?;
+        (Some(l), Some(record))
+    } else {
+        (None, None)
+    };
+    let file_name = to
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    let tmp = to.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    // Created 0600 before SQLite opens it: the file may hold a token and always holds history.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    let result = (|| {
+        let db = Db::open(&tmp)?;
+        let conn = db.conn();
+        attach(conn, &cfg.database, &tmp)?;
+        check_version(conn, "src", &cfg.database)?;
+        check_coverage(conn, "src", &cfg.database)?;
+        let tx = conn.unchecked_transaction().map_err(sql(&tmp))?;
+        let counts = copy_account(conn, name, &cfg.database)?;
+        if let Some(record) = &record {
+            let json = serde_json::to_string(record).map_err(|e| TransferError::Io {
+                path: tmp.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            conn.execute_batch(&format!(
+                "CREATE TABLE main.{TOKEN_TABLE} (account TEXT PRIMARY KEY, record TEXT NOT NULL)"
+            ))
+            .map_err(sql(&tmp))?;
+            conn.execute(
+                &format!("INSERT INTO main.{TOKEN_TABLE} (account, record) VALUES (?1, ?2)"),
+                params![name, json],
+            )
+            .map_err(sql(&tmp))?;
+        }
+        tx.commit().map_err(sql(&tmp))?;
+        conn.execute_batch("DETACH DATABASE src")
+            .map_err(sql(&tmp))?;
+        // One self-contained file: no -wal or -shm beside it.
+        conn.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+            .map_err(sql(&tmp))?;
+        drop(db);
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&tmp))?;
+        Ok::<_, TransferError>(counts)
+    })();
+    let counts = match result {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    if to.exists() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(TransferError::Exists {
+            path: to.to_owned(),
+        });
+    }
+    std::fs::rename(&tmp, to).map_err(io(to))?;
+    sync_dir(to)?;
+    if remove {
+        if with_tokens {
+            let path = tokens.path(name);
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            sync_dir(&path)?;
+        }
+        let db = Db::open(&cfg.database)?;
+        let conn = db.conn();
+        let tx = conn.unchecked_transaction().map_err(sql(&cfg.database))?;
+        delete_account(conn, name, &cfg.database)?;
+        tx.commit().map_err(sql(&cfg.database))?;
+    }
+    Ok(counts)
+}
+
+/// `import-account FILE [--with-tokens]` with a loaded configuration; returns the account name
+/// and the rows copied.
+pub async fn import(
+    cfg: &Config,
+    file: &Path,
+    with_tokens: bool,
+    shard: Option<(u32, u32)>,
+) -> Result<(String, Counts, bool), TransferError> {
+    let _instance = lock(&cfg.state_dir)?;
+    let probe = store::open_read_only(file)?;
+    check_version(&probe, "main", file)?;
+    let accounts: i64 = probe
+        .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))
+        .map_err(sql(file))?;
+    if accounts != 1 {
+        return Err(TransferError::NotAnExport {
+            path: file.to_owned(),
+            accounts,
+        });
+    }
+    let name: String = probe
+        .query_row("SELECT name FROM accounts", [], |r| r.get(0))
+        .map_err(sql(file))?;
+    if let Some((index, count)) = shard {
+        let belongs = crate::shard::shard_of(&name, count);
+        if belongs != index {
+            return Err(TransferError::WrongShard {
+                name,
+                belongs,
+                index,
+                count,
+            });
+        }
+    }
+    let has_token_table: bool = probe
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [TOKEN_TABLE],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(sql(file))?
+        > 0;
+    let record: Option<TokenRecord> = if with_tokens {
+        if !has_token_table {
+            return Err(TransferError::NoToken {
+                path: file.to_owned(),
+            });
+        }
+        let json: Option<String> = probe
+            .query_row(
+                &format!("SELECT record FROM {TOKEN_TABLE} WHERE account = ?1"),
+                [&name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(file))?;
+        let json = json.ok_or_else(|| TransferError::NoToken {
+            path: file.to_owned(),
+        })?;
+        let record: TokenRecord = serde_json::from_str(&json).map_err(|e| TransferError::Io {
+            path: file.to_owned(),
+            source: std::io::Error::other(format!("token record: {e}")),
+        })?;
+        Some(record)
+    } else {
+        None
+    };
+    drop(probe);
+    let tokens = TokenStore::new(&cfg.state_dir);
+    let _account_lock = if record.is_some() {
+        tokens.prepare()?;
+        let l = tokens.lock(&name, Duration::from_secs(10)).await?;
+        let path = tokens.path(&name);
+        if path.exists() {
+            return Err(TransferError::TokenExists { path, name });
+        }
+        Some(l)
+    } else {
+        None
+    };
+    if let Some(parent) = cfg.database.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let db = Db::open(&cfg.database)?;
+    let conn = db.conn();
+    check_coverage(conn, "main", &cfg.database)?;
+    attach(conn, file, &cfg.database)?;
+    let tx = conn.unchecked_transaction().map_err(sql(&cfg.database))?;
+    let counts = copy_account(conn, &name, &cfg.database)?;
+    // The token is durable before the rows commit; if the commit fails, it is taken back.
+    if let Some(record) = &record {
+        tokens.save(record)?;
+    }
+    if let Err(e) = tx.commit() {
+        if record.is_some() {
+            let _ = std::fs::remove_file(tokens.path(&name));
+        }
+        return Err(sql(&cfg.database)(e));
+    }
+    let _ = conn.execute_batch("DETACH DATABASE src");
+    Ok((name, counts, has_token_table && record.is_none()))
+}
+
+/// The `export-account` command: loads the configuration, exports, prints what it did.
+pub async fn export_cmd(
+    config: &Path,
+    name: &str,
+    to: &Path,
+    with_tokens: bool,
+    remove: bool,
+) -> u8 {
+    let result = match config::load(config, Checks::ValuesOnly) {
+        Ok(cfg) => export(&cfg, name, to, with_tokens, remove).await,
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(counts) => {
+            println!(
+                "exported `{name}` to {}{}{}: {}",
+                to.display(),
+                if with_tokens {
+                    " with its token record"
+                } else {
+                    ""
+                },
+                if remove { ", removed here" } else { "" },
+                summary(&counts)
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("stellantis-sync: export-account: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// The `import-account` command: loads the configuration, imports, prints what it did.
+/// With `--shard I/N`, an account of another shard is refused.
+pub async fn import_cmd(
+    config: &Path,
+    file: &Path,
+    with_tokens: bool,
+    shard: Option<(u32, u32)>,
+) -> u8 {
+    let cfg = match config::load(config, Checks::ValuesOnly) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stellantis-sync: import-account: {e}");
+            return exit::CONFIG;
+        }
+    };
+    match import(&cfg, file, with_tokens, shard).await {
+        Ok((name, counts, token_left)) => {
+            println!(
+                "imported `{name}` from {} into {}{}: {}",
+                file.display(),
+                cfg.database.display(),
+                if with_tokens {
+                    " with its token record"
+                } else {
+                    ""
+                },
+                summary(&counts)
+            );
+            if token_left {
+                println!(
+                    "note: {} holds `{name}`'s token record, not imported (no --with-tokens): the account needs `stellantis-sync login --account {name}`",
+                    file.display()
+                );
+            }
+            if !cfg.accounts.iter().any(|a| a.name == name) {
+                println!(
+                    "note: `{name}` is not in {}; add an [[accounts]] entry so this instance syncs it",
+                    config.display()
+                );
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("stellantis-sync: import-account: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every table of the migrated schema with an `account_id` column is covered, and the list
+    /// is in an order where every referenced table comes first.
+    #[test]
+    fn every_table_with_account_id_is_covered_in_a_valid_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        let tables = tables_with_account_id(db.conn(), "main").unwrap();
+        assert!(tables.len() >= 13, "{tables:?}");
+        for t in &tables {
+            assert!(
+                ACCOUNT_TABLES.contains(&t.as_str()),
+                "table {t} has an account_id column but src/transfer.rs ACCOUNT_TABLES does not cover it"
+            );
+        }
+        for (i, t) in ACCOUNT_TABLES.iter().enumerate() {
+            assert!(
+                tables.contains(&(*t).to_owned()),
+                "{t} is not a table with account_id"
+            );
+            let info = table_info(db.conn(), "main", t).unwrap();
+            for (col, parent) in &info.refs {
+                let pos = ACCOUNT_TABLES.iter().position(|p| p == parent);
+                assert!(
+                    matches!(pos, Some(p) if p < i),
+                    "{t}.{col} references {parent}, which must come earlier in ACCOUNT_TABLES"
+                );
+            }
+        }
+        assert_eq!(
+            table_info(db.conn(), "main", "vehicle_changes")
+                .unwrap()
+                .id
+                .as_deref(),
+            Some("change_id")
+        );
+        assert_eq!(table_info(db.conn(), "main", "trips").unwrap().id, None);
+        assert_eq!(
+            table_info(db.conn(), "main", "telemetry_endpoints")
+                .unwrap()
+                .id,
+            None
+        );
+        // A new table with account_id is caught at run time too.
+        db.conn()
+            .execute_batch("CREATE TABLE extra (account_id INTEGER, x TEXT)")
+            .unwrap();
+        let err = check_coverage(db.conn(), "main", Path::new("t.sqlite")).unwrap_err();
+        assert!(err.to_string().contains("extra"), "{err}");
+    }
+}
