@@ -7,6 +7,7 @@
 //! 3. Recording: a poll of 100,000 vehicles with 1 % changed, and with none changed.
 //! 4. Footprint: RSS idle and during a pass (1,000 and 10,000 accounts), binary size, start-up.
 //! 5. Scaling: scenario 2 at 1,000, 10,000 and 50,000 accounts.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

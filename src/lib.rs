@@ -37,6 +37,7 @@ use std::time::Duration;
 use cli::{Cli, Command};
 
 /// Runs a parsed command line and returns the process exit code.
+#[allow(clippy::print_stdout, clippy::print_stderr)] // the command line's own output
 pub fn run(cli: Cli) -> u8 {
     logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -121,6 +122,7 @@ fn check_global_flags(cli: &Cli) -> Result<(), String> {
 }
 
 /// Loads the configuration or reports every problem and returns exit code 78.
+#[allow(clippy::print_stdout, clippy::print_stderr)] // the command line's own output
 fn load(
     path: &std::path::Path,
     checks: config::Checks,
@@ -137,6 +139,7 @@ fn load(
     Ok(cfg)
 }
 
+#[allow(clippy::print_stdout, clippy::print_stderr)] // the command line's own output
 fn check_config(path: &std::path::Path, shard: Option<(u32, u32)>) -> u8 {
     match load(path, config::Checks::Full, shard) {
         Ok(cfg) => {
@@ -155,6 +158,7 @@ fn check_config(path: &std::path::Path, shard: Option<(u32, u32)>) -> u8 {
     }
 }
 
+#[allow(clippy::print_stdout, clippy::print_stderr)] // the command line's own output
 async fn login(path: &std::path::Path, args: cli::LoginArgs) -> u8 {
     let cfg = match load(path, config::Checks::Full, None) {
         Ok(c) => c,

@@ -18,6 +18,8 @@
 //!   token must live in one place: two instances using it would rotate each other out), so it
 //!   needs `--remove`; the source's token file is deleted, and import writes the record to the
 //!   target's token store (0600, durable write).
+// Printing is this command's job: export-account and import-account report to the operator.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt as _;

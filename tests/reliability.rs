@@ -2,6 +2,7 @@
 //! store's syscall order (T2), readers and the WAL (T6), a full disk and a read-only state
 //! directory (T7), and sd_notify around a reload (T14). The T-numbers refer to RELIABILITY.md.
 //! Figures are printed with `cargo test --test reliability -- --nocapture`.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! newcomer's `cargo test` passes without privileges; run them with
 //! `sudo -E cargo test --features root-tests --test root`. Each one fails loudly, never skips,
 //! when what it needs is missing.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
 

@@ -6,6 +6,8 @@
 //! tools). The pending verifier is kept in `tokens/pending-login/NAME.json` (0600; a directory no
 //! account's token file can be in) for ten minutes, so the code can also be given later with
 //! `--code`.
+// Printing is this command's job: login is a dialogue with the person signing in.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::BufRead;
 use std::time::Duration;

@@ -824,8 +824,8 @@ impl Inner {
     ) -> TokenRecord {
         let now = Utc::now();
         let secs = i64::try_from(expires_in.min(grant::MAX_EXPIRES_IN)).unwrap_or(0);
-        let expires = now
-            .checked_add_signed(chrono::Duration::seconds(secs))
+        let expires = chrono::Duration::try_seconds(secs)
+            .and_then(|d| now.checked_add_signed(d))
             .unwrap_or(now);
         TokenRecord {
             version: 1,
