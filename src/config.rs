@@ -513,6 +513,17 @@ fn validate(raw: RawConfig, path: &Path, checks: Checks) -> Result<Config, Confi
     if raw.idp.timeout.0.is_zero() {
         v.bad("idp.timeout", "must be longer than zero");
     }
+    // A timeout of years is a typo, and arithmetic on it must not overflow.
+    for (key, d) in [
+        ("api.timeout", raw.api.timeout.0),
+        ("idp.timeout", raw.idp.timeout.0),
+        ("shutdown_timeout", raw.shutdown_timeout.0),
+        ("api.retry_cap", raw.api.retry_cap.0),
+    ] {
+        if d > Duration::from_secs(3600) {
+            v.bad(key, "must be at most 1h");
+        }
+    }
     if raw.refresh_token_max_age.0 <= raw.refresh_margin.0 {
         v.bad(
             "refresh_token_max_age",
@@ -540,6 +551,8 @@ fn validate(raw: RawConfig, path: &Path, checks: Checks) -> Result<Config, Confi
         "client_secret",
     );
     let mut names = HashSet::new();
+    // A refresh token belongs to one account: two accounts presenting it would rotate it twice.
+    let mut bootstrap_tokens: Vec<(usize, SecretString)> = Vec::new();
     let mut accounts = Vec::new();
     if raw.accounts.is_empty() {
         v.bad("accounts", "no [[accounts]] configured");
@@ -593,6 +606,20 @@ fn validate(raw: RawConfig, path: &Path, checks: Checks) -> Result<Config, Confi
             a.refresh_token_file.as_deref(),
             &format!("{}.refresh_token", a.name),
         );
+        if let Some(t) = &refresh_token {
+            use secrecy::ExposeSecret;
+            if let Some((j, _)) = bootstrap_tokens
+                .iter()
+                .find(|(_, o)| o.expose_secret() == t.expose_secret())
+            {
+                v.bad(
+                    key("refresh_token"),
+                    format!("the same refresh token as accounts[{j}] (value not shown): a refresh token belongs to one account, and presenting it twice kills it"),
+                );
+            } else {
+                bootstrap_tokens.push((i, t.clone()));
+            }
+        }
         if password.is_some() && a.username.is_none() {
             v.bad(key("username"), "a password is set but no username");
         }

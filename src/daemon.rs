@@ -120,6 +120,15 @@ pub fn build(cfg: Config, prev: Option<&App>) -> Result<App, StartError> {
         dir: cfg.state_dir.display().to_string(),
         reason: e.to_string(),
     })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(&cfg.state_dir).is_ok_and(|m| m.permissions().mode() & 0o002 != 0) {
+            tracing::warn!(
+                "the state directory {} is world-writable: anyone could replace the rate budget or the database; run `chmod o-w` on it (tokens/ stays 0700)",
+                cfg.state_dir.display()
+            );
+        }
+    }
     let db = match prev {
         Some(p) => p.engine.db.clone(),
         None => {
@@ -300,7 +309,9 @@ async fn finish(app: &App) {
     let db = app.engine.db.clone();
     let _ = tokio::task::spawn_blocking(move || {
         let mut g = db.lock().unwrap_or_else(|e| e.into_inner());
-        g.close_abandoned_runs("stopped (SIGTERM/SIGINT) before the run finished")
+        g.close_abandoned_runs(
+            "the run could not be recorded as finished (stopped by a signal, or its outcome could not be written)",
+        )
     })
     .await;
     app.limits.save();
@@ -436,7 +447,10 @@ struct Daemon<'a> {
 /// How long a pass may go without any account finishing before it counts as stuck (then the
 /// watchdog is no longer fed and systemd restarts the service).
 fn stall_limit(cfg: &Config) -> Duration {
-    let one_account = cfg.api_timeout * (cfg.api_max_retries + 1) * 2 + cfg.idp_timeout * 2;
+    let one_account = cfg
+        .api_timeout
+        .saturating_mul(cfg.api_max_retries.saturating_add(1).saturating_mul(2))
+        .saturating_add(cfg.idp_timeout.saturating_mul(2));
     one_account.max(Duration::from_secs(300))
 }
 

@@ -54,6 +54,7 @@ pub fn for_start(e: &StartError) -> u8 {
         StartError::AlreadyRunning { .. } => TEMPFAIL,
         StartError::StateDir { .. } => IOERR,
         StartError::Db(e) if e.is_io() => IOERR,
+        StartError::Db(e) if e.is_busy() => TEMPFAIL,
         StartError::Db(DbError::TooNew { .. }) => CONFIG,
         StartError::Db(_) => SOFTWARE,
     }
@@ -73,5 +74,20 @@ pub fn for_login(e: &crate::auth::login::LoginError) -> u8 {
         LoginError::Auth(AuthError::Store { .. }) => IOERR,
         LoginError::Auth(AuthError::InvalidClient { .. }) => CONFIG,
         _ => NOPERM,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_held_by_another_process_is_temporary() {
+        // Adversarial review: `--once` while a reader held an exclusive lock exited 70.
+        let busy = DbError::Sqlite {
+            path: "db".into(),
+            source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(5), None),
+        };
+        assert_eq!(for_start(&StartError::Db(busy)), TEMPFAIL);
     }
 }

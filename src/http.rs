@@ -84,6 +84,27 @@ pub enum BodyError {
     TooLarge { limit: usize },
 }
 
+/// Reads at most `limit` bytes of a response body; the flag says whether it was cut there.
+pub async fn read_prefix(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), TransportError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| TransportError::from_reqwest(&e))?
+    {
+        let room = limit - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, true));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, false))
+}
+
 /// Reads a response body, refusing (and not buffering) more than `limit` bytes.
 pub async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
     if resp

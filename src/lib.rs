@@ -23,6 +23,7 @@ pub mod listing;
 pub mod logging;
 pub mod notify;
 pub mod ratelimit;
+pub mod redact;
 pub mod shard;
 pub mod sim;
 pub mod status;

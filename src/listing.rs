@@ -40,19 +40,23 @@ pub enum Step {
 /// Collects the pages of one listing.
 #[derive(Debug, Default)]
 pub struct ListingBuilder {
+    /// The `pageSize` asked for: every page but the last must be that full.
+    page_size: u64,
     pages: u32,
     total: Option<u64>,
     total_pages: Option<u64>,
-    first_page_len: usize,
     vehicles: Vec<ListedVehicle>,
     ids: HashSet<String>,
     fetched: HashSet<String>,
 }
 
 impl ListingBuilder {
-    /// A new listing whose first page is fetched from `first_url`.
-    pub fn new(first_url: &str) -> ListingBuilder {
-        let mut b = ListingBuilder::default();
+    /// A new listing whose first page is fetched from `first_url` with `pageSize = page_size`.
+    pub fn new(first_url: &str, page_size: u32) -> ListingBuilder {
+        let mut b = ListingBuilder {
+            page_size: u64::from(page_size.max(1)),
+            ..ListingBuilder::default()
+        };
         b.fetched.insert(page_key(first_url));
         b
     }
@@ -102,8 +106,14 @@ impl ListingBuilder {
             _ => {}
         }
         if n == 1 {
-            self.first_page_len = page.vehicles.len();
+            if total.div_ceil(self.page_size) > u64::from(MAX_PAGES) {
+                return bad(format!(
+                    "total says {total} vehicles: more than {MAX_PAGES} pages of {}",
+                    self.page_size
+                ));
+            }
         }
+        let on_page = page.vehicles.len() as u64;
         for v in page.vehicles {
             if !self.ids.insert(v.id.clone()) {
                 return bad(format!(
@@ -116,6 +126,14 @@ impl ListingBuilder {
         let count = self.vehicles.len() as u64;
         if count > total {
             return bad(format!("{count} vehicles arrived but total says {total}"));
+        }
+        if page.next.is_some() && on_page != self.page_size {
+            // A page that is not the last one must be full: a server handing out one vehicle a
+            // page (or none) must not cost thousands of requests.
+            return bad(format!(
+                "page {n} holds {on_page} vehicles where {} were asked for, and is not the last",
+                self.page_size
+            ));
         }
         let Some(href) = page.next else {
             if count != total {
@@ -149,7 +167,7 @@ impl ListingBuilder {
     /// Pages `total` and the first page's size allow (plus one for an empty last page).
     fn max_pages(&self) -> u32 {
         let total = self.total.unwrap_or(0);
-        let per_page = u64::try_from(self.first_page_len.max(1)).unwrap_or(1);
+        let per_page = self.page_size;
         let allowed = total.div_ceil(per_page) + 1;
         u32::try_from(allowed).unwrap_or(MAX_PAGES).min(MAX_PAGES)
     }
@@ -192,7 +210,7 @@ mod tests {
 
     /// Feeds pages in order; renders the outcome as `done N single|multi`, or the error.
     fn run(pages: Vec<Page>) -> String {
-        let mut b = ListingBuilder::new("https://api/x/user/vehicles?client_id=c&pageSize=2");
+        let mut b = ListingBuilder::new("https://api/x/user/vehicles?client_id=c&pageSize=2", 2);
         for p in pages {
             match b.push(p) {
                 Ok(Step::Next(_)) => {}
@@ -255,7 +273,10 @@ mod tests {
             // Item 7: a `next` that names a page already fetched.
             (
                 "next loops on itself",
-                vec![page(Some(3), &["a", "b"], n1), page(Some(3), &[], n1)],
+                vec![
+                    page(Some(4), &["a", "b"], n1),
+                    page(Some(4), &["c", "d"], n1),
+                ],
                 "incomplete: page 2's `next` link names a page already fetched",
             ),
             (
@@ -279,7 +300,18 @@ mod tests {
                         Some("https://api/x/user/vehicles?pageToken=p4"),
                     ),
                 ],
-                "incomplete: more than 3 pages for 3 vehicles",
+                "incomplete: page 2 holds 0 vehicles where 2 were asked for, and is not the last",
+            ),
+            // Adversarial review: one vehicle a page with a big total; an absurd total.
+            (
+                "one a page",
+                vec![page(Some(5), &["a"], n1)],
+                "incomplete: page 1 holds 1 vehicles where 2 were asked for, and is not the last",
+            ),
+            (
+                "absurd total",
+                vec![page(Some(100_000), &["a", "b"], n1)],
+                "incomplete: total says 100000 vehicles: more than 1000 pages of 2",
             ),
         ];
         for (name, pages, want) in cases {
@@ -318,12 +350,12 @@ mod tests {
 
     #[test]
     fn no_vehicle_found_is_an_empty_account_only_on_page_one() {
-        let b = ListingBuilder::new("u");
+        let b = ListingBuilder::new("u", 2);
         assert!(
             b.empty_account()
                 .is_ok_and(|l| l.is_empty() && l.single_page())
         );
-        let mut b = ListingBuilder::new("u");
+        let mut b = ListingBuilder::new("u", 2);
         let _ = b.push(page(Some(3), &["a", "b"], Some("u?pageToken=2")));
         assert!(b.empty_account().is_err());
     }

@@ -6,6 +6,16 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = stellantis_sync::cli::Cli::parse();
-    ExitCode::from(stellantis_sync::run(cli))
+    match stellantis_sync::cli::Cli::try_parse() {
+        Ok(cli) => ExitCode::from(stellantis_sync::run(cli)),
+        Err(e) => {
+            // `--help` and `--version` are not errors; a bad command line is a usage error (64).
+            let _ = e.print();
+            if e.use_stderr() {
+                ExitCode::from(stellantis_sync::exit::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
 }

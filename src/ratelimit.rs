@@ -106,8 +106,17 @@ fn quota(rate: Rate) -> (Quota, Duration) {
     } else {
         (n, rate.burst)
     };
-    // A 1 % guard band against network jitter between us and the server's counter.
-    let period = Duration::from_secs(1).mul_f64(1.01) / per_second;
+    // A guard band against jitter between our permit and the server's counter: 1 %, and at low
+    // rates at least 30 ms (a request that needs a new connection arrives later than the next
+    // one on a warm connection; at 2/s the adversarial review saw three arrivals within 979 ms).
+    let guard = (Duration::from_secs(1) / per_second)
+        .mul_f64(0.01)
+        .max(if n < 20 {
+            Duration::from_millis(30)
+        } else {
+            Duration::ZERO
+        });
+    let period = Duration::from_secs(1) / per_second + guard;
     let q = Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_second(rate.per_second))
         .allow_burst(burst);
@@ -277,6 +286,15 @@ mod tests {
             per_second: NonZeroU32::new(p).unwrap(),
             burst: NonZeroU32::new(b).unwrap(),
         }
+    }
+
+    #[test]
+    fn low_rates_keep_a_guard_band_for_connection_jitter() {
+        // Adversarial review: at 2/s three token requests arrived within 979 ms.
+        let (_, period) = quota(rate(2, 1));
+        assert!(period >= Duration::from_millis(530), "{period:?}");
+        let (_, period) = quota(rate(200, 1));
+        assert!(period < Duration::from_millis(6), "{period:?}");
     }
 
     #[tokio::test]

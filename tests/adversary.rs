@@ -268,6 +268,11 @@ async fn a_cooldown_from_the_future_does_not_block_a_pass() {
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_code(&out, 75);
     assert!(text(&out).contains("wait until"), "{}", text(&out));
+    // Review 11: nothing was sent, and the run says so.
+    assert_eq!(
+        env.count("SELECT http_requests FROM sync_runs ORDER BY run_id DESC LIMIT 1"),
+        0
+    );
     let saved: Value =
         serde_json::from_slice(&std::fs::read(env.state_dir().join("budget.json")).unwrap())
             .unwrap();
@@ -588,4 +593,203 @@ async fn demo_refuses_once() {
     assert_code(&out, 64);
     assert!(text(&out).contains("--once"), "{}", text(&out));
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defects found by the adversarial review of the hardening (RELIABILITY.md lists them).
+// ---------------------------------------------------------------------------------------------
+
+/// Review 1: a 5xx whose body says `invalid_grant` is a server failure; the stored refresh token
+/// (still accepted by the IdP) must not be thrown away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_with_an_invalid_grant_body_keeps_the_token() {
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts::idle(),
+    )
+    .await;
+    assert_code(&env.once().await, 0);
+    let before = stored_refresh_token(&env.state_dir(), "user1").unwrap();
+    let fake = Fake::start(|_| async move {
+        json_response(
+            503,
+            &json!({"error": "invalid_grant", "error_description": "oops"}),
+        )
+    })
+    .await;
+    point_section_at(&env.config, "idp", &fake.base);
+    let rec_path = env.state_dir().join("tokens/user1.json");
+    let mut rec: Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    rec["access_expires_at"] = json!("2000-01-01T00:00:00.000Z");
+    std::fs::write(&rec_path, rec.to_string()).unwrap();
+    assert_code(&env.once().await, 75);
+    assert_eq!(
+        stored_refresh_token(&env.state_dir(), "user1"),
+        Some(before.clone())
+    );
+    assert!(env.sim.refresh_token_is_live(&before));
+    point_section_at(&env.config, "idp", &env.sim.base_url());
+    assert_code(&env.once().await, 0);
+    chain_alive(&env, "user1");
+}
+
+/// Review 2: the IdP rotated, but its 200 answer is broken (cut off, a byte-order mark, an
+/// oversized id_token): the new refresh token is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_token_answer_keeps_the_rotated_token() {
+    async fn proxy(sim_base: String, mangle: fn(Vec<u8>) -> Vec<u8>) -> Fake {
+        Fake::start(move |r| {
+            let sim_base = sim_base.clone();
+            async move {
+                let mut req = reqwest::Client::new()
+                    .post(format!("{sim_base}{}", r.path_and_query))
+                    .body(r.body);
+                for (k, v) in &r.headers {
+                    if k != "host" && k != "content-length" {
+                        req = req.header(k, v);
+                    }
+                }
+                let resp = req.send().await.unwrap();
+                let status = resp.status().as_u16();
+                let body = resp.bytes().await.unwrap().to_vec();
+                (
+                    status,
+                    vec![("content-type", "application/json".into())],
+                    mangle(body),
+                )
+            }
+        })
+        .await
+    }
+    fn cut(b: Vec<u8>) -> Vec<u8> {
+        // Everything up to just after the refresh token's closing quote.
+        let t = String::from_utf8(b).unwrap();
+        let at = t.find("\"refresh_token\"").unwrap();
+        let end = at + t[at..].match_indices('"').nth(3).unwrap().0 + 1;
+        t[..end].as_bytes().to_vec()
+    }
+    fn bom(b: Vec<u8>) -> Vec<u8> {
+        [b"\xEF\xBB\xBF".to_vec(), b].concat()
+    }
+    fn big(b: Vec<u8>) -> Vec<u8> {
+        let mut v: Value = serde_json::from_slice(&b).unwrap();
+        v["id_token"] = json!("x".repeat(70_000));
+        v.to_string().into_bytes()
+    }
+    for mangle in [cut as fn(Vec<u8>) -> Vec<u8>, bom, big] {
+        let env = Env::new(
+            SimConfig::default(),
+            |s| vec![Acct::bootstrapped(s, 1)],
+            Opts::idle(),
+        )
+        .await;
+        let p = proxy(env.sim.base_url(), mangle).await;
+        point_section_at(&env.config, "idp", &p.base);
+        let _ = env.once().await;
+        chain_alive(&env, "user1");
+        point_section_at(&env.config, "idp", &env.sim.base_url());
+        assert_code(&env.once().await, 0);
+        chain_alive(&env, "user1");
+    }
+}
+
+/// Review 3: a bootstrap token already presented is never presented again, even when the
+/// account is renamed (its token file is then another one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_bootstrap_token_is_not_replayed_after_a_rename() {
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts::idle(),
+    )
+    .await;
+    assert_code(&env.once().await, 0);
+    let text_cfg = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        text_cfg.replace("name = \"user1\"", "name = \"user1-renamed\""),
+    )
+    .unwrap();
+    let out = env.once().await;
+    assert_code(&out, 77);
+    let s = env.sim.stats();
+    assert_eq!(
+        (s.reused_refresh, s.invalid_grant),
+        (0, 0),
+        "{}",
+        text(&out)
+    );
+    // The original account's chain is untouched.
+    let text_cfg = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        text_cfg.replace("name = \"user1-renamed\"", "name = \"user1\""),
+    )
+    .unwrap();
+    assert_code(&env.once().await, 0);
+    chain_alive(&env, "user1");
+}
+
+/// Review 9: a server that echoes the request (bearer token, refresh token) in its error body
+/// must not put a credential in the logs, the database or `status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_echoed_by_a_server_are_not_repeated() {
+    let fake = Fake::start(|r| async move {
+        let auth = r
+            .headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        json_response(
+            404,
+            &json!({"code": 40400, "message": format!("No trip found {auth}")}),
+        )
+    })
+    .await;
+    let env = env_with_api(&fake, 60).await;
+    let out = env.run(&["--once"], &[("RUST_LOG", "trace")]).await;
+    assert_code(&out, 75);
+    let rec = stored_record(&env.state_dir(), "user1");
+    let access = rec["access_token"].as_str().unwrap().to_owned();
+    let refresh = rec["refresh_token"].as_str().unwrap().to_owned();
+    let status = env.run(&["status"], &[]).await;
+    let dump = std::process::Command::new("sqlite3")
+        .arg(env.db_path())
+        .arg(".dump")
+        .output()
+        .unwrap();
+    for (what, hay) in [
+        ("log", text(&out)),
+        ("status", text(&status)),
+        (
+            "database",
+            String::from_utf8_lossy(&dump.stdout).into_owned(),
+        ),
+    ] {
+        for secret in [&access, &refresh] {
+            assert!(!hay.contains(secret.as_str()), "a token in the {what}");
+        }
+    }
+    assert!(text(&status).contains("[redacted]"), "{}", text(&status));
+}
+
+/// Review 8 and 11: a command line clap refuses exits 64 (usage), and a run that sent nothing
+/// because of a cooldown counts no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_errors_exit_64() {
+    for args in [vec!["--bogus"], vec!["--shard", "5/4"]] {
+        let out = tokio::process::Command::new(BIN)
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        assert_code(&out, 64);
+    }
+    let out = tokio::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    assert_code(&out, 0);
 }

@@ -1,7 +1,12 @@
 //! The program as people run it: `--once` exit codes, bad configurations, the daemon on a fast
 //! schedule, signals, one instance per state directory, the rate limit measured by the
 //! simulator, sd_notify, the demo, and the systemd units.
-#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr, clippy::disallowed_methods)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

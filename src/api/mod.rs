@@ -116,6 +116,11 @@ impl ApiClient {
         }
     }
 
+    /// The `pageSize` asked for on every listing.
+    pub fn page_size(&self) -> u32 {
+        self.page_size
+    }
+
     /// The rate limiter (the sync engine reports 429 cooldowns to it).
     pub fn limits(&self) -> &Limits {
         &self.limits

@@ -219,8 +219,9 @@ pub fn is_no_vehicle(body: &[u8]) -> bool {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_ascii_lowercase();
-    matches!(code, Some(40400 | 40410))
-        && (msg.contains("no vehicle found") || msg.contains("no vehicule found"))
+    // The exact documented messages only: "Error: no vehicle found in CORVET for VIN" is not an
+    // empty account, and treating it as one would record every vehicle removed.
+    matches!(code, Some(40400 | 40410)) && (msg == "no vehicle found" || msg == "no vehicule found")
 }
 
 /// A short, safe message from any of the API's three error-body families
@@ -243,7 +244,8 @@ pub fn error_message(body: &[u8]) -> String {
     } else {
         "(unrecognised error body)".into()
     };
-    text.chars().take(300).collect()
+    // A server may echo the request, bearer token included: never quote a credential.
+    crate::redact::tokens(&text).chars().take(300).collect()
 }
 
 #[cfg(test)]
@@ -319,6 +321,16 @@ mod tests {
         // Issue 10 item 8: the code alone, or with another message, is not an empty account.
         assert!(!is_no_vehicle(br#"{"uuid":"u","code":40400}"#));
         assert!(!is_no_vehicle(br#"{"code":40400,"message":""}"#));
+        // Adversarial review: a message that merely contains the words.
+        for m in [
+            "Error: no vehicle found in CORVET for VIN",
+            "No vehicle found (CVS upstream timeout, retry)",
+            "No vehicle found for this VIN",
+            "No vehicle found ",
+        ] {
+            let body = serde_json::json!({"code": 40400, "message": m}).to_string();
+            assert!(!is_no_vehicle(body.as_bytes()), "{m}");
+        }
         assert!(!is_no_vehicle(
             br#"{"code":40400,"message":"Not Found: We didn't find the status for this vehicle."}"#
         ));

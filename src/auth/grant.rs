@@ -32,7 +32,14 @@ pub const MAX_EXPIRES_IN: u64 = 86_400;
 /// refresh token it is kept, whatever else in the body is wrong. `None` only when the body is not
 /// a JSON object or carries neither token.
 pub fn parse_tokens(body: &[u8]) -> Option<Tokens> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    // A byte-order mark is not JSON, but a token behind it is still a token.
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let Some(v) = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .filter(serde_json::Value::is_object)
+    else {
+        return salvage(body);
+    };
     let obj = v.as_object()?;
     let secret = |k: &str| {
         obj.get(k)
@@ -60,6 +67,36 @@ pub fn parse_tokens(body: &[u8]) -> Option<Tokens> {
         access_token,
         refresh_token,
         expires_in,
+    })
+}
+
+/// The tokens of a broken answer (cut off, oversized, not quite JSON): the string values of
+/// `"refresh_token"` and `"access_token"` found in the text. A token the IdP has rotated must not
+/// be lost because the rest of its answer is broken; the lifetime is then taken as short.
+fn salvage(body: &[u8]) -> Option<Tokens> {
+    let text = String::from_utf8_lossy(body);
+    let find = |key: &str| -> Option<SecretString> {
+        let at = text.find(&format!("\"{key}\""))? + key.len() + 2;
+        let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
+        let rest = rest.strip_prefix('"')?;
+        let end = rest.find('"')?;
+        let value = &rest[..end];
+        let plausible = !value.is_empty()
+            && value.len() <= 4096
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b));
+        plausible.then(|| SecretString::from(value.to_owned()))
+    };
+    let refresh_token = find("refresh_token");
+    let access_token = find("access_token");
+    if refresh_token.is_none() && access_token.is_none() {
+        return None;
+    }
+    Some(Tokens {
+        access_token,
+        refresh_token,
+        expires_in: MIN_EXPIRES_IN,
     })
 }
 
@@ -125,7 +162,8 @@ pub async fn request(
             GrantError::Transient(crate::http::TransportError::from_reqwest(&e).message)
         })?;
     let status = resp.status();
-    let body = crate::http::read_capped(resp, crate::http::IDP_BODY_LIMIT)
+    // Read at most the cap; an oversized success is still searched for its tokens.
+    let (body, _cut) = crate::http::read_prefix(resp, crate::http::IDP_BODY_LIMIT)
         .await
         .map_err(|e| GrantError::Transient(e.to_string()))?;
     if status.is_success() {
@@ -143,12 +181,15 @@ pub async fn request(
         .map(|e| {
             (
                 e.error.unwrap_or_default(),
-                e.error_description.unwrap_or_default(),
+                // Some servers echo the request (with its refresh token) in the description.
+                crate::redact::tokens(&e.error_description.unwrap_or_default()),
             )
         })
         .unwrap_or_default();
     match (status.as_u16(), code.as_str()) {
-        (_, "invalid_grant") => Err(GrantError::InvalidGrant(description)),
+        // RFC 6749 §5.2: invalid_grant comes with 400. The same word in a 5xx body is a server
+        // failure, and must not kill a token the IdP may still accept.
+        (400, "invalid_grant") => Err(GrantError::InvalidGrant(description)),
         (_, "invalid_client") | (401, _) => Err(GrantError::InvalidClient),
         (s, _) if status.is_server_error() || s == 429 || s == 408 => {
             Err(GrantError::Transient(format!(
@@ -243,6 +284,21 @@ mod tests {
             assert_eq!(t.expires_in, want, "{body}");
             assert_eq!(rt(&t).as_deref(), Some("r"), "{body}");
         }
+        // Adversarial review: a cut-off answer, a byte-order mark, an oversized id_token.
+        let t = parse_tokens(br#"{"access_token":"a-1","refresh_token":"r-2","id_tok"#).unwrap();
+        assert_eq!(rt(&t).as_deref(), Some("r-2"));
+        assert_eq!(t.expires_in, MIN_EXPIRES_IN);
+        let t = parse_tokens(
+            b"\xEF\xBB\xBF{\"access_token\":\"a\",\"refresh_token\":\"r\",\"expires_in\":3599}",
+        )
+        .unwrap();
+        assert_eq!((rt(&t).as_deref(), t.expires_in), (Some("r"), 3599));
+        let big = format!(
+            r#"{{"scope":"x","refresh_token":"r-3","id_token":"{}"#,
+            "x".repeat(70_000)
+        );
+        let t = parse_tokens(&big.as_bytes()[..65_536]).unwrap();
+        assert_eq!(rt(&t).as_deref(), Some("r-3"));
         // Once a new refresh token arrived, it is kept whatever else is wrong.
         let t = parse_tokens(br#"{"refresh_token":"r","access_token":42}"#).unwrap();
         assert!(t.access_token.is_none());

@@ -116,7 +116,7 @@ impl TokenSettings {
                 .as_ref()
                 .map(|u| u.as_str().trim_end_matches('/').to_owned()),
             // Another process holding the lock is refreshing: that takes at most an IdP timeout.
-            lock_wait: cfg.idp_timeout + Duration::from_secs(2),
+            lock_wait: cfg.idp_timeout.saturating_add(Duration::from_secs(2)),
             idp_timeout: cfg.idp_timeout,
         }
     }
@@ -336,7 +336,11 @@ impl TokenManager {
                 "waiting for {busy} token exchange(s) with the identity provider to finish and be saved"
             );
         }
-        let limit = self.inner.settings.idp_timeout + self.inner.settings.lock_wait + extra;
+        let s = &self.inner.settings;
+        let limit = s
+            .idp_timeout
+            .saturating_add(s.lock_wait)
+            .saturating_add(extra);
         let done = tokio::time::timeout(limit, self.tracker.wait())
             .await
             .is_ok();
@@ -483,7 +487,9 @@ impl Inner {
         a: &Account,
         mut rec: Option<TokenRecord>,
     ) -> Result<SecretString, AuthError> {
-        let boot = boot_fp(a);
+        // A bootstrap token this installation already presented (under another account name,
+        // before a rename) is never presented again.
+        let boot = boot_fp(a).filter(|fp| !self.store.bootstrap_used(fp));
         let offered = plan::Offered {
             bootstrap: a.refresh_token.as_ref().zip(boot.as_deref()),
             password: a.password.is_some() && a.username.is_some(),
@@ -506,6 +512,16 @@ impl Inner {
             };
             self.store.preflight().map_err(|e| Self::store_err(a, e))?;
             let result = self.post(a, &plan).await;
+            if let Plan::Refresh {
+                token,
+                bootstrap: true,
+                ..
+            } = &plan
+                && matches!(result, Ok(_) | Err(GrantError::InvalidGrant(_)))
+                && let Err(e) = self.store.mark_bootstrap_used(&fingerprint(token))
+            {
+                tracing::warn!(account = %a.name, "cannot record the used bootstrap token: {e}");
+            }
             match result {
                 Ok(tokens) => {
                     faultpoint::hit("after_refresh_response");

@@ -177,6 +177,27 @@ impl TokenStore {
         }
     }
 
+    /// Whether this installation has already presented the bootstrap token with this
+    /// fingerprint (to any account, under any name): then it is never presented again.
+    pub fn bootstrap_used(&self, fp: &str) -> bool {
+        std::fs::read_to_string(self.dir.join("bootstrap-used"))
+            .is_ok_and(|t| t.lines().any(|l| l.trim() == fp))
+    }
+
+    /// Records, durably, that the bootstrap token with this fingerprint was presented and
+    /// answered (accepted or refused).
+    pub fn mark_bootstrap_used(&self, fp: &str) -> Result<(), StoreError> {
+        let path = self.dir.join("bootstrap-used");
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().any(|l| l.trim() == fp) {
+            return Ok(());
+        }
+        text.push_str(fp);
+        text.push('\n');
+        crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600, true)
+            .map_err(|e| self.io(&path, e))
+    }
+
     /// The directory of pending logins (`tokens/pending-login/`).
     pub fn pending_login_path(&self, account: &str) -> PathBuf {
         self.dir

@@ -36,8 +36,10 @@ impl SimClock {
     /// The sim time now.
     pub fn now(&self) -> DateTime<Utc> {
         let real = self.anchor_real.elapsed().as_secs_f64() * self.scale;
-        let scaled = chrono::Duration::from_std(Duration::try_from_secs_f64(real.clamp(0.0, 1e12)).unwrap_or_default())
-            .unwrap_or(chrono::Duration::zero());
+        let scaled = chrono::Duration::from_std(
+            Duration::try_from_secs_f64(real.clamp(0.0, 1e12)).unwrap_or_default(),
+        )
+        .unwrap_or(chrono::Duration::zero());
         let jump = chrono::Duration::from_std(self.offset).unwrap_or(chrono::Duration::zero());
         self.anchor_sim + scaled + jump
     }

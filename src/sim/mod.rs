@@ -362,9 +362,9 @@ impl Drop for SimHandle {
 
 /// Runs the simulator in the foreground until Ctrl-C (the `simulate` subcommand).
 pub async fn serve_forever(listen: SocketAddr, cfg: SimConfig) -> std::io::Result<()> {
-    let listener = TcpListener::bind(listen).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))
-    })?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
     let users = cfg.users;
     let handle = spawn(listener, cfg)?;
     tracing::info!(

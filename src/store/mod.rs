@@ -97,6 +97,13 @@ fn diagnose(path: &Path, e: &rusqlite::Error) -> String {
 }
 
 impl DbError {
+    /// Whether another process holds the database (a reader's exclusive lock, a second writer):
+    /// it passes (exit 75).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, DbError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. }
+            if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    }
+
     /// Whether this is the disk being full or read-only (exit 74) rather than a bug.
     pub fn is_io(&self) -> bool {
         matches!(self, DbError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. }

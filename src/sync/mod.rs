@@ -111,6 +111,13 @@ impl Engine {
             .await;
         let (account_id, run_id) = match ids {
             Ok(v) => v,
+            Err(e) if e.is_busy() => {
+                tracing::warn!(account = %a.name, "{e}");
+                return Outcome::Temporary {
+                    kind: "database_busy".into(),
+                    message: e.to_string(),
+                };
+            }
             Err(e) => {
                 tracing::error!(account = %a.name, "{e}");
                 return Outcome::LocalIo {
@@ -168,6 +175,18 @@ impl Engine {
                 };
             }
         };
+        // Whatever a server echoed back: the account's own secrets never reach a log or the
+        // database.
+        let message = crate::redact::known(
+            &message,
+            [
+                Some(&a.client_secret),
+                a.password.as_ref(),
+                a.refresh_token.as_ref(),
+            ]
+            .into_iter()
+            .flatten(),
+        );
         if !matches!(outcome, Outcome::NeedsReauth { .. }) {
             tracing::warn!(account = %a.name, kind = %kind, requests, "sync failed: {message}");
         }
@@ -193,13 +212,18 @@ impl Engine {
         crate::faultpoint::hit("after_token");
         let mut refreshed = false;
         let mut url = self.api.first_page_url(a);
-        let mut listing = ListingBuilder::new(&url);
+        let mut listing = ListingBuilder::new(&url, self.api.page_size());
         loop {
             let mut attempt = 0u32;
             let page = loop {
                 *requests += 1;
                 match self.api.get_page(a, &url, &token).await {
                     Ok(p) => break p,
+                    Err(e @ ApiError::CoolingDown(_)) => {
+                        // Nothing was sent.
+                        *requests -= 1;
+                        return Err(FetchError::Api(e));
+                    }
                     Err(ApiError::NoVehicles) => {
                         return listing
                             .empty_account()
