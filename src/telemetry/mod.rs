@@ -214,8 +214,9 @@ impl Telemetry {
         self.run(now, stop, false).await
     }
 
-    /// `--once`: one status poll of every current vehicle, and trips, alerts and maintenance
-    /// where their persisted bookkeeping says they are due.
+    /// `--once`: one status poll of every current vehicle (but not of one whose status is
+    /// resting after a 403/404), and trips, alerts and maintenance where their persisted
+    /// bookkeeping says they are due.
     pub async fn run_once_pass(&self, now: i64, stop: CancellationToken) -> TelemetrySummary {
         self.run(now, stop, true).await
     }
@@ -293,8 +294,12 @@ impl Telemetry {
                 let due: Vec<Endpoint> = Endpoint::ALL
                     .into_iter()
                     .filter(|ep| {
-                        let d = books.get(ep).and_then(|b| b.next_due_ts);
-                        (all_status && *ep == Endpoint::Status) || d.is_none_or(|d| d <= now)
+                        let b = books.get(ep);
+                        let d = b.and_then(|b| b.next_due_ts);
+                        // `--once` polls every status, except one resting after a 403/404.
+                        let resting = b.is_some_and(|b| b.unavailable_since_ts.is_some());
+                        (all_status && *ep == Endpoint::Status && !resting)
+                            || d.is_none_or(|d| d <= now)
                     })
                     .collect();
                 for ep in Endpoint::ALL {
@@ -439,9 +444,16 @@ impl TelemetryAccount {
                     derive_state(o)
                 })
                 .or(prev);
-            let active = state.is_some_and(State::is_active);
             let drive_ended =
                 prev == Some(State::Driving) && state.is_some_and(|s| s != State::Driving);
+            // A car that reported within the last minutes is awake (it just parked, and may be
+            // plugged in next): it keeps the short interval.
+            let awake = r
+                .status
+                .as_ref()
+                .and_then(|f| f.parsed.observation.observed_ts)
+                .is_some_and(|t| (0..schedule::AWAKE_SECS).contains(&(now - t)));
+            let active = awake || state.is_some_and(State::is_active);
             let mut books = w.books.clone();
             for (ep, outcome, reason) in &r.outcomes {
                 let b = books.entry(*ep).or_default();
