@@ -17,6 +17,14 @@ fn status_requests(sim: &SimHandle) -> u64 {
     s.requests.get(STATUS).map_or(0, |m| m.values().sum())
 }
 
+/// The harness's options with telemetry at the shipped defaults (the harness turns it off).
+fn polling() -> Opts {
+    Opts {
+        telemetry: String::new(),
+        ..Opts::default()
+    }
+}
+
 /// The VINs of the vehicles the database knows.
 fn vins(env: &Env) -> Vec<String> {
     env.db()
@@ -56,9 +64,13 @@ fn assert_no_forbidden_endpoint(sim: &SimHandle) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_stores_one_row_per_distinct_observation() {
     let env = Env::new(
-        SimConfig::default(),
+        SimConfig {
+            // The world's clock stands still unless the test moves it.
+            time_scale: 0.0,
+            ..SimConfig::default()
+        },
         |s| vec![Acct::bootstrapped(s, 1), Acct::bootstrapped(s, 2)],
-        Opts::default(),
+        polling(),
     )
     .await;
     let out = env.once().await;
@@ -127,7 +139,7 @@ async fn disabled_telemetry_polls_nothing_but_the_list() {
     let env = Env::new(
         SimConfig::default(),
         |s| vec![Acct::bootstrapped(s, 1), Acct::bootstrapped(s, 2)],
-        Opts::default(),
+        polling(),
     )
     .await;
     let out = env
@@ -167,7 +179,7 @@ async fn check_config_and_status_print_the_projection() {
     let env = Env::new(
         SimConfig::default(),
         |s| vec![Acct::bootstrapped(s, 1)],
-        Opts::default(),
+        polling(),
     )
     .await;
     let cc = env
@@ -219,7 +231,7 @@ async fn the_daemon_polls_on_its_own_schedule() {
         SimConfig::default(),
         |s| vec![Acct::bootstrapped(s, 1)],
         Opts {
-            extra_top: "[telemetry]\nactive_interval = \"1s\"\nparked_interval = \"1s\"\ngap_limit = \"1d\"\ndaily_request_budget = 10000000\n".into(),
+            telemetry: "active_interval = \"1s\"\nparked_interval = \"1s\"\ngap_limit = \"1d\"\ndaily_request_budget = 10000000\n".into(),
             ..Opts::idle()
         },
     )
@@ -264,7 +276,7 @@ async fn a_vehicle_whose_status_answers_404_does_not_fail_its_account() {
             ..SimConfig::default()
         },
         |s| vec![Acct::bootstrapped(s, 1)],
-        Opts::default(),
+        polling(),
     )
     .await;
     let (email, _, _) = env.sim.users()[0].clone();
@@ -355,7 +367,7 @@ async fn a_simulated_week_matches_the_ground_truth() {
         Opts {
             rps: 5000,
             // The default intervals: 2 min while driving or charging, 20 min parked.
-            extra_top: "[telemetry]\nalerts_interval = \"6h\"\n".into(),
+            telemetry: "alerts_interval = \"6h\"\n".into(),
             ..Opts::idle()
         },
     )
@@ -489,4 +501,115 @@ async fn a_simulated_week_matches_the_ground_truth() {
     // Never two open intervals; the budget of requests was respected.
     assert_eq!(env.count("SELECT count(*) FROM (SELECT vin FROM vehicle_states WHERE ended_ts IS NULL GROUP BY vin HAVING count(*) > 1)"), 0);
     assert_no_forbidden_endpoint(&env.sim);
+}
+
+/// SIGKILL of the daemon in the middle of a charge: one open session remains, the next run
+/// continues it (same row, end values move on) and closes it when the charge ends; never two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_charge_leaves_one_session_that_the_next_run_continues() {
+    let start = chrono::DateTime::parse_from_rfc3339("2026-03-02T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let env = Env::new(
+        SimConfig {
+            users: 1,
+            vehicle_counts: vec![4],
+            time_scale: 0.0,
+            start_time: Some(start),
+            access_ttl: Duration::from_secs(30 * 86_400),
+            refresh_ttl: Duration::from_secs(60 * 86_400),
+            ..SimConfig::default()
+        },
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts {
+            telemetry: "active_interval = \"1s\"\nparked_interval = \"1s\"\ngap_limit = \"1d\"\n\
+                        daily_request_budget = 10000000\n"
+                .into(),
+            ..Opts::idle()
+        },
+    )
+    .await;
+    // A charge under way (the sim's ground truth), a few minutes in.
+    env.sim.advance_clock(Duration::from_secs(5 * 60));
+    let charge = env
+        .sim
+        .charges()
+        .into_iter()
+        .find(|c| c.ended.is_none())
+        .expect("a car charges at the start of the seeded week");
+    let vin = charge.vin.clone();
+    let sessions = |open: bool| {
+        try_count(
+            &env,
+            &format!(
+                "SELECT count(*) FROM charging_sessions WHERE vin = '{vin}'{}",
+                if open { " AND ended_ts IS NULL" } else { "" }
+            ),
+        )
+    };
+    let end_soc = || -> f64 {
+        env.db()
+            .query_row(
+                &format!(
+                    "SELECT coalesce(max(end_soc), 0) FROM charging_sessions WHERE vin = '{vin}'"
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0.0)
+    };
+    let mut daemon = env.spawn_daemon(&[]);
+    wait_for(15, "the charging session", || sessions(true) == 1).await;
+    let soc0 = end_soc();
+    env.sim.advance_clock(Duration::from_secs(4 * 60));
+    wait_for(10, "the session to follow the charge", || end_soc() > soc0).await;
+    daemon.kill().await.unwrap();
+    assert_eq!(sessions(true), 1, "one open session after SIGKILL");
+    assert_eq!(sessions(false), 1);
+    // The next run continues the same session.
+    let soc1 = end_soc();
+    env.sim.advance_clock(Duration::from_secs(4 * 60));
+    let mut daemon = env.spawn_daemon(&[]);
+    wait_for(15, "the session to be continued", || end_soc() > soc1).await;
+    assert_eq!(sessions(false), 1, "continued, not reopened");
+    assert_eq!(sessions(true), 1);
+    // The charge ends (the car stays plugged in for at least half an hour after): the session
+    // closes at the car's Finished report.
+    let truth = loop {
+        env.sim.advance_clock(Duration::from_secs(10 * 60));
+        let c = env
+            .sim
+            .charges()
+            .into_iter()
+            .find(|c| c.vin == vin && c.started == charge.started)
+            .unwrap();
+        if c.ended.is_some() {
+            break c;
+        }
+    };
+    let ended = truth.ended.unwrap().timestamp();
+    wait_for(15, "the session to close", || sessions(true) == 0).await;
+    signal(&daemon, "TERM");
+    let _ = tokio::time::timeout(Duration::from_secs(10), daemon.wait()).await;
+    assert_eq!(sessions(false), 1, "one session for the one charge");
+    let (ended_ts, reason, soc): (i64, String, f64) = env
+        .db()
+        .query_row(
+            &format!(
+                "SELECT ended_ts, end_reason, end_soc FROM charging_sessions WHERE vin = '{vin}'"
+            ),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert!(
+        (ended_ts - ended).abs() <= 120,
+        "ended {ended_ts} vs {ended}"
+    );
+    assert_eq!(reason, "finished");
+    assert!(
+        (soc - truth.end_soc).abs() <= 1.0,
+        "{soc} vs {}",
+        truth.end_soc
+    );
 }
