@@ -1041,6 +1041,57 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_demo_prints_each_charge_and_trip_once() {
+        use crate::store::telemetry::{Batch, StatusFetch};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sqlite");
+        let mut db = Db::open(&path).unwrap();
+        let id = db.account_id("a", "peugeot").unwrap();
+        let fetch = |at: i64, soc: f64, st: &str| {
+            let body = serde_json::json!({"createdAt": "2026-01-01T00:00:00Z", "energies": [{
+                "createdAt": format!("2026-01-01T00:{:02}:00Z", at), "type": "Electric", "level": soc,
+                "extension": {"electric": {"charging": {"status": st}}}}]})
+            .to_string();
+            StatusFetch {
+                vin: "VIN1".into(),
+                fetched_ts: at,
+                parsed: status::parse(body.as_bytes()).unwrap(),
+                body,
+            }
+        };
+        let seen = DemoSeen::default();
+        let conn = crate::store::open_read_only(&path).unwrap();
+        let write = |db: &mut Db, b: Batch| db.write_telemetry(id, &b, 3600).unwrap();
+        write(
+            &mut db,
+            Batch {
+                statuses: vec![fetch(1, 20.0, "InProgress")],
+                ..Batch::default()
+            },
+        );
+        assert_eq!(demo_lines(&conn, &seen), ["VIN1 charge started at 20%"]);
+        assert!(demo_lines(&conn, &seen).is_empty(), "printed once");
+        let trip = records::trip(&serde_json::json!({"id": "t1", "startedAt": "2026-01-01T00:00:00Z", "distance": 12.34, "duration": 900}))
+            .unwrap();
+        write(
+            &mut db,
+            Batch {
+                statuses: vec![fetch(2, 60.0, "Finished")],
+                trips: vec![("VIN1".into(), vec![trip])],
+                ..Batch::default()
+            },
+        );
+        assert_eq!(
+            demo_lines(&conn, &seen),
+            [
+                "VIN1 charge ended (finished): 20% → 60%",
+                "VIN1 trip 12.3 km in 15 min"
+            ]
+        );
+        assert!(demo_lines(&conn, &seen).is_empty());
+    }
+
+    #[test]
     fn list_requests_follow_the_cron_schedule() {
         assert_eq!(list_requests_per_day("0 */5 * * * *", 1), 288.0);
         assert_eq!(list_requests_per_day("0 */5 * * * *", 3), 864.0);
