@@ -498,6 +498,28 @@ async fn a_simulated_week_matches_the_ground_truth() {
             "{t:?} vs {d:?}"
         );
     }
+    // What a vehicle-day costs: requests and database growth.
+    let requests: u64 = env
+        .sim
+        .stats()
+        .requests
+        .iter()
+        .filter(|(k, _)| k.contains("/user/vehicles/"))
+        .map(|(_, m)| m.values().sum::<u64>())
+        .sum();
+    let bytes: i64 = db
+        .query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    eprintln!(
+        "per vehicle-day: {:.0} telemetry requests, {:.1} KiB of database (whole file / 28), {} status rows",
+        requests as f64 / 28.0,
+        bytes as f64 / 1024.0 / 28.0,
+        env.count("SELECT count(*) FROM vehicle_status")
+    );
     // Never two open intervals; the budget of requests was respected.
     assert_eq!(env.count("SELECT count(*) FROM (SELECT vin FROM vehicle_states WHERE ended_ts IS NULL GROUP BY vin HAVING count(*) > 1)"), 0);
     assert_no_forbidden_endpoint(&env.sim);
