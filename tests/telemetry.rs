@@ -635,3 +635,38 @@ async fn a_sigkill_mid_charge_leaves_one_session_that_the_next_run_continues() {
         truth.end_soc
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_that_leaves_the_list_is_no_longer_polled() {
+    let env = Env::new(
+        SimConfig {
+            time_scale: 0.0,
+            ..SimConfig::default()
+        },
+        |s| vec![Acct::bootstrapped(s, 2)],
+        polling(),
+    )
+    .await;
+    assert_code(&env.once().await, 0);
+    assert_eq!(status_requests(&env.sim), 3);
+    // Mutate the world until user2 loses a vehicle.
+    let (email, _, _) = env.sim.users()[1].clone();
+    let mut tries = 0;
+    while env.sim.vehicles(&email).len() >= 3 {
+        env.sim.tick(1);
+        tries += 1;
+        assert!(tries < 500, "the simulator never removed a vehicle");
+    }
+    let listed = env.sim.vehicles(&email).len() as u64;
+    env.sim.reset_stats();
+    assert_code(&env.once().await, 0);
+    assert_eq!(
+        env.count("SELECT count(*) FROM vehicles WHERE removed_at IS NULL"),
+        listed as i64
+    );
+    assert_eq!(
+        status_requests(&env.sim),
+        listed,
+        "only the listed vehicles are polled"
+    );
+}
