@@ -613,7 +613,12 @@ impl TelemetryAccount {
                         .limits()
                         .cooldown(retry_after.unwrap_or(Duration::from_secs(60)));
                 }
-                tracing::warn!(account = %self.account.name, vin, endpoint = ep.as_str(), kind = %e.kind(), "telemetry request failed: {e}");
+                if matches!(api, ApiError::CoolingDown(_)) {
+                    // Nothing was sent: the client waits out a server-asked cooldown.
+                    tracing::debug!(account = %self.account.name, vin, endpoint = ep.as_str(), "telemetry waits: {e}");
+                } else {
+                    tracing::warn!(account = %self.account.name, vin, endpoint = ep.as_str(), kind = %e.kind(), "telemetry request failed: {e}");
+                }
                 (ep, Outcome::Failed, None)
             }
         }
