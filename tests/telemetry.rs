@@ -241,12 +241,22 @@ async fn the_daemon_polls_on_its_own_schedule() {
         try_count(&env, "SELECT count(*) FROM vehicle_status") >= 2
     })
     .await;
+    // Parked cars, polled again and again at the 1 s interval, without any list pass.
     let before = status_requests(&env.sim);
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    let after = status_requests(&env.sim);
+    let t0 = std::time::Instant::now();
+    wait_for(10, "repeated polls", || {
+        status_requests(&env.sim) >= before + 6
+    })
+    .await;
     assert!(
-        after >= before + 4,
-        "polled about every second: {before} → {after}"
+        t0.elapsed() >= Duration::from_millis(1500),
+        "not faster than the interval"
+    );
+    assert_eq!(
+        env.sim
+            .stats()
+            .count("GET /connectedcar/v4/user/vehicles", 200),
+        1
     );
     // The world moves on: new observations without a list pass.
     let rows = try_count(&env, "SELECT count(*) FROM vehicle_status");
