@@ -443,11 +443,12 @@ async fn a_simulated_week_matches_the_ground_truth() {
         Option<f64>,
         Option<f64>,
         Option<String>,
+        Option<f64>,
     );
     let rows: Vec<Row> = db
-        .prepare("SELECT vin, started_ts, ended_ts, start_soc, end_soc, end_reason FROM charging_sessions WHERE started_ts >= ?1 ORDER BY started_ts, vin")
+        .prepare("SELECT vin, started_ts, ended_ts, start_soc, end_soc, end_reason, energy_added_kwh FROM charging_sessions WHERE started_ts >= ?1 ORDER BY started_ts, vin")
         .unwrap()
-        .query_map([start.timestamp()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+        .query_map([start.timestamp()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
         .unwrap()
         .map(Result::unwrap)
         .collect();
@@ -474,6 +475,18 @@ async fn a_simulated_week_matches_the_ground_truth() {
         assert!(
             (r.4.unwrap() - c.end_soc).abs() <= 1.0,
             "end SoC {r:?} vs {c:?}"
+        );
+        let reason = r.5.as_deref().unwrap_or_default();
+        match c.outcome {
+            "Finished" => assert_eq!(reason, "finished", "{r:?} vs {c:?}"),
+            _ => assert!(matches!(reason, "stopped" | "unplugged"), "{r:?} vs {c:?}"),
+        }
+        // The battery's capacity from the body × ΔSoC: within a point of SoC of the truth.
+        let kwh = r.6.expect("the body gives the capacity");
+        assert!(
+            (kwh - c.energy_kwh).abs() <= 0.02 * c.energy_kwh.max(5.0),
+            "energy {kwh} vs {} ({r:?})",
+            c.energy_kwh
         );
     }
     // Trips: each drive once, as the API reports it.
