@@ -26,7 +26,14 @@ pub async fn run(database: &Path, duration: Option<u64>) -> u8 {
     let sim_cfg = SimConfig {
         users: 4,
         vehicle_counts: vec![2, 3, 1, 4],
-        change_every: Some(Duration::from_secs(2)),
+        // Two minutes of the cars' lives a second, from this morning's rush hour, so drives and
+        // charges happen while one watches; the lists still change every two seconds.
+        time_scale: 120.0,
+        start_time: chrono::Utc::now()
+            .date_naive()
+            .and_hms_opt(7, 30, 0)
+            .map(|t| t.and_utc()),
+        change_every: Some(Duration::from_secs(240)),
         seed: rand::random(),
         ..SimConfig::default()
     };
@@ -55,7 +62,7 @@ pub async fn run(database: &Path, duration: Option<u64>) -> u8 {
          [rate_limit]\nrequests_per_second = 20\nburst = 1\n\
          [api]\nbase_url = \"{}\"\nretry_base = \"200ms\"\nretry_cap = \"2s\"\n\
          [idp]\nbase_url = \"{}\"\n\
-         [telemetry]\nactive_interval = \"3s\"\nparked_interval = \"6s\"\ndaily_request_budget = 10000000\n\
+         [telemetry]\nactive_interval = \"2s\"\nparked_interval = \"5s\"\ndaily_request_budget = 10000000\n\
          [app]\nclient_id = \"{}\"\nclient_secret = \"{}\"\n{accounts}",
         db_path.display(),
         state_dir.display(),
@@ -88,7 +95,8 @@ pub async fn run(database: &Path, duration: Option<u64>) -> u8 {
     println!("  configuration: {}", config_path.display());
     println!("  database:      {}", db_path.display());
     println!(
-        "The simulated owners add, remove and re-spray vehicles every few seconds; a pass runs every 5 s."
+        "The simulated owners add, remove and re-spray vehicles every few seconds and their cars live two\n\
+         minutes a second (drives, charges); a list pass runs every 5 s, each car's status every 2 to 5 s."
     );
     println!("Press Ctrl-C to stop.\n");
     let printed = Arc::new(std::sync::atomic::AtomicI64::new(0));
@@ -143,6 +151,10 @@ pub async fn run(database: &Path, duration: Option<u64>) -> u8 {
     );
     println!(
         "  sqlite3 {} \"SELECT * FROM sync_health\"",
+        db_path.display()
+    );
+    println!(
+        "  sqlite3 {} \"SELECT vin, datetime(started_ts, 'unixepoch'), start_soc, end_soc, energy_added_kwh, end_reason FROM charging_sessions\"",
         db_path.display()
     );
     println!(

@@ -192,7 +192,11 @@ async fn metadata_describes_every_column_and_every_documented_query_runs() {
                 Acct::bootstrapped(s, 3),
             ]
         },
-        Opts::default(),
+        // Telemetry on, so the telemetry queries run on rows.
+        Opts {
+            telemetry: String::new(),
+            ..Opts::default()
+        },
     )
     .await;
     assert_code(&env.once().await, 0);

@@ -18,6 +18,25 @@ fn status_requests(sim: &SimHandle) -> u64 {
     s.requests.get(STATUS).map_or(0, |m| m.values().sum())
 }
 
+/// The harness's options with telemetry at the shipped defaults (the harness turns it off).
+fn polling() -> Opts {
+    Opts {
+        telemetry: String::new(),
+        ..Opts::default()
+    }
+}
+
+/// The VINs of the vehicles the database knows.
+fn vins(env: &Env) -> Vec<String> {
+    env.db()
+        .prepare("SELECT vin FROM vehicles ORDER BY vin")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// A count, or 0 while the daemon has not yet created the database.
 fn try_count(env: &Env, sql: &str) -> i64 {
     if !env.db_path().exists() {
@@ -46,9 +65,13 @@ fn assert_no_forbidden_endpoint(sim: &SimHandle) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_stores_one_row_per_distinct_observation() {
     let env = Env::new(
-        SimConfig::default(),
+        SimConfig {
+            // The world's clock stands still unless the test moves it.
+            time_scale: 0.0,
+            ..SimConfig::default()
+        },
         |s| vec![Acct::bootstrapped(s, 1), Acct::bootstrapped(s, 2)],
-        Opts::default(),
+        polling(),
     )
     .await;
     let out = env.once().await;
@@ -84,10 +107,21 @@ async fn once_stores_one_row_per_distinct_observation() {
         env.count("SELECT count(*) FROM vehicle_status WHERE last_fetched_ts > first_fetched_ts"),
         5
     );
-    // The world moves: every vehicle's status changes, a new row each.
-    env.sim.tick(1);
+    // The world moves on (a day of sim time): each vehicle whose status changed gets a row.
+    let vins = vins(&env);
+    let before: Vec<_> = vins.iter().map(|v| env.sim.status_of(v)).collect();
+    env.sim.advance_clock(Duration::from_secs(86_400));
+    let changed = vins
+        .iter()
+        .zip(&before)
+        .filter(|(v, b)| env.sim.status_of(v) != **b)
+        .count() as i64;
+    assert!(changed > 0, "a day later some car has moved or charged");
     assert_code(&env.once().await, 0);
-    assert_eq!(env.count("SELECT count(*) FROM vehicle_status"), 10);
+    assert_eq!(
+        env.count("SELECT count(*) FROM vehicle_status"),
+        5 + changed
+    );
     assert_eq!(
         env.count("SELECT count(*) FROM vehicle_states WHERE ended_ts IS NULL"),
         5,
@@ -106,7 +140,7 @@ async fn disabled_telemetry_polls_nothing_but_the_list() {
     let env = Env::new(
         SimConfig::default(),
         |s| vec![Acct::bootstrapped(s, 1), Acct::bootstrapped(s, 2)],
-        Opts::default(),
+        polling(),
     )
     .await;
     let out = env
@@ -146,7 +180,7 @@ async fn check_config_and_status_print_the_projection() {
     let env = Env::new(
         SimConfig::default(),
         |s| vec![Acct::bootstrapped(s, 1)],
-        Opts::default(),
+        polling(),
     )
     .await;
     let cc = env
@@ -198,7 +232,7 @@ async fn the_daemon_polls_on_its_own_schedule() {
         SimConfig::default(),
         |s| vec![Acct::bootstrapped(s, 1)],
         Opts {
-            extra_top: "[telemetry]\nactive_interval = \"1s\"\nparked_interval = \"1s\"\ngap_limit = \"1d\"\ndaily_request_budget = 10000000\n".into(),
+            telemetry: "active_interval = \"1s\"\nparked_interval = \"1s\"\ngap_limit = \"1d\"\ndaily_request_budget = 10000000\n".into(),
             ..Opts::idle()
         },
     )
@@ -208,17 +242,28 @@ async fn the_daemon_polls_on_its_own_schedule() {
         try_count(&env, "SELECT count(*) FROM vehicle_status") >= 2
     })
     .await;
+    // Parked cars, polled again and again at the 1 s interval, without any list pass.
     let before = status_requests(&env.sim);
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    let after = status_requests(&env.sim);
+    let t0 = std::time::Instant::now();
+    wait_for(10, "repeated polls", || {
+        status_requests(&env.sim) >= before + 6
+    })
+    .await;
     assert!(
-        after >= before + 4,
-        "polled about every second: {before} → {after}"
+        t0.elapsed() >= Duration::from_millis(1500),
+        "not faster than the interval"
     );
-    // The world moves: new observations without a list pass.
-    env.sim.tick(1);
+    assert_eq!(
+        env.sim
+            .stats()
+            .count("GET /connectedcar/v4/user/vehicles", 200),
+        1
+    );
+    // The world moves on: new observations without a list pass.
+    let rows = try_count(&env, "SELECT count(*) FROM vehicle_status");
+    env.sim.advance_clock(Duration::from_secs(86_400));
     wait_for(10, "new observations", || {
-        try_count(&env, "SELECT count(*) FROM vehicle_status") >= 4
+        try_count(&env, "SELECT count(*) FROM vehicle_status") > rows
     })
     .await;
     signal(&child, "TERM");
@@ -232,4 +277,420 @@ async fn the_daemon_polls_on_its_own_schedule() {
         2
     );
     assert_no_forbidden_endpoint(&env.sim);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_whose_status_answers_404_does_not_fail_its_account() {
+    let env = Env::new(
+        SimConfig {
+            time_scale: 0.0,
+            ..SimConfig::default()
+        },
+        |s| vec![Acct::bootstrapped(s, 1)],
+        polling(),
+    )
+    .await;
+    let (email, _, _) = env.sim.users()[0].clone();
+    let vins: Vec<String> = env
+        .sim
+        .vehicles(&email)
+        .iter()
+        .map(|v| v["vin"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(vins.len(), 2);
+    let missing = vins[0].clone();
+    env.sim
+        .configure(|c| c.status_missing_vins = vec![missing.clone()]);
+    let out = env.once().await;
+    assert_code(&out, 0);
+    assert_eq!(env.sim.stats().count(STATUS, 404), 1);
+    let db = env.db();
+    let state: String = db
+        .query_row("SELECT state FROM accounts WHERE name = 'user1'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(state, "ok", "the account did not fail");
+    let (since, reason): (Option<i64>, Option<String>) = db
+        .query_row(
+            "SELECT unavailable_since_ts, unavailable_reason FROM telemetry_endpoints WHERE vin = ?1 AND endpoint = 'status'",
+            [&missing],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(since.is_some(), "marked unavailable");
+    assert!(reason.unwrap_or_default().contains("404"));
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM vehicle_status WHERE vin = '{missing}'"
+        )),
+        0
+    );
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM vehicle_status WHERE vin = '{}'",
+            vins[1]
+        )),
+        1
+    );
+    // The next run leaves it alone (backed off) and still succeeds.
+    assert_code(&env.once().await, 0);
+    assert_eq!(env.sim.stats().count(STATUS, 404), 1, "backed off");
+    assert_eq!(env.sim.stats().count(STATUS, 200), 2);
+    let st = env.run(&["status"], &[]).await;
+    let line = text(&st)
+        .lines()
+        .find(|l| l.contains(&missing))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        line.contains("status"),
+        "status shows the unavailable endpoint: {}",
+        text(&st)
+    );
+}
+
+/// The sim's clock as the runner's clock: `Telemetry::run_due` is driven through a simulated
+/// week in sim-time steps (the clock is frozen between steps), against the simulator's living
+/// cars; the recorded charging sessions and trips must equal its ground truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_week_matches_the_ground_truth() {
+    use stellantis_sync::config::{self, Checks};
+    use stellantis_sync::telemetry::Telemetry;
+    let start = chrono::DateTime::parse_from_rfc3339("2026-03-02T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let env = Env::new(
+        SimConfig {
+            users: 1,
+            vehicle_counts: vec![3],
+            time_scale: 0.0,
+            start_time: Some(start),
+            // Token lifetimes run on the sim clock: a week of hourly refreshes would only add
+            // fsyncs here (refreshes and 401s are tested elsewhere).
+            access_ttl: Duration::from_secs(30 * 86_400),
+            refresh_ttl: Duration::from_secs(60 * 86_400),
+            burst_per_second: 0,
+            daily_limit: 0,
+            ..SimConfig::default()
+        },
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts {
+            rps: 5000,
+            // The default intervals: 2 min while driving or charging, 20 min parked.
+            telemetry: "alerts_interval = \"6h\"\n".into(),
+            ..Opts::idle()
+        },
+    )
+    .await;
+    // The list pass with the real binary (its telemetry would run on the real clock).
+    assert_code(
+        &env.run(
+            &["--once"],
+            &[("STELLANTIS_SYNC_TELEMETRY__ENABLED", "false")],
+        )
+        .await,
+        0,
+    );
+    let cfg = config::load(&env.config, Checks::Full).unwrap();
+    let app = stellantis_sync::daemon::build(cfg.clone(), None).unwrap();
+    let t = Telemetry::new(&cfg, app.engine.clone());
+    let step = Duration::from_secs(60);
+    let started = std::time::Instant::now();
+    let mut next_due: Option<i64> = None;
+    let mut rounds = 0;
+    let mut in_run = Duration::ZERO;
+    for _ in 0..(7 * 86_400 / 60) {
+        env.sim.advance_clock(step);
+        let now = env.sim.now().timestamp();
+        if next_due.is_some_and(|d| d > now) {
+            continue;
+        }
+        let t0 = std::time::Instant::now();
+        let s = t
+            .run_due(now, tokio_util::sync::CancellationToken::new())
+            .await;
+        in_run += t0.elapsed();
+        assert!(s.local_io.is_none(), "{:?}", s.local_io);
+        next_due = s.next_due;
+        rounds += 1;
+    }
+    eprintln!("{rounds} rounds, {in_run:?} in run_due");
+    // The last trips: one more round after the safety interval.
+    env.sim.advance_clock(Duration::from_secs(6 * 3600 + 60));
+    let s = t
+        .run_due(
+            env.sim.now().timestamp(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(s.failures, 0);
+    eprintln!("a week in {:.1} s", started.elapsed().as_secs_f64());
+
+    let db = env.db();
+    // Charging sessions: every finished charge, start and end within one poll interval, SoC
+    // within one point.
+    let truth: Vec<_> = env
+        .sim
+        .charges()
+        .into_iter()
+        .filter(|c| c.ended.is_some())
+        .collect();
+    assert!(truth.len() >= 2, "the week has charges: {}", truth.len());
+    type Row = (
+        String,
+        i64,
+        Option<i64>,
+        Option<f64>,
+        Option<f64>,
+        Option<String>,
+        Option<f64>,
+    );
+    let rows: Vec<Row> = db
+        .prepare("SELECT vin, started_ts, ended_ts, start_soc, end_soc, end_reason, energy_added_kwh FROM charging_sessions WHERE started_ts >= ?1 ORDER BY started_ts, vin")
+        .unwrap()
+        .query_map([start.timestamp()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let closed: Vec<&Row> = rows.iter().filter(|r| r.2.is_some()).collect();
+    assert_eq!(
+        closed.len(),
+        truth.len(),
+        "sessions {rows:?}\ntruth {truth:?}"
+    );
+    // One poll interval (2 min), plus the step of the loop.
+    let interval = 120 + 60;
+    for (c, r) in truth.iter().zip(&closed) {
+        assert_eq!(c.vin, r.0);
+        assert!(
+            (r.1 - c.started.timestamp()).abs() <= interval,
+            "start {r:?} vs {c:?}"
+        );
+        let end = c.ended.unwrap().timestamp();
+        assert!((r.2.unwrap() - end).abs() <= interval, "end {r:?} vs {c:?}");
+        assert!(
+            (r.3.unwrap() - c.start_soc).abs() <= 1.0,
+            "start SoC {r:?} vs {c:?}"
+        );
+        assert!(
+            (r.4.unwrap() - c.end_soc).abs() <= 1.0,
+            "end SoC {r:?} vs {c:?}"
+        );
+        let reason = r.5.as_deref().unwrap_or_default();
+        match c.outcome {
+            "Finished" => assert_eq!(reason, "finished", "{r:?} vs {c:?}"),
+            _ => assert!(matches!(reason, "stopped" | "unplugged"), "{r:?} vs {c:?}"),
+        }
+        // The battery's capacity from the body × ΔSoC: within a point of SoC of the truth.
+        let kwh = r.6.expect("the body gives the capacity");
+        assert!(
+            (kwh - c.energy_kwh).abs() <= 0.02 * c.energy_kwh.max(5.0),
+            "energy {kwh} vs {} ({r:?})",
+            c.energy_kwh
+        );
+    }
+    // Trips: each drive once, as the API reports it.
+    let drives: Vec<_> = env
+        .sim
+        .drives()
+        .into_iter()
+        .filter(|d| d.ended.is_some())
+        .collect();
+    assert!(drives.len() >= 5, "the week has drives: {}", drives.len());
+    let trips: Vec<(String, i64, Option<i64>)> = db
+        .prepare("SELECT vin, started_ts, ended_ts FROM trips ORDER BY started_ts, vin")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let in_week: Vec<_> = trips.iter().filter(|t| t.1 >= start.timestamp()).collect();
+    assert_eq!(
+        in_week.len(),
+        drives.len(),
+        "trips {trips:?}\ndrives {drives:?}"
+    );
+    for (d, t) in drives.iter().zip(&in_week) {
+        assert_eq!(d.vin, t.0);
+        assert!(
+            (t.1 - d.started.timestamp()).abs() <= interval,
+            "{t:?} vs {d:?}"
+        );
+        assert!(
+            (t.2.unwrap() - d.ended.unwrap().timestamp()).abs() <= interval,
+            "{t:?} vs {d:?}"
+        );
+    }
+    // What a vehicle-day costs: requests and database growth.
+    let requests: u64 = env
+        .sim
+        .stats()
+        .requests
+        .iter()
+        .filter(|(k, _)| k.contains("/user/vehicles/"))
+        .map(|(_, m)| m.values().sum::<u64>())
+        .sum();
+    let bytes: i64 = db
+        .query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    eprintln!(
+        "per vehicle-day: {:.0} telemetry requests, {:.1} KiB of database (whole file / 21), {} status rows",
+        requests as f64 / 21.0,
+        bytes as f64 / 1024.0 / 21.0,
+        env.count("SELECT count(*) FROM vehicle_status")
+    );
+    // Never two open intervals; the budget of requests was respected.
+    assert_eq!(env.count("SELECT count(*) FROM (SELECT vin FROM vehicle_states WHERE ended_ts IS NULL GROUP BY vin HAVING count(*) > 1)"), 0);
+    assert_no_forbidden_endpoint(&env.sim);
+}
+
+/// SIGKILL of the daemon in the middle of a charge: one open session remains, the next run
+/// continues it (same row, end values move on) and closes it when the charge ends; never two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_charge_leaves_one_session_that_the_next_run_continues() {
+    let start = chrono::DateTime::parse_from_rfc3339("2026-03-02T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let env = Env::new(
+        SimConfig {
+            users: 1,
+            vehicle_counts: vec![4],
+            time_scale: 0.0,
+            start_time: Some(start),
+            access_ttl: Duration::from_secs(30 * 86_400),
+            refresh_ttl: Duration::from_secs(60 * 86_400),
+            ..SimConfig::default()
+        },
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts {
+            telemetry: "active_interval = \"1s\"\nparked_interval = \"1s\"\ngap_limit = \"1d\"\n\
+                        daily_request_budget = 10000000\n"
+                .into(),
+            ..Opts::idle()
+        },
+    )
+    .await;
+    // A charge under way (the sim's ground truth), a few minutes in.
+    env.sim.advance_clock(Duration::from_secs(5 * 60));
+    let charge = env
+        .sim
+        .charges()
+        .into_iter()
+        .find(|c| c.ended.is_none())
+        .expect("a car charges at the start of the seeded week");
+    let vin = charge.vin.clone();
+    let sessions = |open: bool| {
+        try_count(
+            &env,
+            &format!(
+                "SELECT count(*) FROM charging_sessions WHERE vin = '{vin}'{}",
+                if open { " AND ended_ts IS NULL" } else { "" }
+            ),
+        )
+    };
+    let end_soc = || -> f64 {
+        env.db()
+            .query_row(
+                &format!(
+                    "SELECT coalesce(max(end_soc), 0) FROM charging_sessions WHERE vin = '{vin}'"
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0.0)
+    };
+    let mut daemon = env.spawn_daemon(&[]);
+    wait_for(15, "the charging session", || sessions(true) == 1).await;
+    let soc0 = end_soc();
+    env.sim.advance_clock(Duration::from_secs(4 * 60));
+    wait_for(10, "the session to follow the charge", || end_soc() > soc0).await;
+    daemon.kill().await.unwrap();
+    assert_eq!(sessions(true), 1, "one open session after SIGKILL");
+    assert_eq!(sessions(false), 1);
+    // The next run continues the same session.
+    let soc1 = end_soc();
+    env.sim.advance_clock(Duration::from_secs(4 * 60));
+    let mut daemon = env.spawn_daemon(&[]);
+    wait_for(15, "the session to be continued", || end_soc() > soc1).await;
+    assert_eq!(sessions(false), 1, "continued, not reopened");
+    assert_eq!(sessions(true), 1);
+    // The charge ends (the car stays plugged in for at least half an hour after): the session
+    // closes at the car's Finished report.
+    let truth = loop {
+        env.sim.advance_clock(Duration::from_secs(10 * 60));
+        let c = env
+            .sim
+            .charges()
+            .into_iter()
+            .find(|c| c.vin == vin && c.started == charge.started)
+            .unwrap();
+        if c.ended.is_some() {
+            break c;
+        }
+    };
+    let ended = truth.ended.unwrap().timestamp();
+    wait_for(15, "the session to close", || sessions(true) == 0).await;
+    signal(&daemon, "TERM");
+    let _ = tokio::time::timeout(Duration::from_secs(10), daemon.wait()).await;
+    assert_eq!(sessions(false), 1, "one session for the one charge");
+    let (ended_ts, reason, soc): (i64, String, f64) = env
+        .db()
+        .query_row(
+            &format!(
+                "SELECT ended_ts, end_reason, end_soc FROM charging_sessions WHERE vin = '{vin}'"
+            ),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert!(
+        (ended_ts - ended).abs() <= 120,
+        "ended {ended_ts} vs {ended}"
+    );
+    assert_eq!(reason, "finished");
+    assert!(
+        (soc - truth.end_soc).abs() <= 1.0,
+        "{soc} vs {}",
+        truth.end_soc
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_that_leaves_the_list_is_no_longer_polled() {
+    let env = Env::new(
+        SimConfig {
+            time_scale: 0.0,
+            ..SimConfig::default()
+        },
+        |s| vec![Acct::bootstrapped(s, 2)],
+        polling(),
+    )
+    .await;
+    assert_code(&env.once().await, 0);
+    assert_eq!(status_requests(&env.sim), 3);
+    // Mutate the world until user2 loses a vehicle.
+    let (email, _, _) = env.sim.users()[1].clone();
+    let mut tries = 0;
+    while env.sim.vehicles(&email).len() >= 3 {
+        env.sim.tick(1);
+        tries += 1;
+        assert!(tries < 500, "the simulator never removed a vehicle");
+    }
+    let listed = env.sim.vehicles(&email).len() as u64;
+    env.sim.reset_stats();
+    assert_code(&env.once().await, 0);
+    assert_eq!(
+        env.count("SELECT count(*) FROM vehicles WHERE removed_at IS NULL"),
+        listed as i64
+    );
+    assert_eq!(
+        status_requests(&env.sim),
+        listed,
+        "only the listed vehicles are polled"
+    );
 }

@@ -214,8 +214,9 @@ impl Telemetry {
         self.run(now, stop, false).await
     }
 
-    /// `--once`: one status poll of every current vehicle, and trips, alerts and maintenance
-    /// where their persisted bookkeeping says they are due.
+    /// `--once`: one status poll of every current vehicle (but not of one whose status is
+    /// resting after a 403/404), and trips, alerts and maintenance where their persisted
+    /// bookkeeping says they are due.
     pub async fn run_once_pass(&self, now: i64, stop: CancellationToken) -> TelemetrySummary {
         self.run(now, stop, true).await
     }
@@ -293,8 +294,12 @@ impl Telemetry {
                 let due: Vec<Endpoint> = Endpoint::ALL
                     .into_iter()
                     .filter(|ep| {
-                        let d = books.get(ep).and_then(|b| b.next_due_ts);
-                        (all_status && *ep == Endpoint::Status) || d.is_none_or(|d| d <= now)
+                        let b = books.get(ep);
+                        let d = b.and_then(|b| b.next_due_ts);
+                        // `--once` polls every status, except one resting after a 403/404.
+                        let resting = b.is_some_and(|b| b.unavailable_since_ts.is_some());
+                        (all_status && *ep == Endpoint::Status && !resting)
+                            || d.is_none_or(|d| d <= now)
                     })
                     .collect();
                 for ep in Endpoint::ALL {
@@ -439,9 +444,16 @@ impl TelemetryAccount {
                     derive_state(o)
                 })
                 .or(prev);
-            let active = state.is_some_and(State::is_active);
             let drive_ended =
                 prev == Some(State::Driving) && state.is_some_and(|s| s != State::Driving);
+            // A car that reported within the last minutes is awake (it just parked, and may be
+            // plugged in next): it keeps the short interval.
+            let awake = r
+                .status
+                .as_ref()
+                .and_then(|f| f.parsed.observation.observed_ts)
+                .is_some_and(|t| (0..schedule::AWAKE_SECS).contains(&(now - t)));
+            let active = awake || state.is_some_and(State::is_active);
             let mut books = w.books.clone();
             for (ep, outcome, reason) in &r.outcomes {
                 let b = books.entry(*ep).or_default();
@@ -601,7 +613,12 @@ impl TelemetryAccount {
                         .limits()
                         .cooldown(retry_after.unwrap_or(Duration::from_secs(60)));
                 }
-                tracing::warn!(account = %self.account.name, vin, endpoint = ep.as_str(), kind = %e.kind(), "telemetry request failed: {e}");
+                if matches!(api, ApiError::CoolingDown(_)) {
+                    // Nothing was sent: the client waits out a server-asked cooldown.
+                    tracing::debug!(account = %self.account.name, vin, endpoint = ep.as_str(), "telemetry waits: {e}");
+                } else {
+                    tracing::warn!(account = %self.account.name, vin, endpoint = ep.as_str(), kind = %e.kind(), "telemetry request failed: {e}");
+                }
                 (ep, Outcome::Failed, None)
             }
         }
@@ -1027,6 +1044,57 @@ pub fn status_lines(conn: &rusqlite::Connection, cfg: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_prints_each_charge_and_trip_once() {
+        use crate::store::telemetry::{Batch, StatusFetch};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sqlite");
+        let mut db = Db::open(&path).unwrap();
+        let id = db.account_id("a", "peugeot").unwrap();
+        let fetch = |at: i64, soc: f64, st: &str| {
+            let body = serde_json::json!({"createdAt": "2026-01-01T00:00:00Z", "energies": [{
+                "createdAt": format!("2026-01-01T00:{:02}:00Z", at), "type": "Electric", "level": soc,
+                "extension": {"electric": {"charging": {"status": st}}}}]})
+            .to_string();
+            StatusFetch {
+                vin: "VIN1".into(),
+                fetched_ts: at,
+                parsed: status::parse(body.as_bytes()).unwrap(),
+                body,
+            }
+        };
+        let seen = DemoSeen::default();
+        let conn = crate::store::open_read_only(&path).unwrap();
+        let write = |db: &mut Db, b: Batch| db.write_telemetry(id, &b, 3600).unwrap();
+        write(
+            &mut db,
+            Batch {
+                statuses: vec![fetch(1, 20.0, "InProgress")],
+                ..Batch::default()
+            },
+        );
+        assert_eq!(demo_lines(&conn, &seen), ["VIN1 charge started at 20%"]);
+        assert!(demo_lines(&conn, &seen).is_empty(), "printed once");
+        let trip = records::trip(&serde_json::json!({"id": "t1", "startedAt": "2026-01-01T00:00:00Z", "distance": 12.34, "duration": 900}))
+            .unwrap();
+        write(
+            &mut db,
+            Batch {
+                statuses: vec![fetch(2, 60.0, "Finished")],
+                trips: vec![("VIN1".into(), vec![trip])],
+                ..Batch::default()
+            },
+        );
+        assert_eq!(
+            demo_lines(&conn, &seen),
+            [
+                "VIN1 charge ended (finished): 20% → 60%",
+                "VIN1 trip 12.3 km in 15 min"
+            ]
+        );
+        assert!(demo_lines(&conn, &seen).is_empty());
+    }
 
     #[test]
     fn list_requests_follow_the_cron_schedule() {

@@ -1,8 +1,8 @@
 //! When each vehicle's endpoints are next due, and the daily request budget. Pure: time is an
 //! argument (Unix seconds), never read from a clock here.
 //!
-//! - `/status`: every `active` seconds while the vehicle is driving or charging, every `parked`
-//!   seconds otherwise.
+//! - `/status`: every `active` seconds while the vehicle is driving or charging, or reported
+//!   within the last [`AWAKE_SECS`]; every `parked` seconds otherwise.
 //! - `/trips`: as soon as a drive has ended, and every `trips_safety` seconds in any case.
 //! - `/alerts`: every `alerts` seconds; `/maintenance`: every `maintenance` seconds.
 //! - A 403 or a 404 that means "nothing for this car" marks the endpoint unavailable and backs
@@ -78,6 +78,12 @@ pub enum Outcome {
     /// Anything else (5xx, timeouts, 429, bad bodies).
     Failed,
 }
+
+/// A vehicle whose newest report is younger than this (seconds) is polled at the active
+/// interval even when parked: it has just parked (people plug in a few minutes later, and the
+/// first charging report carries the start SoC) or is otherwise awake. A parked car that
+/// sleeps stops reporting, and its status stops changing.
+pub const AWAKE_SECS: i64 = 900;
 
 /// The assumptions of the projection: a typical car drives or charges about three hours a day
 /// and makes about three drives (each fetches `/trips` once).

@@ -72,6 +72,9 @@ pub struct Opts {
     pub max_retries: u32,
     pub max_concurrent: u32,
     pub extra_top: String,
+    /// The body of `[telemetry]`; by default telemetry is off, so the list-pass tests count
+    /// only their own requests (`""` = the shipped defaults, which poll).
+    pub telemetry: String,
 }
 
 impl Opts {
@@ -95,6 +98,7 @@ impl Default for Opts {
             max_retries: 2,
             max_concurrent: 4,
             extra_top: String::new(),
+            telemetry: "enabled = false".into(),
         }
     }
 }
@@ -205,6 +209,7 @@ pub fn config_text(sim: &SimHandle, dir: &Path, accounts: &[Acct], o: &Opts) -> 
          [rate_limit]\nrequests_per_second = {}\nburst = {}\n\
          [api]\nbase_url = \"{}\"\ntimeout = \"3s\"\nmax_retries = {}\nretry_base = \"50ms\"\nretry_cap = \"300ms\"\n\
          [idp]\nbase_url = \"{}\"\ntimeout = \"3s\"\nrequests_per_second = {}\nburst = 1\n\
+         [telemetry]\n{}\n\
          [app]\nclient_id = \"{}\"\nclient_secret = \"{}\"\n",
         dir.join("state").display(),
         o.schedule,
@@ -217,6 +222,7 @@ pub fn config_text(sim: &SimHandle, dir: &Path, accounts: &[Acct], o: &Opts) -> 
         o.max_retries,
         sim.base_url(),
         o.idp_rps,
+        o.telemetry,
         sim::DEFAULT_CLIENT_ID,
         sim::DEFAULT_CLIENT_SECRET
     );
