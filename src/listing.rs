@@ -105,13 +105,11 @@ impl ListingBuilder {
             (None, Some(b)) => self.total_pages = Some(b),
             _ => {}
         }
-        if n == 1 {
-            if total.div_ceil(self.page_size) > u64::from(MAX_PAGES) {
-                return bad(format!(
-                    "total says {total} vehicles: more than {MAX_PAGES} pages of {}",
-                    self.page_size
-                ));
-            }
+        if n == 1 && total.div_ceil(self.page_size) > u64::from(MAX_PAGES) {
+            return bad(format!(
+                "total says {total} vehicles: more than {MAX_PAGES} pages of {}",
+                self.page_size
+            ));
         }
         let on_page = page.vehicles.len() as u64;
         for v in page.vehicles {

@@ -45,7 +45,7 @@ pub fn tokens(text: &str) -> String {
             while let Some(at) = out[from..].find(&pat) {
                 let start = from + at + pat.len();
                 let end = out[start..]
-                    .find(|c: char| matches!(c, '&' | '"' | ' ' | ',' | '}' | '\n'))
+                    .find(['&', '"', ' ', ',', '}', '\n'])
                     .map_or(out.len(), |e| start + e);
                 if end > start {
                     out.replace_range(start..end, MASK);
@@ -120,18 +120,21 @@ mod tests {
                 t.to_owned(),
             ),
             (
-                format!("{{\"refresh_token\":\"abc-secret-value\",\"x\":1}}"),
+                "{\"refresh_token\":\"abc-secret-value\",\"x\":1}".to_owned(),
                 "abc-secret-value".into(),
             ),
             (
-                format!("authorization: BEARER opaque.jwt.value"),
+                "authorization: BEARER opaque.jwt.value".to_owned(),
                 "opaque.jwt.value".into(),
             ),
             (
-                format!("code=728a51bb-1111-2222-3333-444455556666&state=s"),
+                "code=728a51bb-1111-2222-3333-444455556666&state=s".to_owned(),
                 "728a51bb".into(),
             ),
-            (format!("password=hunter22&username=bob"), "hunter22".into()),
+            (
+                "password=hunter22&username=bob".to_owned(),
+                "hunter22".into(),
+            ),
             (format!("id {t}."), t.to_owned()),
         ] {
             let out = tokens(&input);

@@ -667,7 +667,7 @@ async fn a_broken_token_answer_keeps_the_rotated_token() {
         let t = String::from_utf8(b).unwrap();
         let at = t.find("\"refresh_token\"").unwrap();
         let end = at + t[at..].match_indices('"').nth(3).unwrap().0 + 1;
-        t[..end].as_bytes().to_vec()
+        t.as_bytes()[..end].to_vec()
     }
     fn bom(b: Vec<u8>) -> Vec<u8> {
         [b"\xEF\xBB\xBF".to_vec(), b].concat()
