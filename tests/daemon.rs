@@ -569,7 +569,7 @@ async fn shards_split_the_accounts_between_instances() {
     assert_code(&env.run(&["--shard", "1/2", "--once"], &[]).await, 0);
     assert_eq!(env.count("SELECT count(*) FROM accounts"), 8);
     let bad = env.run(&["--shard", "2/2", "--once"], &[]).await;
-    assert_code(&bad, 2);
+    assert_code(&bad, 64); // a usage error (sysexits EX_USAGE)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
