@@ -70,6 +70,8 @@ pub struct Source {
     /// Configured accounts: (name, has a configured refresh token or password).
     pub accounts: Vec<(String, bool)>,
     pub refresh_token_max_age: Duration,
+    /// The pass schedule (cron), exported as its period for alert rules.
+    pub schedule: String,
 }
 
 /// Every metric of the process.
@@ -486,6 +488,14 @@ fn collect(src: &Source, now: SystemTime) -> Vec<Series> {
         G,
     );
     let mut backup_size = Series::new("backup_last_size_bytes", "Size of the last backup", G);
+    let mut period = Series::new(
+        "schedule_period_seconds",
+        "Time between two scheduled passes (alert rules compare ages with it)",
+        G,
+    );
+    if let Some(p) = crate::health::schedule_period(&src.schedule, now.into()) {
+        period.push(vec![], p.as_secs_f64());
+    }
     let now_s = unix(now);
 
     let file_size = |p: PathBuf| std::fs::metadata(p).map(|m| m.len() as f64).ok();
@@ -626,6 +636,7 @@ fn collect(src: &Source, now: SystemTime) -> Vec<Series> {
         backup_size.push(vec![], b.bytes as f64);
     }
     vec![
+        period,
         state,
         success,
         failures,

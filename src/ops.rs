@@ -251,6 +251,7 @@ impl Ops {
                 })
                 .collect(),
             refresh_token_max_age: app.cfg.refresh_token_max_age,
+            schedule: app.cfg.schedule.clone(),
         });
         *self.shared.view.lock().unwrap_or_else(|e| e.into_inner()) =
             (app.cfg.database.clone(), app.cfg.schedule.clone());

@@ -80,8 +80,14 @@ pub fn prune(
             let before: i64 = c
                 .query_row("PRAGMA freelist_count", [], |r| r.get(0))
                 .unwrap_or(0);
-            c.execute_batch(&format!("PRAGMA incremental_vacuum({vacuum_pages})"))
-                .map_err(|e| format!("retention: incremental_vacuum: {e}"))?;
+            // The pragma frees one page per step: step it to the end.
+            let vacuum = || -> rusqlite::Result<()> {
+                let mut st = c.prepare(&format!("PRAGMA incremental_vacuum({vacuum_pages})"))?;
+                let mut rows = st.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            };
+            vacuum().map_err(|e| format!("retention: incremental_vacuum: {e}"))?;
             let after: i64 = c
                 .query_row("PRAGMA freelist_count", [], |r| r.get(0))
                 .unwrap_or(0);
