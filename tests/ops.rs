@@ -507,7 +507,13 @@ async fn backups_while_the_daemon_writes_are_checked_and_rotated() {
             .unwrap();
         assert!(runs_in_copy >= 24);
         figures.push((took, std::fs::metadata(&dest).unwrap().len(), runs_in_copy));
+        tokio::time::sleep(Duration::from_millis(1200)).await;
     }
+    // The daemon kept writing between and during the copies; each copy is a later snapshot.
+    assert!(
+        figures.last().unwrap().2 > figures[0].2,
+        "no pass between the backups: {figures:?}"
+    );
     // An existing destination is refused.
     let again = env
         .run(
