@@ -220,7 +220,7 @@ async fn metrics_health_and_a_real_prometheus() {
         "stellantis_sync_vehicle_data_age_seconds{account=\"user1\",vin=\"VR3TESTVIN0000001\"}",
         "stellantis_sync_vehicle_endpoint_unavailable{account=\"user1\",vin=\"VR3TESTVIN0000001\",endpoint=\"maintenance\"} 1",
     ] {
-        assert!(text.contains(&series), "missing {series} in\n{text}");
+        assert!(text.contains(series), "missing {series} in\n{text}");
     }
     let chain_end = metric_value(
         &text,
