@@ -683,6 +683,7 @@ async fn retention_prunes_old_bodies_but_never_the_newest_and_returns_pages() {
     let now = chrono::Utc::now().timestamp();
     let day = 86_400;
     let big = "x".repeat(3000);
+    c.execute_batch("BEGIN").unwrap();
     // Vehicle A: 3000 old observations; its newest is also old (parked for 100 days).
     // Vehicle B: old ones and a recent newest.
     for (vin, newest_age) in [("VINA", 100 * day), ("VINB", 60)] {
@@ -713,7 +714,8 @@ async fn retention_prunes_old_bodies_but_never_the_newest_and_returns_pages() {
         )
         .unwrap();
     }
-    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    c.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
     let pages_before: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
     drop(c);
     // Keep 30 days: every old body of both vehicles goes, but A's newest (100 days old) stays.
