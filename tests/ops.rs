@@ -191,7 +191,22 @@ async fn metrics_health_and_a_real_prometheus() {
     assert!(ready.contains("database: ok"), "{ready}");
     assert!(ready.contains("last pass: ok"), "{ready}");
 
-    // Per-vehicle telemetry, as the poller records it.
+    // The telemetry poller's first observations of the simulated cars.
+    wait_for(30, "telemetry of user2's cars", || {
+        rusqlite::Connection::open(env.db_path())
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT count(*) FROM vehicle_status s JOIN accounts a USING (account_id)
+                     WHERE a.name = 'user2'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .unwrap_or(0)
+            > 0
+    })
+    .await;
+    // And one vehicle's rows written here, with known values.
     let now = chrono::Utc::now().timestamp();
     add_telemetry(&env, "user1", "VR3TESTVIN0000001", 81.5, now - 120);
     let (code, text) = get(&format!("{base}/metrics")).await.unwrap();
@@ -222,6 +237,10 @@ async fn metrics_health_and_a_real_prometheus() {
     ] {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }
+    assert!(
+        text.contains("stellantis_sync_vehicle_data_age_seconds{account=\"user2\",vin=\""),
+        "no telemetry series for user2's simulated cars:\n{text}"
+    );
     let chain_end = metric_value(
         &text,
         "stellantis_sync_refresh_token_chain_end_timestamp_seconds{account=\"user1\"}",
@@ -743,7 +762,7 @@ async fn retention_prunes_old_bodies_but_never_the_newest_and_returns_pages() {
         .unwrap();
     let mut names: Vec<String> = left
         .into_iter()
-        .map(|h| String::from_utf8(h).unwrap())
+        .map(|h| String::from_utf8_lossy(&h).into_owned())
         .collect();
     names.sort();
     // B's bodies younger than 30 days stay (3000 × 600 s ≈ 21 days), plus both newest.
@@ -760,7 +779,11 @@ async fn retention_prunes_old_bodies_but_never_the_newest_and_returns_pages() {
     );
     // Derived rows are all kept.
     let status_rows: i64 = c
-        .query_row("SELECT count(*) FROM vehicle_status", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM vehicle_status WHERE vin IN ('VINA', 'VINB')",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(status_rows, 6002);
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
