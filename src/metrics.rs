@@ -127,7 +127,7 @@ impl Metrics {
         );
         registry.register(
             "api_request_duration_seconds",
-            "Duration of API requests, until the answer's body arrived",
+            "Duration of API requests, until the answer's headers arrived",
             api_duration.clone(),
         );
         let idp_requests = Family::<RequestLabels, Counter>::default();
@@ -141,7 +141,7 @@ impl Metrics {
         );
         registry.register(
             "idp_request_duration_seconds",
-            "Duration of identity provider requests",
+            "Duration of identity provider requests, until the answer's headers arrived",
             idp_duration.clone(),
         );
         let rate_limited = Family::<UpstreamLabels, Counter>::default();
