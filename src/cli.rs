@@ -53,6 +53,8 @@ pub enum Command {
     Login(LoginArgs),
     /// Print one line per account: state, tokens, last sync, vehicles, last error.
     Status,
+    /// Copy the database consistently while the daemon runs (VACUUM INTO, integrity-checked).
+    Backup(BackupArgs),
     /// Run the whole thing against an in-process simulator into ./stellantis-sync-demo.sqlite.
     Demo(DemoArgs),
     /// Serve the simulated Stellantis API and identity provider.
@@ -98,6 +100,13 @@ pub struct LoginArgs {
     /// Country code used in the brand app's redirect URI (default: the account's `country`).
     #[arg(long)]
     pub country: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The copy's path, or an existing directory (default: `[backup] dir`, keeping `keep`).
+    #[arg(long)]
+    pub to: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

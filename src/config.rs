@@ -101,6 +101,17 @@ pub struct RawConfig {
     pub accounts: Vec<RawAccount>,
     #[serde(default)]
     pub telemetry: crate::telemetry::config::RawTelemetry,
+    // Operations (src/ops.rs): metrics listener, textfile, backups, retention, Litestream.
+    #[serde(default)]
+    pub http: crate::ops::RawHttp,
+    #[serde(default)]
+    pub metrics_textfile: Option<PathBuf>,
+    #[serde(default)]
+    pub backup: crate::ops::RawBackup,
+    #[serde(default)]
+    pub retention: crate::ops::RawRetention,
+    #[serde(default)]
+    pub external_checkpointing: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -202,6 +213,11 @@ impl Default for RawConfig {
             app: RawApp::default(),
             accounts: Vec::new(),
             telemetry: crate::telemetry::config::RawTelemetry::default(),
+            http: crate::ops::RawHttp::default(),
+            metrics_textfile: None,
+            backup: crate::ops::RawBackup::default(),
+            retention: crate::ops::RawRetention::default(),
+            external_checkpointing: false,
         }
     }
 }
@@ -255,6 +271,8 @@ pub struct Config {
     pub accounts: Vec<Account>,
     /// `[telemetry]`: what is polled per vehicle, and how often.
     pub telemetry: crate::telemetry::config::Settings,
+    /// Metrics, health, backups, retention, Litestream (src/ops.rs).
+    pub ops: crate::ops::OpsConfig,
 }
 
 impl Config {
@@ -648,6 +666,17 @@ fn validate(raw: RawConfig, path: &Path, checks: Checks) -> Result<Config, Confi
         bad.into_iter().for_each(|(k, r)| v.bad(k, r));
         crate::telemetry::config::Settings::default()
     });
+    let (ops, ops_problems) = crate::ops::validate(
+        raw.http,
+        raw.metrics_textfile,
+        raw.backup,
+        raw.retention,
+        raw.external_checkpointing,
+        &raw.state_dir,
+    );
+    for (key, reason) in ops_problems {
+        v.bad(key, reason);
+    }
     if checks == Checks::Full {
         check_dir_usable(&mut v, "state_dir", &raw.state_dir);
         // The daemon creates `state_dir` (and the database's directory inside it); any other
@@ -691,6 +720,7 @@ fn validate(raw: RawConfig, path: &Path, checks: Checks) -> Result<Config, Confi
         idp_rate,
         accounts,
         telemetry,
+        ops,
     })
 }
 

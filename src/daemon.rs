@@ -357,6 +357,7 @@ pub async fn once(cfg: Config) -> u8 {
             return exit::for_start(&e);
         }
     };
+    let ops = crate::ops::Ops::for_once(&app);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let signals = spawn_signal_thread(tx.clone()).ok();
     let stop = CancellationToken::new();
@@ -383,6 +384,9 @@ pub async fn once(cfg: Config) -> u8 {
         }
         None => exit::TEMPFAIL,
     };
+    if let Some(s) = &summary {
+        ops.after_once(&app, s).await;
+    }
     finish(&app).await;
     if let Some(h) = signals {
         h.close();
@@ -442,6 +446,8 @@ struct Daemon<'a> {
     stalled: bool,
     /// The vehicles' telemetry polls, beside the list passes.
     telemetry: Option<crate::telemetry::Background>,
+    /// Metrics, health, backups, retention (src/ops.rs).
+    ops: crate::ops::Ops,
 }
 
 /// How long a pass may go without any account finishing before it counts as stuck (then the
@@ -487,6 +493,7 @@ impl Daemon<'_> {
         if let Some(f) = &self.hooks.on_pass {
             f(summary);
         }
+        self.ops.pass_done(&self.app, summary);
     }
 
     async fn on_reload(&mut self) {
@@ -518,6 +525,7 @@ impl Daemon<'_> {
                             t.restart(&next.cfg, next.engine.clone());
                         }
                         self.app = next;
+                        self.ops.attach(&self.app);
                         let unsaved = self.app.engine.tokens.flush_pending().await;
                         if !unsaved.is_empty() {
                             tracing::error!(accounts = ?unsaved, "rotated refresh tokens are still only in memory after the reload");
@@ -544,8 +552,16 @@ impl Daemon<'_> {
         finish(&self.app).await;
     }
 
-    /// Feeds the watchdog unless a pass is stuck (no account finished for [`stall_limit`]).
+    /// Feeds the watchdog while the liveness is alive (see [`Daemon::beat`]).
     fn on_watchdog(&mut self) {
+        if self.beat() {
+            self.ops.liveness().feed_watchdog();
+        }
+    }
+
+    /// Beats the liveness behind `/healthz` and the watchdog, unless a pass is stuck (no account
+    /// finished for [`stall_limit`]); returns whether it beat.
+    fn beat(&mut self) -> bool {
         let idle_ms = now_ms().saturating_sub(self.progress.load(Ordering::Relaxed));
         let limit = stall_limit(&self.app.cfg);
         if self.pass.is_some() && Duration::from_millis(idle_ms) > limit {
@@ -557,9 +573,10 @@ impl Daemon<'_> {
                 );
                 notify::notify("STATUS=stuck: the running pass makes no progress");
             }
-            return;
+            return false;
         }
-        notify::notify("WATCHDOG=1");
+        self.ops.beat();
+        true
     }
 }
 
@@ -577,6 +594,13 @@ pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
         Err(e) => {
             tracing::error!("{e}");
             return exit::for_start(&e);
+        }
+    };
+    let ops = match crate::ops::Ops::start(&app).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::TEMPFAIL;
         }
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -621,6 +645,7 @@ pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
         progress: Arc::new(AtomicU64::new(now_ms())),
         stalled: false,
         telemetry: None,
+        ops,
     };
     d.telemetry = Some(crate::telemetry::Background::start(
         &d.app.cfg,
@@ -628,10 +653,13 @@ pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
     ));
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     let stop = d.hooks.stop.clone();
+    let mut heartbeat = tokio::time::interval(crate::health::BEAT_EVERY);
     loop {
+        d.beat();
         let event = tokio::select! {
             e = rx.recv() => match e { Some(e) => e, None => break },
             () = stop.cancelled() => Event::Signal(Sig::Terminate),
+            _ = heartbeat.tick() => continue,
             _ = async { match watchdog.as_mut() { Some(w) => w.tick().await, None => std::future::pending().await } } => {
                 d.on_watchdog();
                 continue;
@@ -648,6 +676,7 @@ pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
         }
     }
     let _ = d.sched.shutdown().await;
+    d.ops.shutdown().await;
     signals.close();
     tracing::info!("stopped");
     exit::OK

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod brand;
 pub mod cli;
 pub mod config;
@@ -18,12 +19,17 @@ pub mod diff;
 pub mod exit;
 pub mod faultpoint;
 pub mod fsutil;
+pub mod health;
 pub mod http;
+pub mod http_server;
 pub mod listing;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
+pub mod ops;
 pub mod ratelimit;
 pub mod redact;
+pub mod retention;
 pub mod shard;
 pub mod sim;
 pub mod status;
@@ -76,6 +82,12 @@ pub fn run(cli: Cli) -> u8 {
             Some(Command::ImportAccount(a)) => {
                 transfer::import_cmd(&cli.config, &a.file, a.with_tokens, shard).await
             }
+            Some(Command::Backup(args)) => {
+                match load(&cli.config, config::Checks::ValuesOnly, None) {
+                    Ok(cfg) => backup::command(&cfg, args.to).await,
+                    Err(code) => code,
+                }
+            }
             Some(Command::Run) | None => match load(&cli.config, config::Checks::Full, shard) {
                 Ok(cfg) if once => daemon::once(cfg).await,
                 Ok(cfg) => {
@@ -105,6 +117,7 @@ fn check_global_flags(cli: &Cli) -> Result<(), String> {
             return Ok(());
         }
         Some(Command::Login(_)) => "login",
+        Some(Command::Backup(_)) => "backup",
         Some(Command::Demo(_)) => "demo",
         Some(Command::Simulate(_)) => "simulate",
         Some(Command::ExportAccount(_)) => "export-account",

@@ -92,6 +92,8 @@ pub struct Limits {
     /// Whether this process has sent an API request yet: the previous process's last request
     /// matters only before our first one (after that, governor spaces the requests).
     started: std::sync::atomic::AtomicBool,
+    /// Where requests are counted (src/metrics.rs), once the operations runtime attaches it.
+    metrics: std::sync::OnceLock<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 /// The governor quota for a configured rate. GCRA admits at most `burst + n - 1` requests in
@@ -147,6 +149,7 @@ impl Limits {
             budget: Mutex::new(budget),
             path,
             started: std::sync::atomic::AtomicBool::new(false),
+            metrics: std::sync::OnceLock::new(),
         }
     }
 
@@ -157,6 +160,16 @@ impl Limits {
             burst: NonZeroU32::new(1_000_000).unwrap_or(NonZeroU32::MAX),
         };
         Limits::new(big, big, None)
+    }
+
+    /// Counts this limiter's requests into `m` (the first call wins).
+    pub fn set_metrics(&self, m: std::sync::Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(m);
+    }
+
+    /// The metrics requests are counted into, if attached.
+    pub fn metrics(&self) -> Option<&crate::metrics::Metrics> {
+        self.metrics.get().map(|m| &**m)
     }
 
     fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {

@@ -110,5 +110,21 @@ pub fn render(cfg: &Config) -> String {
     if let Some(c) = &conn {
         out.push_str(&crate::telemetry::status_lines(c, cfg));
     }
+    let _ = writeln!(out, "{}", last_backup_line(cfg));
     out
+}
+
+/// `last backup: <time> <file> (<bytes> bytes, <seconds> s, <kind>)` or `last backup: none …`.
+fn last_backup_line(cfg: &Config) -> String {
+    match crate::backup::last_backup(&cfg.state_dir) {
+        Some(b) => format!(
+            "last backup: {} {} ({} bytes, {:.2} s, {})",
+            b.finished_at,
+            b.path.display(),
+            b.bytes,
+            b.seconds,
+            b.kind
+        ),
+        None => "last backup: none (stellantis-sync backup, or [backup] schedule)".to_owned(),
+    }
 }

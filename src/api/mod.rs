@@ -179,15 +179,19 @@ impl ApiClient {
         token: &SecretString,
     ) -> Result<(u16, Vec<u8>), ApiError> {
         self.limits.api_permit().await?;
-        let resp = self
+        let started = std::time::Instant::now();
+        let sent = self
             .http
             .get(url)
             .bearer_auth(token.expose_secret())
             .header("x-introspect-realm", a.brand.realm())
             .header(reqwest::header::ACCEPT, "application/hal+json")
             .send()
-            .await
-            .map_err(|e| ApiError::Transport(TransportError::from_reqwest(&e)))?;
+            .await;
+        if let Some(m) = self.limits.metrics() {
+            m.api_answer(url, sent.as_ref().ok(), started.elapsed());
+        }
+        let resp = sent.map_err(|e| ApiError::Transport(TransportError::from_reqwest(&e)))?;
         let status = resp.status().as_u16();
         let rate_limited = (status == 429).then(|| {
             let raw = header(&resp, "retry-after").unwrap_or_default();

@@ -148,6 +148,7 @@ pub async fn request(
     params: &[(&str, &str)],
 ) -> Result<Tokens, GrantError> {
     limits.idp_permit().await;
+    let started = std::time::Instant::now();
     let url = format!("{idp_base}/am/oauth2/access_token");
     let resp = http
         .post(&url)
@@ -157,10 +158,17 @@ pub async fn request(
         )
         .form(params)
         .send()
-        .await
-        .map_err(|e| {
-            GrantError::Transient(crate::http::TransportError::from_reqwest(&e).message)
-        })?;
+        .await;
+    if let Some(m) = limits.metrics() {
+        m.idp_response(
+            "access_token",
+            resp.as_ref().ok().map(|r| r.status().as_u16()),
+            started.elapsed(),
+        );
+    }
+    let resp = resp.map_err(|e| {
+        GrantError::Transient(crate::http::TransportError::from_reqwest(&e).message)
+    })?;
     let status = resp.status();
     // Read at most the cap; an oversized success is still searched for its tokens.
     let (body, _cut) = crate::http::read_prefix(resp, crate::http::IDP_BODY_LIMIT)

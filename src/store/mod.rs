@@ -65,6 +65,10 @@ pub enum DbError {
     },
     #[error("database {path}: journal mode is {mode}, not WAL")]
     NotWal { path: PathBuf, mode: String },
+    #[error(
+        "database {path} was not migrated: the copy taken before migrating failed ({reason}); free space next to it or fix its directory's permissions"
+    )]
+    BackupBeforeMigration { path: PathBuf, reason: String },
 }
 
 /// For I/O errors SQLite's own message ("disk I/O error") rarely says why; a small probe write
@@ -119,6 +123,8 @@ pub struct Db {
     path: PathBuf,
     /// Account ids by name (rows are never deleted, so the cache cannot go stale).
     account_ids: std::collections::HashMap<String, i64>,
+    /// Litestream mode: another process checkpoints the WAL (`external_checkpointing`).
+    external_checkpoints: bool,
 }
 
 /// What a successful listing did to the database.
@@ -164,6 +170,7 @@ impl Db {
             conn,
             path: path.to_owned(),
             account_ids: std::collections::HashMap::new(),
+            external_checkpoints: false,
         };
         db.configure()?;
         db.migrate()?;
@@ -173,6 +180,11 @@ impl Db {
     fn configure(&mut self) -> Result<(), DbError> {
         self.conn
             .busy_timeout(Duration::from_secs(30))
+            .map_err(|e| self.err(e))?;
+        // Takes effect only before the first table exists (a new file): freed pages can then be
+        // returned with `incremental_vacuum` (src/retention.rs). Older files keep their mode.
+        self.conn
+            .execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
             .map_err(|e| self.err(e))?;
         let mode: String = self
             .conn
@@ -218,6 +230,17 @@ impl Db {
                 found,
                 supported,
             });
+        }
+        if found > 0 && found < supported {
+            // A database with a schema (and so, maybe, history) is copied before it changes.
+            let copy =
+                crate::backup::before_migration(&self.conn, &self.path, found).map_err(|e| {
+                    DbError::BackupBeforeMigration {
+                        path: self.path.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+            tracing::info!(backup = %copy.display(), "database copied before its migration from schema {found}");
         }
         for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
             let version = i + 1;
@@ -368,6 +391,9 @@ impl Db {
     /// Checkpoints the WAL when it has grown past `threshold` bytes (RESTART, then TRUNCATE if
     /// no reader is in the way), so a long-lived reader cannot make it grow without bound.
     pub fn checkpoint_if_large(&mut self, threshold: u64) -> Result<(), DbError> {
+        if self.external_checkpoints {
+            return Ok(());
+        }
         let wal = PathBuf::from(format!("{}-wal", self.path.display()));
         let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
         if size < threshold {
@@ -397,6 +423,16 @@ impl Db {
             }
             Err(e) => tracing::debug!("WAL checkpoint postponed: {e}"),
         }
+        Ok(())
+    }
+
+    /// Leaves every checkpoint to another process (Litestream): `wal_autocheckpoint = 0` on
+    /// this connection and no [`Db::checkpoint_if_large`] after passes.
+    pub fn leave_checkpoints_to_others(&mut self) -> Result<(), DbError> {
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| self.err(e))?;
+        self.external_checkpoints = true;
         Ok(())
     }
 

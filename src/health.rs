@@ -1,0 +1,266 @@
+//! Liveness and readiness: the signals behind systemd's watchdog, `/healthz` and `/readyz`.
+//!
+//! [`Liveness`] is beaten by the daemon's event loop on every turn and on a short timer; it is
+//! alive while the last beat is recent. The same value decides whether the loop sends
+//! `WATCHDOG=1` and whether `/healthz` answers 200, so a loop that stops turning turns both red.
+//!
+//! Readiness ([`readiness`]) asks two questions: can the database be written (a one-page write
+//! from a separate connection with a short busy timeout; a writer holding the lock counts as
+//! writable), and did the last list pass finish within twice the schedule's period (the time
+//! between the schedule's next two fire times, [`schedule_period`]).
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often the event loop beats when nothing else happens.
+pub const BEAT_EVERY: Duration = Duration::from_secs(2);
+/// A loop silent for longer than this is not alive.
+pub const MAX_SILENCE: Duration = Duration::from_secs(15);
+
+/// The event loop's heartbeat, shared (`Arc`) with the HTTP listener.
+#[derive(Debug)]
+pub struct Liveness {
+    last: Mutex<Instant>,
+    max_silence: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness::new(MAX_SILENCE)
+    }
+}
+
+impl Liveness {
+    /// A liveness that is alive now and stays so for `max_silence` without a beat.
+    pub fn new(max_silence: Duration) -> Liveness {
+        Liveness {
+            last: Mutex::new(Instant::now()),
+            max_silence,
+        }
+    }
+
+    /// Records that the event loop turned.
+    pub fn beat(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Time since the last beat.
+    pub fn silence(&self) -> Duration {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+
+    /// Whether the loop beat within `max_silence`.
+    pub fn is_alive(&self) -> bool {
+        self.silence() <= self.max_silence
+    }
+
+    /// Sends `WATCHDOG=1` to systemd, only while alive; returns whether it did.
+    pub fn feed_watchdog(&self) -> bool {
+        if self.is_alive() {
+            crate::notify::notify("WATCHDOG=1");
+            true
+        } else {
+            tracing::warn!(
+                silence_s = self.silence().as_secs(),
+                "event loop silent: not feeding the watchdog"
+            );
+            false
+        }
+    }
+}
+
+/// The period of a cron schedule (six fields, seconds first): the time between its next two
+/// fire times after `now`. `None` if the expression does not parse or never fires twice.
+pub fn schedule_period(expr: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let cron = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
+        .ok()?;
+    let first = cron.find_next_occurrence(&now, false).ok()?;
+    let second = cron.find_next_occurrence(&first, false).ok()?;
+    (second - first).to_std().ok()
+}
+
+/// The next fire time of a cron schedule after `now`.
+pub fn next_fire(
+    expr: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
+        .ok()?
+        .find_next_occurrence(&now, false)
+        .ok()
+}
+
+/// The answer of `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    /// One line per check, `ok` or the reason.
+    pub lines: Vec<String>,
+}
+
+/// Whether the database can be written: one page written and committed from a separate
+/// connection (`BEGIN IMMEDIATE`, set `user_version` to itself, `COMMIT`). A busy database means
+/// another connection is writing, which counts as writable.
+pub fn database_writable(path: &Path) -> Result<(), String> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    conn.busy_timeout(Duration::from_millis(500))
+        .map_err(|e| e.to_string())?;
+    // Never checkpoint from here: with Litestream, checkpoints are its job.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(|e| e.to_string())?;
+    let probe = (|| -> rusqlite::Result<()> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        conn.execute_batch(&format!("PRAGMA user_version = {v}; COMMIT;"))
+    })();
+    match probe {
+        Ok(()) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(format!("{} is not writable: {e}", path.display()))
+        }
+    }
+}
+
+/// `/readyz`: the database is writable and the last pass finished within twice the period.
+pub fn readiness(
+    database: &Path,
+    schedule: &str,
+    last_pass_finished: Option<SystemTime>,
+    now: SystemTime,
+) -> Readiness {
+    let mut lines = Vec::new();
+    let mut ready = true;
+    match database_writable(database) {
+        Ok(()) => lines.push("database: ok".to_owned()),
+        Err(e) => {
+            ready = false;
+            lines.push(format!("database: {e}"));
+        }
+    }
+    let period = schedule_period(schedule, chrono::DateTime::<chrono::Utc>::from(now));
+    match (last_pass_finished, period) {
+        (None, _) => {
+            ready = false;
+            lines.push("last pass: none has finished yet".to_owned());
+        }
+        (Some(_), None) => {
+            ready = false;
+            lines.push(format!("last pass: schedule `{schedule}` has no period"));
+        }
+        (Some(at), Some(period)) => {
+            let age = now.duration_since(at).unwrap_or_default();
+            if age <= period.saturating_mul(2) {
+                lines.push(format!("last pass: ok ({} s ago)", age.as_secs()));
+            } else {
+                ready = false;
+                lines.push(format!(
+                    "last pass: finished {} s ago, more than twice the schedule's period ({} s)",
+                    age.as_secs(),
+                    period.as_secs()
+                ));
+            }
+        }
+    }
+    Readiness { ready, lines }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_goes_silent_without_beats_and_recovers_on_a_beat() {
+        let l = Liveness::new(Duration::from_millis(50));
+        assert!(l.is_alive());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(!l.is_alive());
+        assert!(!l.feed_watchdog());
+        l.beat();
+        assert!(l.is_alive());
+        assert!(l.feed_watchdog());
+    }
+
+    #[test]
+    fn the_period_is_the_gap_between_the_next_two_fire_times() {
+        let now = chrono::Utc::now();
+        assert_eq!(
+            schedule_period("0 */5 * * * *", now),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            schedule_period("*/2 * * * * *", now),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            schedule_period("0 0 3 * * *", now),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(schedule_period("not cron", now), None);
+    }
+
+    #[test]
+    fn readiness_needs_a_recent_pass_and_a_writable_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("x.sqlite");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x);")
+            .unwrap();
+        let now = SystemTime::now();
+        let r = readiness(&db, "0 */5 * * * *", Some(now), now);
+        assert!(r.ready, "{r:?}");
+        let r = readiness(&db, "0 */5 * * * *", None, now);
+        assert!(!r.ready);
+        assert!(r.lines[1].contains("none has finished"), "{r:?}");
+        let stale = now - Duration::from_secs(601);
+        let r = readiness(&db, "0 */5 * * * *", Some(stale), now);
+        assert!(!r.ready);
+        assert!(r.lines[1].contains("twice"), "{r:?}");
+        let r = readiness(
+            &dir.path().join("missing.sqlite"),
+            "0 */5 * * * *",
+            Some(now),
+            now,
+        );
+        assert!(!r.ready);
+        assert!(r.lines[0].contains("cannot open"), "{r:?}");
+    }
+
+    #[test]
+    fn a_locked_database_counts_as_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("x.sqlite");
+        let holder = rusqlite::Connection::open(&db).unwrap();
+        holder
+            .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x); BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+            .unwrap();
+        assert_eq!(database_writable(&db), Ok(()));
+        holder.execute_batch("COMMIT").unwrap();
+        assert_eq!(database_writable(&db), Ok(()));
+    }
+}
