@@ -160,6 +160,7 @@ async fn metrics_health_and_a_real_prometheus() {
     let opts = Opts {
         schedule: "*/2 * * * * *".into(),
         extra_top: format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+        telemetry: "enabled = true".into(),
         ..Opts::default()
     };
     let accounts = std::sync::Mutex::new(Vec::new());
@@ -801,6 +802,7 @@ async fn litestream_replicates_the_daemons_database_and_restores_it() {
     let opts = Opts {
         schedule: "* * * * * *".into(),
         extra_top: "external_checkpointing = true\n".into(),
+        telemetry: "enabled = true".into(),
         ..Opts::default()
     };
     let env = Env::new(
