@@ -92,6 +92,8 @@ pub struct Limits {
     /// Whether this process has sent an API request yet: the previous process's last request
     /// matters only before our first one (after that, governor spaces the requests).
     started: std::sync::atomic::AtomicBool,
+    /// Per-account requests and quota headers, recorded in `sync_runs`.
+    pub usage: crate::api::usage::Usage,
 }
 
 /// The governor quota for a configured rate. GCRA admits at most `burst + n - 1` requests in
@@ -147,6 +149,7 @@ impl Limits {
             budget: Mutex::new(budget),
             path,
             started: std::sync::atomic::AtomicBool::new(false),
+            usage: crate::api::usage::Usage::default(),
         }
     }
 

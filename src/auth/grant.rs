@@ -148,6 +148,7 @@ pub async fn request(
     params: &[(&str, &str)],
 ) -> Result<Tokens, GrantError> {
     limits.idp_permit().await;
+    limits.usage.idp_request(&account.name);
     let url = format!("{idp_base}/am/oauth2/access_token");
     let resp = http
         .post(&url)
