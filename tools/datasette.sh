@@ -11,6 +11,7 @@ shift
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 meta=$(mktemp --suffix=.json)
 trap 'rm -f "$meta"' EXIT
+trap 'exit 143' TERM INT
 python3 - "$root/docs/metadata.json" "$db" > "$meta" <<'PY'
 import json, pathlib, sys
 meta = json.load(open(sys.argv[1], encoding="utf-8"))
