@@ -500,3 +500,408 @@ async fn datasette_serves_readable_pages_for_any_file_name() {
     );
     drop(served);
 }
+
+/// The SQLite plugin's data source as the provisioning file names it.
+const GRAFANA_DS_TYPE: &str = "frser-sqlite-datasource";
+
+/// Panels that may stay empty on the simulated week, and why.
+const MAY_BE_EMPTY: &[(&str, &str)] = &[
+    ("Trips", "the simulator does not serve /trips yet"),
+    (
+        "Distance per day (km, trips)",
+        "the simulator does not serve /trips yet",
+    ),
+    (
+        "Consumption per trip",
+        "the simulator does not serve /trips yet",
+    ),
+    (
+        "Trip starts and ends",
+        "the simulator does not serve /trips yet",
+    ),
+    (
+        "429 answers per hour",
+        "no 429 in the simulated week (the column is checked in tests)",
+    ),
+    (
+        "Telemetry endpoints unavailable",
+        "depends on the simulator's 404s",
+    ),
+    (
+        "Refresh-token chain ends (needs re-authorization)",
+        "user4 never had a chain: it fails from the start",
+    ),
+];
+
+/// Grafana's expansion of the plugin's macros and of the variables, for a fixed time range.
+fn expand(sql: &str, from_ms: i64, to_ms: i64, vars: &[(String, Vec<String>)]) -> String {
+    let mut out = sql
+        .replace("$__from", &from_ms.to_string())
+        .replace("$__to", &to_ms.to_string());
+    // $__unixEpochGroupSeconds(col, n[, NULL]) → cast((col / n) as int) * n (the plugin's form).
+    while let Some(start) = out.find("$__unixEpochGroupSeconds(") {
+        let args_from = start + "$__unixEpochGroupSeconds(".len();
+        let mut depth = 1;
+        let mut end = args_from;
+        for (i, ch) in out[args_from..].char_indices() {
+            match ch {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            if depth == 0 {
+                end = args_from + i;
+                break;
+            }
+        }
+        let args = &out[args_from..end];
+        // Split at the top-level commas.
+        let (mut parts, mut cur, mut d) = (Vec::new(), String::new(), 0);
+        for ch in args.chars() {
+            match ch {
+                '(' => d += 1,
+                ')' => d -= 1,
+                ',' if d == 0 => {
+                    parts.push(std::mem::take(&mut cur));
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(ch);
+        }
+        parts.push(cur);
+        assert!(parts.len() >= 2, "bad macro call: {args}");
+        let replacement = format!(
+            "cast(({} / {}) as int) * {}",
+            parts[0].trim(),
+            parts[1].trim(),
+            parts[1].trim()
+        );
+        out.replace_range(start..=end, &replacement);
+    }
+    for (name, values) in vars {
+        let quoted = values
+            .iter()
+            .map(|v| format!("'{}'", v.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(",");
+        out = out.replace(&format!("${{{name}:singlequote}}"), &quoted);
+        out = out.replace(&format!("${{{name}}}"), &values.join(","));
+        out = out.replace(&format!("${name}"), &values.join(","));
+    }
+    assert!(
+        !out.contains('$'),
+        "an unexpanded macro or variable in: {out}"
+    );
+    out
+}
+
+/// Runs a query: column names and rows of SQLite values.
+fn run(db: &rusqlite::Connection, sql: &str) -> (Vec<String>, Vec<Vec<rusqlite::types::Value>>) {
+    let mut st = db.prepare(sql).unwrap_or_else(|e| panic!("{e}\n{sql}"));
+    let cols: Vec<String> = st.column_names().map(|s| s.to_string()).collect();
+    let n = cols.len();
+    let rows = st
+        .query_map([], |r| {
+            (0..n)
+                .map(|i| r.get::<_, rusqlite::types::Value>(i))
+                .collect()
+        })
+        .unwrap()
+        .collect::<Result<Vec<Vec<_>>, _>>()
+        .unwrap_or_else(|e| panic!("{e}\n{sql}"));
+    (cols, rows)
+}
+
+fn all_panels(dash: &serde_json::Value) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        out.push(p.clone());
+        if let Some(inner) = p["panels"].as_array() {
+            out.extend(inner.iter().cloned());
+        }
+    }
+    out
+}
+
+#[test]
+fn grafana_dashboards_are_valid_and_every_panel_query_runs_on_the_simulated_week() {
+    use rusqlite::types::Value as V;
+    let db_path = &week().db;
+    let db = conn(db_path);
+    // The fixed time range: from the first run to the end of the simulated week.
+    let (first_run, last_obs): (String, i64) = db
+        .query_row(
+            "SELECT (SELECT min(started_at) FROM sync_runs), (SELECT max(observed_ts) FROM vehicle_status)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let from_ms = chrono::DateTime::parse_from_rfc3339(&first_run)
+        .unwrap()
+        .timestamp_millis()
+        - 3_600_000;
+    let to_ms = (last_obs + 3600) * 1000;
+
+    let provisioning = std::fs::read_to_string(
+        Path::new(ROOT).join("dashboards/grafana/provisioning/datasources/stellantis-sync.yaml"),
+    )
+    .unwrap();
+    assert!(provisioning.contains(&format!("type: {GRAFANA_DS_TYPE}")));
+    assert!(
+        provisioning.contains("mode=ro"),
+        "the data source must be read-only"
+    );
+    let ds_uid = provisioning
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("uid: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(Path::new(ROOT).join("dashboards/grafana"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let titles: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let d: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+            d["title"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    for want in ["Overview", "Charges", "Trips", "Operations"] {
+        assert!(
+            titles.iter().any(|t| t.ends_with(want)),
+            "no {want} dashboard in {titles:?}"
+        );
+    }
+    let mut uids = std::collections::HashSet::new();
+    let mut checked = 0;
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            dash["schemaVersion"].as_i64().unwrap_or(0) >= 36,
+            "{name}: schemaVersion"
+        );
+        assert!(
+            uids.insert(dash["uid"].as_str().unwrap().to_owned()),
+            "{name}: uid reused"
+        );
+        assert!(
+            dash["title"].is_string() && dash["time"]["from"].is_string(),
+            "{name}"
+        );
+
+        // Variables, in order: each query runs; a multi-value one takes all its values (All), a
+        // single-value one its first value.
+        let mut vars: Vec<(String, Vec<String>)> = Vec::new();
+        let mut var_names = Vec::new();
+        for v in dash["templating"]["list"].as_array().unwrap() {
+            let vname = v["name"].as_str().unwrap().to_owned();
+            assert_eq!(v["type"], "query", "{name}: ${vname}");
+            assert_eq!(v["datasource"]["uid"], ds_uid.as_str(), "{name}: ${vname}");
+            let (cols, rows) = run(
+                &db,
+                &expand(v["query"].as_str().unwrap(), from_ms, to_ms, &vars),
+            );
+            let value_col = cols.iter().position(|c| c == "__value").unwrap_or(0);
+            let values: Vec<String> = rows
+                .iter()
+                .map(|r| match &r[value_col] {
+                    V::Text(s) => s.clone(),
+                    V::Integer(i) => i.to_string(),
+                    other => panic!("{name}: ${vname} gives {other:?}"),
+                })
+                .collect();
+            assert!(!values.is_empty(), "{name}: ${vname} has no value");
+            let chosen = if v["multi"].as_bool().unwrap_or(false) {
+                values
+            } else {
+                // A single-value variable: the value for which the panels that use it show the
+                // most rows (the charge curve wants a session that has a curve).
+                let uses: Vec<String> = all_panels(&dash)
+                    .iter()
+                    .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|t| t["rawQueryText"].as_str().map(str::to_owned))
+                    .filter(|q| q.contains(&format!("${vname}")))
+                    .collect();
+                let best = values
+                    .iter()
+                    .take(50)
+                    .max_by_key(|val| {
+                        let mut with = vars.clone();
+                        with.push((vname.clone(), vec![(*val).clone()]));
+                        uses.iter()
+                            .map(|q| run(&db, &expand(q, from_ms, to_ms, &with)).1.len())
+                            .sum::<usize>()
+                    })
+                    .unwrap();
+                vec![best.clone()]
+            };
+            var_names.push(vname.clone());
+            vars.push((vname, chosen));
+        }
+        assert!(
+            var_names.contains(&"account".to_owned()) && var_names.contains(&"vin".to_owned()),
+            "{name}: variables"
+        );
+
+        let mut ids = std::collections::HashSet::new();
+        for panel in all_panels(&dash) {
+            let title = panel["title"].as_str().unwrap_or("?").to_owned();
+            assert!(
+                ids.insert(panel["id"].as_i64().unwrap()),
+                "{name}: panel id reused ({title})"
+            );
+            if panel["type"] == "row" {
+                continue;
+            }
+            assert_eq!(
+                panel["datasource"]["type"], GRAFANA_DS_TYPE,
+                "{name}: {title}"
+            );
+            assert_eq!(
+                panel["datasource"]["uid"],
+                ds_uid.as_str(),
+                "{name}: {title}"
+            );
+            let targets = panel["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{name}: {title} has no query");
+            // A repeated panel runs once per value of its variable: here with the first one.
+            let mut panel_vars = vars.clone();
+            if let Some(rep) = panel["repeat"].as_str() {
+                let (_, values) = panel_vars.iter_mut().find(|(n, _)| n == rep).unwrap();
+                values.truncate(1);
+            }
+            for target in targets {
+                let raw = target["rawQueryText"].as_str().unwrap_or("");
+                assert!(!raw.trim().is_empty(), "{name}: {title} has an empty query");
+                let query_type = target["queryType"].as_str().unwrap();
+                assert!(
+                    ["table", "time series"].contains(&query_type),
+                    "{name}: {title}: {query_type}"
+                );
+                let time_cols: Vec<String> = target["timeColumns"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.as_str().unwrap().to_owned())
+                    .collect();
+                let sql = expand(raw, from_ms, to_ms, &panel_vars);
+                let (cols, rows) = run(&db, &sql);
+                checked += 1;
+                eprintln!("{name}: {title}: {} rows", rows.len());
+                let reason = MAY_BE_EMPTY.iter().find(|(t, _)| *t == title);
+                if rows.is_empty() {
+                    assert!(
+                        reason.is_some(),
+                        "{name}: panel \"{title}\" shows no data on the simulated week:\n{sql}"
+                    );
+                    continue;
+                }
+                for tc in &time_cols {
+                    let i = cols
+                        .iter()
+                        .position(|c| c == tc)
+                        .unwrap_or_else(|| panic!("{name}: {title}: no time column {tc}"));
+                    for r in &rows {
+                        match &r[i] {
+                            V::Null => {}
+                            V::Integer(s) => assert!(
+                                (1_000_000_000..4_000_000_000).contains(s),
+                                "{name}: {title}: {tc} = {s} is not in epoch seconds"
+                            ),
+                            V::Real(s) => {
+                                assert!((1e9..4e9).contains(s), "{name}: {title}: {tc} = {s}")
+                            }
+                            V::Text(t) => {
+                                chrono::DateTime::parse_from_rfc3339(t).unwrap_or_else(|e| {
+                                    panic!("{name}: {title}: {tc} = {t}: not RFC 3339: {e}")
+                                });
+                            }
+                            V::Blob(_) => panic!("{name}: {title}: {tc} is a blob"),
+                        }
+                    }
+                }
+                let mut numeric = 0;
+                for (i, c) in cols.iter().enumerate() {
+                    if time_cols.contains(c) {
+                        continue;
+                    }
+                    let vals: Vec<&V> = rows
+                        .iter()
+                        .map(|r| &r[i])
+                        .filter(|v| !matches!(v, V::Null))
+                        .collect();
+                    let numbers = vals
+                        .iter()
+                        .filter(|v| matches!(v, V::Integer(_) | V::Real(_)))
+                        .count();
+                    let numeric_text = vals
+                        .iter()
+                        .filter(|v| matches!(v, V::Text(t) if t.parse::<f64>().is_ok()))
+                        .count();
+                    assert!(
+                        vals.is_empty() || numeric_text < vals.len(),
+                        "{name}: {title}: {c} holds numbers as text"
+                    );
+                    assert!(
+                        numbers == 0 || numbers == vals.len(),
+                        "{name}: {title}: {c} mixes numbers and text"
+                    );
+                    if numbers > 0 {
+                        numeric += 1;
+                    }
+                }
+                let ptype = panel["type"].as_str().unwrap();
+                if query_type == "time series" || ptype == "timeseries" {
+                    assert!(
+                        !time_cols.is_empty(),
+                        "{name}: {title}: a time series needs a time column"
+                    );
+                    assert!(
+                        numeric > 0,
+                        "{name}: {title}: a time series needs a numeric value"
+                    );
+                    let t = cols.iter().position(|c| c == &time_cols[0]).unwrap();
+                    assert!(
+                        rows.iter().all(|r| !matches!(r[t], V::Null)),
+                        "{name}: {title}: NULL time"
+                    );
+                }
+                if ptype == "geomap" {
+                    for c in ["latitude", "longitude"] {
+                        let i = cols
+                            .iter()
+                            .position(|x| x == c)
+                            .unwrap_or_else(|| panic!("{name}: {title}: no {c}"));
+                        assert!(
+                            rows.iter().all(|r| matches!(r[i], V::Real(_))),
+                            "{name}: {title}: {c} not a number"
+                        );
+                    }
+                }
+                if title.starts_with("Charge curve") {
+                    assert!(
+                        rows.len() >= 3,
+                        "{name}: {title}: no session has a curve ({} points)",
+                        rows.len()
+                    );
+                }
+                if ptype == "state-timeline" {
+                    assert!(!time_cols.is_empty() && cols.len() >= 2, "{name}: {title}");
+                }
+                if ["bargauge", "stat", "barchart"].contains(&ptype) {
+                    assert!(numeric > 0, "{name}: {title}: nothing numeric to show");
+                }
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} queries checked");
+}
