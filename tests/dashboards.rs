@@ -90,6 +90,16 @@ async fn build_week() -> Week {
         if passes == 3 {
             env.sim.set_faults(Faults::default());
         }
+        // One pass meets 429s (Retry-After: 2 s) that its retries get past.
+        if passes == 5 {
+            env.sim.set_faults(Faults {
+                rate_limit_storm: 0.5,
+                ..Faults::default()
+            });
+        }
+        if passes == 6 {
+            env.sim.set_faults(Faults::default());
+        }
         if passes % 2 == 0 {
             env.sim.tick(2);
         }
@@ -126,6 +136,26 @@ async fn build_week() -> Week {
     std::fs::copy(&db, shots.join("week.sqlite")).unwrap();
     Week { db, _dir: dir }
 }
+
+/// Whether this build polls telemetry (the shipped configuration documents `[telemetry]`): then the
+/// telemetry tables must be full and every picture that reads them must show data. Without it
+/// (before the telemetry client is merged) those pictures are only checked to load and run.
+fn telemetry_in_this_build() -> bool {
+    std::fs::read_to_string(Path::new(ROOT).join("config/stellantis-sync.toml"))
+        .unwrap()
+        .contains("\n[telemetry]")
+}
+
+/// The tables the telemetry client fills.
+const TELEMETRY_TABLES: &[&str] = &[
+    "vehicle_status",
+    "vehicle_states",
+    "charging_sessions",
+    "trips",
+    "vehicle_alerts",
+    "maintenance",
+    "telemetry_endpoints",
+];
 
 fn screenshots_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -179,6 +209,26 @@ fn the_simulated_week_has_data_in_the_tables_the_pictures_read() {
     assert!(n("sync_runs WHERE status = 'failed'") > 0);
     assert!(n("sync_runs WHERE status = 'ok' AND ratelimit_day_remaining IS NOT NULL") > 0);
     assert!(n("sync_runs WHERE idp_requests > 0") > 0);
+    assert!(
+        n("sync_runs WHERE rate_limited_responses > 0 AND status = 'ok'") > 0,
+        "a retried 429 is counted"
+    );
+    assert_eq!(
+        n(
+            "sync_runs WHERE status = 'ok' AND vehicles_seen > 0 AND ratelimit_day_limit IS NOT 100000"
+        ),
+        0,
+        "X-RateLimit-Limit-1 recorded on every run that listed vehicles"
+    );
+    assert!(
+        count(db, "SELECT min(ratelimit_day_remaining) FROM sync_runs")
+            < count(db, "SELECT max(ratelimit_day_remaining) FROM sync_runs"),
+        "the daily quota left goes down"
+    );
+    if !telemetry_in_this_build() {
+        eprintln!("this build has no telemetry client: the telemetry tables are not checked");
+        return;
+    }
     assert!(n("vehicle_status") > 20);
     assert!(n("vehicle_states") > 10);
     assert!(n("charging_sessions") > 0);
@@ -211,9 +261,11 @@ fn every_documented_query_gives_the_same_rows_in_sqlite_and_duckdb() {
         .filter(|l| l.contains(": same rows="))
         .count();
     assert_eq!(same, 17, "{report}");
-    for q in [
-        "Q1:", "Q2:", "Q4:", "Q5:", "Q8:", "Q11:", "Q13:", "Q14:", "Q15:", "Q16:",
-    ] {
+    let mut with_rows = vec!["Q1:", "Q2:", "Q4:", "Q5:", "Q8:", "Q14:", "Q15:", "Q17:"];
+    if telemetry_in_this_build() {
+        with_rows.extend(["Q11:", "Q13:", "Q16:"]);
+    }
+    for q in with_rows {
         let line = report.lines().find(|l| l.starts_with(q)).unwrap();
         assert!(!line.contains("rows=0 "), "{q} compared no row:\n{report}");
     }
@@ -460,7 +512,8 @@ async fn datasette_serves_readable_pages_for_any_file_name() {
          AND coalesce(moving, 0) = 0 GROUP BY vin, round(latitude, 3), round(longitude, 3))",
     );
     assert_eq!(parks.len() as i64, positions.min(500));
-    assert!(positions > 0);
+    let telemetry = telemetry_in_this_build();
+    assert!(positions > 0 || !telemetry);
     let soc = rows(&format!(
         "{db_url}/soc_over_time.json?_shape=array&_size=max&vin="
     ))
@@ -497,8 +550,9 @@ async fn datasette_serves_readable_pages_for_any_file_name() {
         true,
     );
     assert!(
-        map.contains("leaflet-container")
-            && (map.contains("marker-cluster") || map.contains("leaflet-marker-icon")),
+        !telemetry
+            || map.contains("leaflet-container")
+                && (map.contains("marker-cluster") || map.contains("leaflet-marker-icon")),
         "the map shows no marker"
     );
     let dash = chromium(
@@ -509,7 +563,7 @@ async fn datasette_serves_readable_pages_for_any_file_name() {
         true,
     );
     assert!(
-        dash.contains("<svg") || dash.contains("<canvas"),
+        !telemetry || dash.contains("<svg") || dash.contains("<canvas"),
         "the dashboard drew no chart"
     );
     drop(served);
@@ -520,23 +574,6 @@ const GRAFANA_DS_TYPE: &str = "frser-sqlite-datasource";
 
 /// Panels that may stay empty on the simulated week, and why.
 const MAY_BE_EMPTY: &[(&str, &str)] = &[
-    ("Trips", "the simulator does not serve /trips yet"),
-    (
-        "Distance per day (km, trips)",
-        "the simulator does not serve /trips yet",
-    ),
-    (
-        "Consumption per trip",
-        "the simulator does not serve /trips yet",
-    ),
-    (
-        "Trip starts and ends",
-        "the simulator does not serve /trips yet",
-    ),
-    (
-        "429 answers per hour",
-        "no 429 in the simulated week (the column is checked in tests)",
-    ),
     (
         "Telemetry endpoints unavailable",
         "depends on the simulator's 404s",
@@ -646,7 +683,8 @@ fn grafana_dashboards_are_valid_and_every_panel_query_runs_on_the_simulated_week
     // The fixed time range: from the first run to the end of the simulated week.
     let (first_run, last_obs): (String, i64) = db
         .query_row(
-            "SELECT (SELECT min(started_at) FROM sync_runs), (SELECT max(observed_ts) FROM vehicle_status)",
+            "SELECT (SELECT min(started_at) FROM sync_runs), \
+             coalesce((SELECT max(observed_ts) FROM vehicle_status), strftime('%s', 'now') + 8 * 86400)",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -733,7 +771,12 @@ fn grafana_dashboards_are_valid_and_every_panel_query_runs_on_the_simulated_week
                     other => panic!("{name}: ${vname} gives {other:?}"),
                 })
                 .collect();
-            assert!(!values.is_empty(), "{name}: ${vname} has no value");
+            let query = v["query"].as_str().unwrap();
+            let telemetry_var = TELEMETRY_TABLES.iter().any(|t| query.contains(t));
+            assert!(
+                !values.is_empty() || (telemetry_var && !telemetry_in_this_build()),
+                "{name}: ${vname} has no value"
+            );
             let chosen = if v["multi"].as_bool().unwrap_or(false) {
                 values
             } else {
@@ -755,8 +798,9 @@ fn grafana_dashboards_are_valid_and_every_panel_query_runs_on_the_simulated_week
                             .map(|q| run(&db, &expand(q, from_ms, to_ms, &with)).1.len())
                             .sum::<usize>()
                     })
-                    .unwrap();
-                vec![best.clone()]
+                    .cloned();
+                // No value (no session yet): Grafana substitutes an empty string.
+                vec![best.unwrap_or_default()]
             };
             var_names.push(vname.clone());
             vars.push((vname, chosen));
@@ -811,7 +855,10 @@ fn grafana_dashboards_are_valid_and_every_panel_query_runs_on_the_simulated_week
                 let (cols, rows) = run(&db, &sql);
                 checked += 1;
                 eprintln!("{name}: {title}: {} rows", rows.len());
-                let reason = MAY_BE_EMPTY.iter().find(|(t, _)| *t == title);
+                let reason = MAY_BE_EMPTY.iter().find(|(t, _)| *t == title).or_else(|| {
+                    (!telemetry_in_this_build() && TELEMETRY_TABLES.iter().any(|t| raw.contains(t)))
+                        .then_some(&("", "no telemetry client in this build"))
+                });
                 if rows.is_empty() {
                     assert!(
                         reason.is_some(),
