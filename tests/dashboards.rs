@@ -71,6 +71,25 @@ async fn build_week() -> Week {
         Opts::default(),
     )
     .await;
+    // The test harness writes `[telemetry] enabled = false` for the list tests; this week wants
+    // it, with trips, alerts and maintenance due at every pass (their intervals run on the real
+    // clock, and the passes are a second apart), a gap limit longer than the steps between
+    // passes (it runs on the vehicles' clock), and no stretching of intervals to a budget.
+    let telemetry_on: Vec<(&str, &str)> = if telemetry_in_this_build() {
+        vec![
+            ("STELLANTIS_SYNC_TELEMETRY__ENABLED", "true"),
+            ("STELLANTIS_SYNC_TELEMETRY__TRIPS_SAFETY_INTERVAL", "1s"),
+            ("STELLANTIS_SYNC_TELEMETRY__ALERTS_INTERVAL", "1s"),
+            ("STELLANTIS_SYNC_TELEMETRY__MAINTENANCE_INTERVAL", "1s"),
+            ("STELLANTIS_SYNC_TELEMETRY__GAP_LIMIT", "8h"),
+            (
+                "STELLANTIS_SYNC_TELEMETRY__DAILY_REQUEST_BUDGET",
+                "100000000",
+            ),
+        ]
+    } else {
+        Vec::new()
+    };
     let mut watched = 0;
     let mut elapsed = Duration::ZERO;
     let mut passes = 0;
@@ -81,7 +100,7 @@ async fn build_week() -> Week {
                 ..Faults::default()
             });
         }
-        let out = env.once().await;
+        let out = env.run(&["--once"], &telemetry_on).await;
         assert!(
             matches!(out.status.code(), Some(0 | 75 | 77)),
             "pass {passes}: {}",
