@@ -279,7 +279,13 @@ fn every_documented_query_gives_the_same_rows_in_sqlite_and_duckdb() {
         .lines()
         .filter(|l| l.contains(": same rows="))
         .count();
-    assert_eq!(same, 17, "{report}");
+    let documented = std::fs::read_to_string(Path::new(ROOT).join("docs/schema.md"))
+        .unwrap()
+        .split("\n### ")
+        .filter(|section| section.contains("```sql\n"))
+        .count();
+    assert!(documented >= 17, "{documented} queries in docs/schema.md");
+    assert_eq!(same, documented, "{report}");
     let mut with_rows = vec!["Q1:", "Q2:", "Q4:", "Q5:", "Q8:", "Q14:", "Q15:", "Q17:"];
     if telemetry_in_this_build() {
         with_rows.extend(["Q11:", "Q13:", "Q16:"]);
