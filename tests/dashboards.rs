@@ -9,6 +9,7 @@
 //! Needs, installed by `.ci/run`: python3 with the pinned `datasette`, `datasette-cluster-map`,
 //! `datasette-dashboards`, `duckdb`, `duckdb-extension-sqlite`, and Debian's `chromium`. A missing
 //! one fails the test, naming what to install.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
 
