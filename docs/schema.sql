@@ -1,27 +1,68 @@
 -- Generated from src/store/migrations by tests/history.rs (UPDATE_EXPECT=1 to refresh).
 CREATE VIEW requests_per_day AS
 SELECT substr(started_at, 1, 10) AS day, count(*) AS runs, sum(http_requests) AS http_requests,
-       sum(status = 'failed') AS failed_runs, sum(changes) AS changes
+       sum(status = 'failed') AS failed_runs, sum(changes) AS changes,
+       sum(idp_requests) AS idp_requests, sum(rate_limited_responses) AS rate_limited_responses,
+       max(ratelimit_day_limit) AS ratelimit_day_limit,
+       min(ratelimit_day_remaining) AS min_ratelimit_day_remaining
 FROM sync_runs GROUP BY 1;
 
 CREATE VIEW sync_health AS
-SELECT a.account_id, a.name AS account, a.brand, a.state, a.state_reason,
-       (SELECT max(r.started_at) FROM sync_runs r WHERE r.account_id = a.account_id) AS last_run_at,
-       (SELECT r.status FROM sync_runs r WHERE r.account_id = a.account_id
-         ORDER BY r.run_id DESC LIMIT 1) AS last_run_status,
-       (SELECT max(r.finished_at) FROM sync_runs r
-         WHERE r.account_id = a.account_id AND r.status = 'ok') AS last_success_at,
-       (SELECT count(*) FROM sync_runs r
-         WHERE r.account_id = a.account_id AND r.status = 'failed'
+SELECT h.*,
+       (SELECT r.started_at FROM sync_runs r
+         WHERE r.account_id = h.account_id AND r.status = 'failed'
            AND r.run_id > coalesce((SELECT max(s.run_id) FROM sync_runs s
-                                    WHERE s.account_id = a.account_id AND s.status = 'ok'), 0))
-         AS consecutive_failures,
+                                    WHERE s.account_id = h.account_id AND s.status = 'ok'), 0)
+         ORDER BY r.run_id LIMIT 1) AS failing_since,
        (SELECT r.error_kind || ': ' || r.error_message FROM sync_runs r
-         WHERE r.account_id = a.account_id AND r.status = 'failed'
+         WHERE r.account_id = h.account_id AND r.status = 'failed'
          ORDER BY r.run_id DESC LIMIT 1) AS last_error,
+       (SELECT coalesce(r.finished_at, r.started_at) FROM sync_runs r
+         WHERE r.account_id = h.account_id AND r.status = 'failed'
+         ORDER BY r.run_id DESC LIMIT 1) AS last_error_at,
        (SELECT count(*) FROM vehicles v
-         WHERE v.account_id = a.account_id AND v.removed_at IS NULL) AS vehicles
-FROM accounts AS a;
+         WHERE v.account_id = h.account_id AND v.removed_at IS NULL) AS vehicles
+FROM (
+    SELECT a.account_id, a.name AS account, a.brand, a.state,
+           CASE a.state WHEN 'needs_reauth' THEN 1 WHEN 'failing' THEN 2 WHEN 'unknown' THEN 3
+                        ELSE 4 END AS severity,
+           a.state_reason,
+           (SELECT max(r.started_at) FROM sync_runs r WHERE r.account_id = a.account_id) AS last_run_at,
+           (SELECT r.status FROM sync_runs r WHERE r.account_id = a.account_id
+             ORDER BY r.run_id DESC LIMIT 1) AS last_run_status,
+           (SELECT max(r.finished_at) FROM sync_runs r
+             WHERE r.account_id = a.account_id AND r.status = 'ok') AS last_success_at,
+           (SELECT count(*) FROM sync_runs r
+             WHERE r.account_id = a.account_id AND r.status = 'failed'
+               AND r.run_id > coalesce((SELECT max(s.run_id) FROM sync_runs s
+                                        WHERE s.account_id = a.account_id AND s.status = 'ok'), 0))
+             AS consecutive_failures
+    FROM accounts AS a
+) AS h
+ORDER BY h.severity, h.consecutive_failures DESC, h.account;
+
+CREATE VIEW vehicle_change_runs AS
+SELECT c.run_id,
+       max(c.observed_at) AS observed_at,
+       a.name AS account,
+       c.vin,
+       group_concat(DISTINCT c.kind) AS kinds,
+       count(c.change_id) AS changes,
+       group_concat(DISTINCT CASE
+           WHEN c.field IS NULL THEN NULL
+           WHEN rtrim(c.field, '0123456789') != c.field AND substr(rtrim(c.field, '0123456789'), -1) = '/'
+               THEN rtrim(rtrim(c.field, '0123456789'), '/')
+           ELSE c.field END) AS fields,
+       max(CASE WHEN c.field = '/pictures/0' AND instr(json_extract(c.old_value, '$'), 'color=') > 0 THEN
+           substr(substr(json_extract(c.old_value, '$'), instr(json_extract(c.old_value, '$'), 'color=') + 6), 1,
+                  instr(substr(json_extract(c.old_value, '$'), instr(json_extract(c.old_value, '$'), 'color=') + 6) || '&', '&') - 1)
+           END) AS old_colour,
+       max(CASE WHEN c.field = '/pictures/0' AND instr(json_extract(c.new_value, '$'), 'color=') > 0 THEN
+           substr(substr(json_extract(c.new_value, '$'), instr(json_extract(c.new_value, '$'), 'color=') + 6), 1,
+                  instr(substr(json_extract(c.new_value, '$'), instr(json_extract(c.new_value, '$'), 'color=') + 6) || '&', '&') - 1)
+           END) AS new_colour
+FROM vehicle_changes AS c JOIN accounts AS a USING (account_id)
+GROUP BY c.run_id, c.account_id, c.vehicle_id;
 
 CREATE VIEW vehicle_current AS
 SELECT a.name AS account, a.brand AS account_brand, v.account_id, v.vehicle_id, v.vin, v.brand,
@@ -30,9 +71,41 @@ FROM vehicles AS v JOIN accounts AS a USING (account_id)
 WHERE v.removed_at IS NULL;
 
 CREATE VIEW vehicle_history AS
-SELECT c.change_id, c.observed_at, a.name AS account, c.vin, c.vehicle_id, c.kind, c.field,
-       c.old_value, c.new_value, c.run_id
+SELECT c.change_id, c.observed_at, a.name AS account, c.vin, c.kind, c.field,
+       CASE WHEN c.kind = 'changed' THEN c.old_value END AS old_value,
+       CASE WHEN c.kind = 'changed' THEN c.new_value END AS new_value,
+       c.run_id
 FROM vehicle_changes AS c JOIN accounts AS a USING (account_id);
+
+CREATE VIEW vehicle_list AS
+SELECT a.name AS account,
+       v.vin,
+       CASE lower(replace(replace(coalesce(v.brand, a.brand), 'Ë', 'e'), 'ë', 'e'))
+           WHEN 'peugeot' THEN 'Peugeot' WHEN 'citroen' THEN 'Citroen' WHEN 'ds' THEN 'DS'
+           WHEN 'opel' THEN 'Opel' WHEN 'vauxhall' THEN 'Vauxhall'
+           ELSE coalesce(v.brand, a.brand) END AS brand,
+       v.motorization,
+       v.label,
+       CASE WHEN instr(json_extract(v.data, '$.pictures[0]'), 'color=') > 0 THEN
+           substr(substr(json_extract(v.data, '$.pictures[0]'),
+                         instr(json_extract(v.data, '$.pictures[0]'), 'color=') + 6), 1,
+                  instr(substr(json_extract(v.data, '$.pictures[0]'),
+                               instr(json_extract(v.data, '$.pictures[0]'), 'color=') + 6) || '&', '&') - 1)
+       END AS colour,
+       CASE WHEN instr(json_extract(v.data, '$.pictures[0]'), 'version=') > 0 THEN
+           substr(substr(json_extract(v.data, '$.pictures[0]'),
+                         instr(json_extract(v.data, '$.pictures[0]'), 'version=') + 8), 1,
+                  instr(substr(json_extract(v.data, '$.pictures[0]'),
+                               instr(json_extract(v.data, '$.pictures[0]'), 'version=') + 8) || '&', '&') - 1)
+       END AS version_code,
+       v.first_seen_at,
+       v.last_seen_at,
+       v.removed_at,
+       (SELECT count(*) FROM vehicle_changes c
+         WHERE c.account_id = v.account_id AND c.vehicle_id = v.vehicle_id AND c.kind = 'changed') AS changes,
+       (SELECT max(c.observed_at) FROM vehicle_changes c
+         WHERE c.account_id = v.account_id AND c.vehicle_id = v.vehicle_id) AS last_change_at
+FROM vehicles AS v JOIN accounts AS a USING (account_id);
 
 CREATE TABLE accounts (
     account_id      INTEGER PRIMARY KEY,
@@ -94,7 +167,7 @@ CREATE TABLE sync_runs (
     http_requests INTEGER NOT NULL DEFAULT 0,
     vehicles_seen INTEGER,
     changes       INTEGER NOT NULL DEFAULT 0
-);
+, idp_requests INTEGER NOT NULL DEFAULT 0, rate_limited_responses INTEGER NOT NULL DEFAULT 0, ratelimit_day_limit INTEGER, ratelimit_day_remaining INTEGER, ratelimit_burst_limit INTEGER, ratelimit_burst_remaining INTEGER);
 
 CREATE TABLE telemetry_endpoints (
     account_id           INTEGER NOT NULL REFERENCES accounts (account_id),

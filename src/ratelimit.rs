@@ -94,6 +94,8 @@ pub struct Limits {
     started: std::sync::atomic::AtomicBool,
     /// Where requests are counted (src/metrics.rs), once the operations runtime attaches it.
     metrics: std::sync::OnceLock<std::sync::Arc<crate::metrics::Metrics>>,
+    /// Per-account requests and quota headers, recorded in `sync_runs`.
+    pub usage: crate::api::usage::Usage,
 }
 
 /// The governor quota for a configured rate. GCRA admits at most `burst + n - 1` requests in
@@ -150,6 +152,7 @@ impl Limits {
             path,
             started: std::sync::atomic::AtomicBool::new(false),
             metrics: std::sync::OnceLock::new(),
+            usage: crate::api::usage::Usage::default(),
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod model;
 pub mod retry;
 pub mod telemetry;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -193,6 +194,9 @@ impl ApiClient {
         }
         let resp = sent.map_err(|e| ApiError::Transport(TransportError::from_reqwest(&e)))?;
         let status = resp.status().as_u16();
+        self.limits
+            .usage
+            .api_answer(&a.name, status, resp.headers());
         let rate_limited = (status == 429).then(|| {
             let raw = header(&resp, "retry-after").unwrap_or_default();
             let now = std::time::SystemTime::now();

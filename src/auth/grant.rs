@@ -149,6 +149,7 @@ pub async fn request(
 ) -> Result<Tokens, GrantError> {
     limits.idp_permit().await;
     let started = std::time::Instant::now();
+    limits.usage.idp_request(&account.name);
     let url = format!("{idp_base}/am/oauth2/access_token");
     let resp = http
         .post(&url)

@@ -39,6 +39,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0004_hardening",
         include_str!("migrations/0004_hardening.sql"),
     ),
+    ("0005_reports", include_str!("migrations/0005_reports.sql")),
 ];
 
 /// The schema version this binary writes.
@@ -125,6 +126,8 @@ pub struct Db {
     account_ids: std::collections::HashMap<String, i64>,
     /// Litestream mode: another process checkpoints the WAL (`external_checkpointing`).
     external_checkpoints: bool,
+    /// What the next finished run's requests saw, written with its result ([`Db::set_run_usage`]).
+    run_usage: Option<crate::api::usage::Seen>,
 }
 
 /// What a successful listing did to the database.
@@ -171,6 +174,7 @@ impl Db {
             path: path.to_owned(),
             account_ids: std::collections::HashMap::new(),
             external_checkpoints: false,
+            run_usage: None,
         };
         db.configure()?;
         db.migrate()?;
@@ -317,6 +321,12 @@ impl Db {
         })
     }
 
+    /// What the requests of the run about to be finished saw (identity-provider requests, 429s,
+    /// `X-RateLimit-*`): written in the same transaction as the run's result.
+    pub fn set_run_usage(&mut self, seen: crate::api::usage::Seen) {
+        self.run_usage = Some(seen);
+    }
+
     /// Records a failed run and the account's state; nothing else changes.
     pub fn finish_failed(
         &mut self,
@@ -329,7 +339,9 @@ impl Db {
     ) -> Result<(), DbError> {
         let now = timefmt::now();
         let message: String = message.chars().take(1000).collect();
+        let usage = self.run_usage.take();
         self.write(|tx| {
+            write_usage(tx, run_id, usage)?;
             tx.execute(
                 "UPDATE sync_runs SET status = 'failed', finished_at = ?2, error_kind = ?3, error_message = ?4,
                         http_requests = ?5 WHERE run_id = ?1",
@@ -363,7 +375,9 @@ impl Db {
             .zip(&hashes)
             .map(|(v, h)| (v.id.as_str(), h.as_slice()))
             .collect();
+        let usage = self.run_usage.take();
         let changes = self.write(|tx| {
+            write_usage(tx, run_id, usage)?;
             let known = load_known(tx, account_id, &listed)?;
             let changes = diff(&known, listing);
             let now = timefmt::now();
@@ -440,6 +454,29 @@ impl Db {
     pub fn conn(&self) -> &Connection {
         &self.conn
     }
+}
+
+fn write_usage(
+    tx: &rusqlite::Transaction<'_>,
+    run_id: i64,
+    usage: Option<crate::api::usage::Seen>,
+) -> rusqlite::Result<()> {
+    let Some(u) = usage else { return Ok(()) };
+    tx.prepare_cached(
+        "UPDATE sync_runs SET idp_requests = ?2, rate_limited_responses = ?3, ratelimit_day_limit = ?4,
+                ratelimit_day_remaining = ?5, ratelimit_burst_limit = ?6, ratelimit_burst_remaining = ?7
+         WHERE run_id = ?1",
+    )?
+    .execute(params![
+        run_id,
+        u.idp_requests,
+        u.rate_limited,
+        u.day_limit,
+        u.day_remaining,
+        u.burst_limit,
+        u.burst_remaining
+    ])?;
+    Ok(())
 }
 
 /// XXH3-128 of a vehicle's JSON text (a hint for "unchanged"; big-endian bytes). A fixed,

@@ -125,13 +125,19 @@ impl Engine {
                 };
             }
         };
+        // This run's own tally: what other requests of the account saw before it is not its own.
+        self.api.limits().usage.take(&a.name);
         let mut requests = 0u32;
         let fetched = self.fetch(a, &mut requests).await;
+        let usage = self.api.limits().usage.take(&a.name);
         let outcome = match fetched {
             Ok(listing) => {
                 let n = listing.len();
                 let r = self
-                    .db(move |db| db.apply_listing(run_id, account_id, &listing, requests))
+                    .db(move |db| {
+                        db.set_run_usage(usage);
+                        db.apply_listing(run_id, account_id, &listing, requests)
+                    })
                     .await;
                 match r {
                     Ok(applied) => {
@@ -192,7 +198,10 @@ impl Engine {
         }
         let k = kind.clone();
         if let Err(e) = self
-            .db(move |db| db.finish_failed(run_id, account_id, &k, &message, requests, state))
+            .db(move |db| {
+                db.set_run_usage(usage);
+                db.finish_failed(run_id, account_id, &k, &message, requests, state)
+            })
             .await
         {
             tracing::error!(account = %a.name, "cannot record the failed run: {e}");
