@@ -28,7 +28,8 @@ mkdir -p "$units"
 for f in systemd/*.service systemd/*.timer; do
     sed 's|/usr/local/bin/stellantis-sync|/usr/bin/stellantis-sync|g' "$f" >"$units/$(basename "$f")"
 done
-if grep -l /usr/local/ "$units"/*; then
+# (The Litestream unit runs Litestream, which the operator installs; only our own binary moves.)
+if grep -l /usr/local/bin/stellantis-sync "$units"/*; then
     echo "tools/package.sh: a packaged unit still points into /usr/local" >&2
     exit 70
 fi
