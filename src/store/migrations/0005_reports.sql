@@ -1,6 +1,6 @@
--- 0005 (to be renumbered 0006 after the operations migration): reports. What a person browsing the database (Datasette, the sqlite3 shell, Grafana) asks first,
--- each answered by one view, with no 193-character vehicle id and no whole-vehicle JSON in them
--- (those stay in `vehicles` and `vehicle_changes`). Plus what the quota questions need: per run,
+-- 0005: reports. What a person browsing the database (Datasette, the sqlite3 shell, Grafana) asks
+-- first, each answered by one view, with no 193-character vehicle id and no whole-vehicle JSON in
+-- them (those stay in `vehicles` and `vehicle_changes`). Plus what the quota questions need: per run,
 -- the identity-provider requests and the X-RateLimit-* values the API answered with.
 
 -- Per run: token requests to the identity provider, 429 answers, and the last X-RateLimit-*
