@@ -12,7 +12,7 @@ fail() { echo "test-package: FAIL: $*" >&2; exit 1; }
 if [ "$(id -u)" != 0 ]; then
     fail "needs root (dpkg -i, a system user); run it as root, as .ci/run does"
 fi
-if dpkg-query -W -f '${Status}' stellantis-sync 2>/dev/null | grep -q installed; then
+if [[ "$(dpkg-query -W -f '${Status}' stellantis-sync 2>/dev/null)" == *installed* ]]; then
     fail "the stellantis-sync package is installed on this machine; not touching it"
 fi
 if [ -e /var/lib/stellantis-sync ]; then
@@ -36,7 +36,8 @@ trap cleanup EXIT
 start=$(date +%s)
 deb=$(tools/package.sh --debug)
 echo "test-package: built $deb ($(( $(date +%s) - start )) s)"
-dpkg-deb --info "$deb" | grep -q 'Package: stellantis-sync' || fail "not a stellantis-sync package"
+# (No `| grep -q` under pipefail: grep exits at the first match and the writer dies of SIGPIPE.)
+[ "$(dpkg-deb --field "$deb" Package)" = stellantis-sync ] || fail "not a stellantis-sync package"
 dpkg-deb --contents "$deb" >"$work/contents"
 
 dpkg -i "$deb"
@@ -57,7 +58,7 @@ for unit in stellantis-sync.service stellantis-sync@.service stellantis-sync-onc
 done
 grep -qx /etc/stellantis-sync/config.toml /var/lib/dpkg/info/stellantis-sync.conffiles ||
     fail "config.toml is not a conffile"
-getent passwd stellantis-sync | grep -q ':/var/lib/stellantis-sync:/usr/sbin/nologin$' ||
+[[ "$(getent passwd stellantis-sync)" == *:/var/lib/stellantis-sync:/usr/sbin/nologin ]] ||
     fail "user stellantis-sync: $(getent passwd stellantis-sync)"
 [ "$(id -gn stellantis-sync)" = stellantis-sync ] || fail "user stellantis-sync is not in its group"
 # Nothing enabled or started by the package.
