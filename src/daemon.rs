@@ -379,8 +379,28 @@ pub async fn once(cfg: Config) -> u8 {
     let code = match &summary {
         Some(s) => {
             tracing::info!("{}", s.line());
-            // Then the vehicles' telemetry, unless a signal stopped the pass.
-            crate::telemetry::after_once(&app.cfg, app.engine.clone(), exit::for_pass(s)).await
+            // Then the vehicles' telemetry, unless a signal stopped the pass; a signal during it
+            // stops it from starting more vehicles (token exchanges still finish, see `finish`).
+            let list_code = exit::for_pass(s);
+            let stop = CancellationToken::new();
+            let (cfg, engine, st) = (app.cfg.clone(), app.engine.clone(), stop.clone());
+            let mut round = tokio::spawn(async move {
+                crate::telemetry::after_once_until(&cfg, engine, list_code, st).await
+            });
+            tokio::select! {
+                r = &mut round => r.unwrap_or(list_code),
+                Some(Event::Signal(sig)) = rx.recv() => {
+                    tracing::info!("received {}, stopping the telemetry round", sig.name());
+                    stop.cancel();
+                    match tokio::time::timeout(app.cfg.shutdown_timeout, &mut round).await {
+                        Ok(r) => r.unwrap_or(list_code),
+                        Err(_) => {
+                            round.abort();
+                            list_code
+                        }
+                    }
+                }
+            }
         }
         None => exit::TEMPFAIL,
     };

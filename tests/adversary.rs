@@ -793,3 +793,54 @@ async fn usage_errors_exit_64() {
         .unwrap();
     assert_code(&out, 0);
 }
+
+/// A signal to `--once` during its telemetry round (after the list pass) stops the round instead
+/// of waiting for every vehicle: here a `/status` that hangs for 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_during_the_telemetry_round_of_once_stops_it() {
+    let fake = Fake::start(|r| async move {
+        if r.path_and_query.contains("/status") {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return json_response(404, &json!({"code": 40400, "message": "x"}));
+        }
+        json_response(200, &page(Some(2), &["A", "B"], None))
+    })
+    .await;
+    let env = env_with_api(&fake, 60).await;
+    let text_cfg = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        text_cfg
+            .replace(
+                "[telemetry]\nenabled = false",
+                "[telemetry]\nenabled = true",
+            )
+            .replace(
+                "timeout = \"3s\"\nmax_retries",
+                "timeout = \"40s\"\nmax_retries",
+            ),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg("--config").arg(&env.config).arg("--once");
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().unwrap();
+    // The list page, then at least one (hanging) status request of the telemetry round.
+    wait_for(20, "the telemetry round", || fake.hits() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    signal(&child, "TERM");
+    let out = tokio::time::timeout(Duration::from_secs(25), child.wait_with_output())
+        .await
+        .expect("the process ends well before the hanging request")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(out.status.code(), Some(0 | 75)), "{}", text(&out));
+}

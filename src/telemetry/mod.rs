@@ -880,11 +880,21 @@ impl Background {
 /// the exit code, which telemetry changes only when the database could not be written (74,
 /// unless the list pass already asks for re-authorization, 77).
 pub async fn after_once(cfg: &Config, engine: Arc<Engine>, list_code: u8) -> u8 {
+    after_once_until(cfg, engine, list_code, CancellationToken::new()).await
+}
+
+/// [`after_once`] that stops starting vehicles when `stop` fires (a signal to `--once`).
+pub async fn after_once_until(
+    cfg: &Config,
+    engine: Arc<Engine>,
+    list_code: u8,
+    stop: CancellationToken,
+) -> u8 {
     if !cfg.telemetry.enabled {
         return list_code;
     }
     let s = Telemetry::new(cfg, engine)
-        .run_once_pass(now_ts(), CancellationToken::new())
+        .run_once_pass(now_ts(), stop)
         .await;
     tracing::info!("{}", s.line());
     once_exit_code(list_code, &s)
