@@ -576,8 +576,24 @@ fn write_changes(
     let mut removed = tx.prepare_cached(
         "UPDATE vehicles SET removed_at = ?3 WHERE account_id = ?1 AND vehicle_id = ?2",
     )?;
+    // A vehicle that left the account is no longer polled: its open telemetry intervals end at
+    // its last observation (a session ends `unknown`), instead of staying open for ever.
+    let mut close_session = tx.prepare_cached(
+        "UPDATE charging_sessions SET end_reason = 'unknown', ended_ts = max(started_ts, coalesce(
+             (SELECT max(observed_ts) FROM vehicle_status s WHERE s.account_id = ?1 AND s.vin = ?2), started_ts))
+         WHERE account_id = ?1 AND vin = ?2 AND ended_ts IS NULL",
+    )?;
+    let mut close_state = tx.prepare_cached(
+        "UPDATE vehicle_states SET ended_ts = max(started_ts, coalesce(
+             (SELECT max(observed_ts) FROM vehicle_status s WHERE s.account_id = ?1 AND s.vin = ?2), started_ts))
+         WHERE account_id = ?1 AND vin = ?2 AND ended_ts IS NULL",
+    )?;
     for c in changes.iter().filter(|c| c.kind.as_str() == "removed") {
         removed.execute(params![account_id, c.vehicle_id, now])?;
+        if let Some(vin) = &c.vin {
+            close_session.execute(params![account_id, vin])?;
+            close_state.execute(params![account_id, vin])?;
+        }
     }
     // One statement for every vehicle still present; a same-length value is overwritten in place.
     tx.prepare_cached(
@@ -670,4 +686,49 @@ pub fn last_run(conn: &Connection, account: &str) -> rusqlite::Result<Option<Las
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )
     .optional()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vehicle_that_leaves_closes_its_open_telemetry_intervals() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        let account = db.account_id("a", "peugeot").unwrap();
+        let v = serde_json::json!({"id": "car1", "vin": "VR3AAAAAAAAAAAAAA"});
+        let run = db.begin_run(account).unwrap();
+        db.apply_listing(run, account, &CompleteListing::assume_complete(&[v]), 1)
+            .unwrap();
+        db.conn
+            .execute_batch(
+                "INSERT INTO vehicle_status (account_id, vin, observed_ts, first_fetched_ts, last_fetched_ts, body_hash)
+                     VALUES (1, 'VR3AAAAAAAAAAAAAA', 5000, 5000, 5000, x'00');
+                 INSERT INTO charging_sessions (account_id, vin, started_ts) VALUES (1, 'VR3AAAAAAAAAAAAAA', 4000);
+                 INSERT INTO vehicle_states (account_id, vin, state, started_ts) VALUES (1, 'VR3AAAAAAAAAAAAAA', 'charging', 4000);",
+            )
+            .unwrap();
+        let run = db.begin_run(account).unwrap();
+        db.apply_listing(run, account, &CompleteListing::assume_complete(&[]), 1)
+            .unwrap();
+        let (ended, reason): (Option<i64>, Option<String>) = db
+            .conn
+            .query_row(
+                "SELECT ended_ts, end_reason FROM charging_sessions",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((ended, reason.as_deref()), (Some(5000), Some("unknown")));
+        let open: i64 = db
+            .conn
+            .query_row(
+                "SELECT count(*) FROM vehicle_states WHERE ended_ts IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(open, 0);
+    }
 }
