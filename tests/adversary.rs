@@ -308,35 +308,20 @@ async fn runs_left_running_are_closed_as_aborted() {
     );
 }
 
-/// An identity provider in front of the simulator's: forwards every token request, then applies
-/// `tweak` to the answer and holds it for `delay` (the rotation has happened at the simulator).
+/// The simulator's IdP behind a proxy that holds every answer `delay` and applies `tweak` to a
+/// successful one.
 async fn idp_proxy(
     sim_base: String,
     delay: Duration,
     arrived: Arc<tokio::sync::Notify>,
     tweak: fn(&mut Value),
 ) -> Fake {
-    Fake::start(move |r| {
-        let (sim_base, arrived) = (sim_base.clone(), arrived.clone());
-        async move {
-            arrived.notify_one();
-            let mut req = reqwest::Client::new()
-                .post(format!("{sim_base}{}", r.path_and_query))
-                .body(r.body);
-            for (k, v) in &r.headers {
-                if k != "host" && k != "content-length" {
-                    req = req.header(k, v);
-                }
-            }
-            let resp = req.send().await.unwrap();
-            let status = resp.status().as_u16();
-            let mut v: Value = resp.json().await.unwrap_or(Value::Null);
-            if status == 200 {
-                tweak(&mut v);
-            }
-            tokio::time::sleep(delay).await;
-            json_response(status, &v)
+    forwarding_idp(sim_base, delay, arrived, move |status, body| {
+        let mut v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if status == 200 {
+            tweak(&mut v);
         }
+        v.to_string().into_bytes()
     })
     .await
 }
@@ -638,30 +623,6 @@ async fn a_5xx_with_an_invalid_grant_body_keeps_the_token() {
 /// oversized id_token): the new refresh token is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_token_answer_keeps_the_rotated_token() {
-    async fn proxy(sim_base: String, mangle: fn(Vec<u8>) -> Vec<u8>) -> Fake {
-        Fake::start(move |r| {
-            let sim_base = sim_base.clone();
-            async move {
-                let mut req = reqwest::Client::new()
-                    .post(format!("{sim_base}{}", r.path_and_query))
-                    .body(r.body);
-                for (k, v) in &r.headers {
-                    if k != "host" && k != "content-length" {
-                        req = req.header(k, v);
-                    }
-                }
-                let resp = req.send().await.unwrap();
-                let status = resp.status().as_u16();
-                let body = resp.bytes().await.unwrap().to_vec();
-                (
-                    status,
-                    vec![("content-type", "application/json".into())],
-                    mangle(body),
-                )
-            }
-        })
-        .await
-    }
     fn cut(b: Vec<u8>) -> Vec<u8> {
         // Everything up to just after the refresh token's closing quote.
         let t = String::from_utf8(b).unwrap();
@@ -684,7 +645,13 @@ async fn a_broken_token_answer_keeps_the_rotated_token() {
             Opts::idle(),
         )
         .await;
-        let p = proxy(env.sim.base_url(), mangle).await;
+        let p = forwarding_idp(
+            env.sim.base_url(),
+            Duration::ZERO,
+            Arc::new(tokio::sync::Notify::new()),
+            move |_, body| mangle(body),
+        )
+        .await;
         point_section_at(&env.config, "idp", &p.base);
         let _ = env.once().await;
         chain_alive(&env, "user1");

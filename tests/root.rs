@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 use stellantis_sync::sim::SimConfig;
 
 fn mount(args: &[&str]) -> bool {
@@ -141,31 +140,6 @@ fn fill(dir: &std::path::Path) {
     while f.write_all(&chunk).and_then(|()| f.sync_all()).is_ok() {}
 }
 
-/// An identity provider in front of the simulator's that holds every answer `delay` after the
-/// simulator rotated the token, and notifies `arrived` when a request comes in.
-async fn slow_idp(sim_base: String, delay: Duration, arrived: Arc<tokio::sync::Notify>) -> Fake {
-    Fake::start(move |r| {
-        let (sim_base, arrived) = (sim_base.clone(), arrived.clone());
-        async move {
-            arrived.notify_one();
-            let mut req = reqwest::Client::new()
-                .post(format!("{sim_base}{}", r.path_and_query))
-                .body(r.body);
-            for (k, v) in &r.headers {
-                if k != "host" && k != "content-length" {
-                    req = req.header(k, v);
-                }
-            }
-            let resp = req.send().await.unwrap();
-            let status = resp.status().as_u16();
-            let v: Value = resp.json().await.unwrap_or(Value::Null);
-            tokio::time::sleep(delay).await;
-            json_response(status, &v)
-        }
-    })
-    .await
-}
-
 /// Issue 10 item 1: a rotated token whose save failed (disk full) is kept in memory — across a
 /// reload (SIGHUP), and written at the next pass once space is back; or written at shutdown.
 /// Before the fix a reload forgot it and a stop only logged "lost at exit".
@@ -180,10 +154,11 @@ async fn a_token_kept_in_memory_survives_a_reload_and_a_stop() {
         .await;
         let _fs = Tmpfs::on(&env, "4m");
         let arrived = Arc::new(tokio::sync::Notify::new());
-        let idp = slow_idp(
+        let idp = forwarding_idp(
             env.sim.base_url(),
             Duration::from_millis(1500),
             arrived.clone(),
+            |_, body| body,
         )
         .await;
         point_section_at(&env.config, "idp", &idp.base);

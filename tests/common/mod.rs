@@ -425,3 +425,42 @@ pub fn point_section_at(config: &Path, section: &str, base: &str) {
     }
     std::fs::write(config, out).unwrap();
 }
+
+/// An identity provider in front of the simulator's: notifies `arrived` when a request comes in,
+/// forwards it, applies `mangle` to the answer's (status, body), and holds it for `delay` (the
+/// simulator has rotated the token by then).
+pub async fn forwarding_idp<M>(
+    sim_base: String,
+    delay: Duration,
+    arrived: std::sync::Arc<tokio::sync::Notify>,
+    mangle: M,
+) -> Fake
+where
+    M: Fn(u16, Vec<u8>) -> Vec<u8> + Send + Sync + 'static,
+{
+    let mangle = std::sync::Arc::new(mangle);
+    Fake::start(move |r| {
+        let (sim_base, arrived, mangle) = (sim_base.clone(), arrived.clone(), mangle.clone());
+        async move {
+            arrived.notify_one();
+            let mut req = reqwest::Client::new()
+                .post(format!("{sim_base}{}", r.path_and_query))
+                .body(r.body);
+            for (k, v) in &r.headers {
+                if k != "host" && k != "content-length" {
+                    req = req.header(k, v);
+                }
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body = mangle(status, resp.bytes().await.unwrap().to_vec());
+            tokio::time::sleep(delay).await;
+            (
+                status,
+                vec![("content-type", "application/json".into())],
+                body,
+            )
+        }
+    })
+    .await
+}
