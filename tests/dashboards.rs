@@ -124,16 +124,17 @@ async fn build_week() -> Week {
             env.sim.tick(2);
         }
         passes += 1;
-        // The first charge under way is watched closely (a pass every 30 simulated minutes until
-        // it ends), so that one session has a charge curve; the rest of the week is seen every
+        // The first charge under way is watched closely (a pass every 10 simulated minutes until
+        // it ends, as the daemon's 2-minute active interval would), so that one session has a
+        // charge curve even when it lasts only 20 minutes; the rest of the week is seen every
         // STEP, as a cron job would see it.
         let charging = env.sim.charges().iter().any(|c| c.ended.is_none());
-        let step = if charging && watched < 12 {
+        let step = if charging && watched < 36 {
             watched += 1;
-            Duration::from_secs(30 * 60)
+            Duration::from_secs(10 * 60)
         } else {
             if watched > 0 {
-                watched = 12;
+                watched = 36;
             }
             STEP
         };
