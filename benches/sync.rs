@@ -41,6 +41,27 @@ fn write_config(
     concurrency: usize,
     schedule: &str,
 ) -> std::path::PathBuf {
+    write_config_with(
+        dir,
+        sim,
+        n,
+        rps,
+        concurrency,
+        schedule,
+        "[telemetry]\nenabled = false\n",
+    )
+}
+
+/// `write_config` with extra sections (written before the accounts).
+fn write_config_with(
+    dir: &std::path::Path,
+    sim: &SimHandle,
+    n: usize,
+    rps: u32,
+    concurrency: usize,
+    schedule: &str,
+    extra: &str,
+) -> std::path::PathBuf {
     let mut t = format!(
         "state_dir = \"{}\"\nschedule = \"{schedule}\"\nmax_concurrent_accounts = {concurrency}\nrefresh_margin = \"5m\"\n\
          [rate_limit]\nrequests_per_second = {rps}\nburst = 1\n\
@@ -53,6 +74,7 @@ fn write_config(
         sim::DEFAULT_CLIENT_ID,
         sim::DEFAULT_CLIENT_SECRET
     );
+    t.push_str(extra);
     for (i, (email, _, brand)) in sim.users().into_iter().take(n).enumerate() {
         let token = sim.issue_refresh_token(&email).unwrap_or_default();
         t.push_str(&format!(
@@ -277,6 +299,186 @@ fn scenario3(rows: &mut Vec<String>, vehicles: usize) {
     assert_eq!(c2, 0);
 }
 
+/// The first `n` users' vehicles under `[telemetry]` at the default intervals (the daily budget
+/// set out of the way, so that the intervals are the defaults), through one simulated day: the
+/// simulator's clock stands still and jumps a minute at a time; the runner polls what is due at
+/// each minute, as the daemon's loop does.
+async fn scenario6(rows: &mut Vec<String>, vehicles: usize) {
+    let users = vehicles.div_ceil(4);
+    let sim = sim::spawn(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        SimConfig {
+            users,
+            vehicle_counts: vec![4; users],
+            burst_per_second: 0,
+            daily_limit: 0,
+            seed: 6,
+            time_scale: 0.0,
+            ..SimConfig::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = load(&write_config_with(
+        dir.path(),
+        &sim,
+        users,
+        1_000_000,
+        32,
+        "0 0 0 1 1 *",
+        "[telemetry]\nenabled = true\ndaily_request_budget = 1000000000\nmax_concurrent_vehicles = 16\n",
+    ));
+    let db_path = cfg.database.clone();
+    let app = daemon::build(cfg, None).unwrap();
+    let listed = daemon::run_pass(
+        app.engine.clone(),
+        app.cfg.accounts.clone(),
+        app.cfg.max_concurrent_accounts,
+        CancellationToken::new(),
+        Default::default(),
+    )
+    .await;
+    assert_eq!(listed.outcomes.len(), users);
+    let t = stellantis_sync::telemetry::Telemetry::new(&app.cfg, app.engine.clone());
+    // The first round (every vehicle's first body, trips, alerts, maintenance) is the start
+    // state; growth and requests are counted over the day after it.
+    let start = sim.now().timestamp();
+    let first = t.run_due(start, CancellationToken::new()).await;
+    assert_eq!(first.failures, 0, "{}", first.line());
+    app.engine
+        .db
+        .lock()
+        .unwrap()
+        .checkpoint_if_large(0)
+        .unwrap();
+    let bytes0 = db_bytes(&db_path);
+    sim.reset_stats();
+    let cpu0 = cpu_seconds();
+    let wall = Instant::now();
+    let mut day = stellantis_sync::telemetry::TelemetrySummary::default();
+    for _minute in 0..24 * 60 {
+        sim.advance_clock(Duration::from_secs(60));
+        let s = t
+            .run_due(sim.now().timestamp(), CancellationToken::new())
+            .await;
+        day.requests += s.requests;
+        day.statuses += s.statuses;
+        day.new_observations += s.new_observations;
+        day.unchanged += s.unchanged;
+        day.trips += s.trips;
+        day.failures += s.failures;
+    }
+    let cpu = cpu_seconds() - cpu0;
+    let secs = wall.elapsed().as_secs_f64();
+    app.engine
+        .db
+        .lock()
+        .unwrap()
+        .checkpoint_if_large(0)
+        .unwrap();
+    let growth = db_bytes(&db_path).saturating_sub(bytes0);
+    if let Ok(keep) = std::env::var("BENCH_KEEP_DB") {
+        // For a look at where the bytes go (`sqlite3 FILE` with the dbstat table).
+        let _ = std::fs::remove_file(&keep);
+        app.engine
+            .db
+            .lock()
+            .unwrap()
+            .conn()
+            .execute("VACUUM INTO ?1", [&keep])
+            .unwrap();
+    }
+    let n = users * 4;
+    let per_vehicle_day = growth as f64 / n as f64 / 1024.0;
+    let api = sim.stats().api_requests;
+    let (drives, charges) = (sim.drives().len(), sim.charges().len());
+    rows.push(format!(
+        "| 6 | telemetry, {n} vehicles, one simulated day at the default intervals | {api} API requests ({:.0} per vehicle-day; {} status polls: {} new observations, {} unchanged; {} trips; {drives} drives, {charges} charges in the world); database **{per_vehicle_day:.1} KiB per vehicle-day**; CPU {:.0} µs per status poll, simulator and HTTP included; {secs:.1} s | ≤ 50 KiB per vehicle-day |",
+        api as f64 / n as f64,
+        day.statuses,
+        day.new_observations,
+        day.unchanged,
+        day.trips,
+        1e6 * cpu / day.statuses.max(1) as f64,
+    ));
+    assert_eq!(day.failures, 0, "{}", day.line());
+    sim.shutdown().await;
+}
+
+/// The unchanged-status path without HTTP: `vehicles` status bodies parsed (JSON, canonical
+/// hash, observation) and written, then the same bodies again, as a poll of cars that did not
+/// report meanwhile; CPU per unchanged poll, and the database growth of that round.
+async fn scenario7(rows: &mut Vec<String>, vehicles: usize) {
+    use stellantis_sync::store::telemetry::{Batch, StatusFetch};
+    let per_account = 100;
+    let accounts = vehicles.div_ceil(per_account);
+    let sim = sim::spawn(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        SimConfig {
+            users: accounts,
+            vehicle_counts: vec![per_account; accounts],
+            max_vehicles: per_account,
+            seed: 7,
+            time_scale: 0.0,
+            ..SimConfig::default()
+        },
+    )
+    .unwrap();
+    let clock = sim.now();
+    let mut bodies: Vec<(usize, String, Vec<u8>)> = Vec::new();
+    for (a, (email, _, _)) in sim.users().into_iter().enumerate() {
+        for v in sim.vehicles(&email) {
+            let vin = v["vin"].as_str().unwrap().to_owned();
+            let body = sim.status_of(&vin).unwrap();
+            bodies.push((a, vin, serde_json::to_vec(&body).unwrap()));
+        }
+    }
+    sim.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.sqlite");
+    let mut db = Db::open(&path).unwrap();
+    let ids: Vec<i64> = (0..accounts)
+        .map(|a| db.account_id(&format!("a{a}"), "peugeot").unwrap())
+        .collect();
+    let round = |db: &mut Db, ts: i64| -> (f64, usize) {
+        let cpu0 = cpu_seconds();
+        let mut new = 0;
+        for (a, chunk) in bodies.chunk_by(|x, y| x.0 == y.0).enumerate() {
+            let statuses = chunk
+                .iter()
+                .map(|(_, vin, raw)| StatusFetch {
+                    vin: vin.clone(),
+                    fetched_ts: ts,
+                    body: String::from_utf8_lossy(raw).into_owned(),
+                    parsed: stellantis_sync::telemetry::status::parse(raw).unwrap(),
+                })
+                .collect();
+            let batch = Batch {
+                statuses,
+                ..Batch::default()
+            };
+            let recorded = db.write_telemetry(ids[a], &batch, 3600).unwrap();
+            new += recorded.iter().filter(|r| r.new_observation).count();
+        }
+        (cpu_seconds() - cpu0, new)
+    };
+    let t0 = clock.timestamp();
+    let (_, first_new) = round(&mut db, t0);
+    assert_eq!(first_new, bodies.len());
+    db.checkpoint_if_large(0).unwrap();
+    let before = db_bytes(&path);
+    let (cpu, new) = round(&mut db, t0 + 1200);
+    db.checkpoint_if_large(0).unwrap();
+    let growth = db_bytes(&path) as i64 - before as i64;
+    rows.push(format!(
+        "| 7 | unchanged status poll, {} vehicles in {accounts} accounts, no HTTP | **{:.0} µs CPU per poll** (parse, hash, one `last_fetched_ts` update; one transaction per account); {new} new rows, {:+.1} KiB | ≤ 100 µs, 0 rows |",
+        bodies.len(),
+        1e6 * cpu / bodies.len() as f64,
+        growth as f64 / 1024.0
+    ));
+    assert_eq!(new, 0);
+}
+
 fn rss_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -394,6 +596,12 @@ fn main() {
         }
         if want("scenario3") {
             scenario3(&mut rows, if quick { 20_000 } else { 100_000 });
+        }
+        if want("scenario6") {
+            scenario6(&mut rows, if quick { 100 } else { 1000 }).await;
+        }
+        if want("scenario7") {
+            scenario7(&mut rows, if quick { 2000 } else { 10_000 }).await;
         }
         if want("scenario4") {
             scenario4(&mut rows, if quick { &[1000] } else { &[1000, 10_000] }).await;

@@ -149,12 +149,17 @@ CREATE TABLE maintenance (
 );
 
 CREATE TABLE status_bodies (
-    body_hash        BLOB PRIMARY KEY,
+    body_id          INTEGER PRIMARY KEY,
+    body_hash        BLOB NOT NULL,
     account_id       INTEGER NOT NULL REFERENCES accounts (account_id),
     vin              TEXT NOT NULL,
     first_fetched_ts INTEGER NOT NULL,
-    body             TEXT NOT NULL CHECK (json_valid(body))
-) WITHOUT ROWID;
+    base_id          INTEGER REFERENCES status_bodies (body_id),
+    body             BLOB NOT NULL,
+    CHECK ((base_id IS NULL AND typeof(body) = 'text' AND json_valid(body))
+        OR (base_id IS NOT NULL AND typeof(body) = 'blob')),
+    UNIQUE (account_id, body_hash)
+);
 
 CREATE TABLE sync_runs (
     run_id        INTEGER PRIMARY KEY,
@@ -306,7 +311,9 @@ CREATE UNIQUE INDEX charging_sessions_one_open ON charging_sessions (account_id,
 
 CREATE INDEX maintenance_by_vin_time ON maintenance (vin, observed_ts);
 
-CREATE INDEX status_bodies_by_vin_time ON status_bodies (vin, first_fetched_ts);
+CREATE INDEX status_bodies_bases ON status_bodies (account_id, vin, body_id) WHERE base_id IS NULL;
+
+CREATE INDEX status_bodies_by_base ON status_bodies (base_id) WHERE base_id IS NOT NULL;
 
 CREATE INDEX sync_runs_by_account ON sync_runs (account_id, run_id);
 
@@ -327,8 +334,6 @@ CREATE INDEX vehicle_changes_by_vin ON vehicle_changes (vin, observed_at);
 CREATE INDEX vehicle_states_by_vin_time ON vehicle_states (vin, started_ts);
 
 CREATE UNIQUE INDEX vehicle_states_one_open ON vehicle_states (account_id, vin) WHERE ended_ts IS NULL;
-
-CREATE INDEX vehicle_status_by_account_time ON vehicle_status (account_id, vin, observed_ts);
 
 CREATE INDEX vehicle_status_by_vin_time ON vehicle_status (vin, observed_ts);
 

@@ -27,23 +27,26 @@ pub struct Pruned {
 /// The bodies that must stay, computed once per run on the writer's connection (a TEMP table, so
 /// nothing is written to the database): those of each vehicle's newest observation and of every
 /// observation fetched within the limit. Returns the highest `status_id` it saw.
-const KEEP: &str =
-    "CREATE TEMP TABLE IF NOT EXISTS retention_keep (h BLOB PRIMARY KEY) WITHOUT ROWID;
-    DELETE FROM temp.retention_keep;";
-const KEEP_FILL: &str = "INSERT OR IGNORE INTO temp.retention_keep
-    SELECT s.body_hash FROM vehicle_status s
+const KEEP: &str = "CREATE TEMP TABLE IF NOT EXISTS retention_keep_ids (id INTEGER PRIMARY KEY);
+    DELETE FROM temp.retention_keep_ids;";
+const KEEP_FILL: &str = "INSERT OR IGNORE INTO temp.retention_keep_ids
+    SELECT b.body_id FROM vehicle_status s
+    JOIN status_bodies b ON b.account_id = s.account_id AND b.body_hash = s.body_hash
     WHERE s.last_fetched_ts >= ?1
        OR s.observed_ts = (SELECT max(s2.observed_ts) FROM vehicle_status s2
                            WHERE s2.account_id = s.account_id AND s2.vin = s.vin)";
 
 /// One batch. Rows added after the snapshot (`status_id > ?3`) are checked directly, so a body
 /// that becomes referenced again meanwhile is kept; an older row's `last_fetched_ts` only ever
-/// moves while it is its vehicle's newest, which the snapshot already keeps.
-const DELETE_BATCH: &str = "DELETE FROM status_bodies WHERE body_hash IN (
-    SELECT b.body_hash FROM status_bodies b
+/// moves while it is its vehicle's newest, which the snapshot already keeps. A base that other
+/// bodies are stored against (src/store/bodies.rs) stays until they are gone.
+const DELETE_BATCH: &str = "DELETE FROM status_bodies WHERE body_id IN (
+    SELECT b.body_id FROM status_bodies b
     WHERE b.first_fetched_ts < ?1
-      AND b.body_hash NOT IN (SELECT h FROM temp.retention_keep)
-      AND NOT EXISTS (SELECT 1 FROM vehicle_status s WHERE s.status_id > ?3 AND s.body_hash = b.body_hash)
+      AND b.body_id NOT IN (SELECT id FROM temp.retention_keep_ids)
+      AND NOT EXISTS (SELECT 1 FROM vehicle_status s
+                      WHERE s.status_id > ?3 AND s.account_id = b.account_id AND s.body_hash = b.body_hash)
+      AND NOT EXISTS (SELECT 1 FROM status_bodies d WHERE d.base_id = b.body_id)
     LIMIT ?2)";
 
 fn snapshot(conn: &rusqlite::Connection, cutoff: i64) -> rusqlite::Result<i64> {
@@ -103,9 +106,8 @@ pub fn prune(
         }
         done.bodies += n as u64;
         done.batches += 1;
-        if n < batch_size as usize {
-            break;
-        }
+        // Not "fewer than a batch, so done": a base whose last dependants this batch deleted
+        // becomes deletable in the next one.
     }
     if done.bodies > 0 && vacuum_pages > 0 {
         let g = db.lock().unwrap_or_else(|e| e.into_inner());
@@ -197,5 +199,41 @@ mod tests {
                 "v2-recent"
             ]
         );
+    }
+
+    #[test]
+    fn a_base_stays_while_a_body_stored_against_it_stays_and_goes_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Mutex::new(Db::open(&dir.path().join("db.sqlite")).unwrap()));
+        {
+            let g = db.lock().unwrap();
+            let c = g.conn();
+            c.execute(
+                "INSERT INTO accounts (name, brand, created_at) VALUES ('a', 'peugeot', '2026-01-01T00:00:00.000Z')",
+                [],
+            )
+            .unwrap();
+            add(c, "V1", "base", 100, 100);
+            add(c, "V1", "delta-old", 200, 200);
+            add(c, "V1", "delta-recent", 9_500, 9_500);
+            c.execute_batch(
+                "UPDATE status_bodies SET base_id = (SELECT body_id FROM status_bodies WHERE body_hash = CAST('base' AS BLOB)),
+                        body = x'78bb' WHERE body_hash LIKE 'delta%'",
+            )
+            .unwrap();
+        }
+        // The recent delta needs the base: only the old delta goes.
+        let p = prune(&db, Duration::from_secs(1_000), 100, 0, 10_000).unwrap();
+        assert_eq!(p.bodies, 1);
+        assert_eq!(bodies(db.lock().unwrap().conn()), ["base", "delta-recent"]);
+        // Later the recent one ages out too, but it is its vehicle's newest observation; once a
+        // newer observation (a new base) exists, the delta and then its base go, in one run.
+        {
+            let g = db.lock().unwrap();
+            add(g.conn(), "V1", "new-base", 50_000, 50_000);
+        }
+        let p = prune(&db, Duration::from_secs(1_000), 100, 0, 60_000).unwrap();
+        assert_eq!(p.bodies, 2, "{p:?}");
+        assert_eq!(bodies(db.lock().unwrap().conn()), ["new-base"]);
     }
 }

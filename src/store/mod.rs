@@ -22,6 +22,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
+pub mod bodies;
 pub mod telemetry;
 
 use crate::diff::{Change, CompleteListing, Known, diff, first_absences};
@@ -40,6 +41,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("migrations/0004_hardening.sql"),
     ),
     ("0005_reports", include_str!("migrations/0005_reports.sql")),
+    (
+        "0006_compact_bodies",
+        include_str!("migrations/0006_compact_bodies.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.
@@ -691,6 +696,54 @@ pub fn last_run(conn: &Connection, account: &str) -> rusqlite::Result<Option<Las
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migration_6_keeps_every_body_and_gives_each_account_its_own_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let c = Connection::open(&path).unwrap();
+            for (_, sql) in &MIGRATIONS[..5] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.execute_batch(
+                "PRAGMA user_version = 5;
+                 INSERT INTO accounts (name, brand, created_at) VALUES ('a', 'peugeot', 'x'), ('b', 'peugeot', 'x');
+                 INSERT INTO status_bodies VALUES (x'01', 1, 'V1', 10, '{\"n\":1}'), (x'02', 1, 'V1', 20, '{\"n\":2}');
+                 INSERT INTO vehicle_status (account_id, vin, observed_ts, first_fetched_ts, last_fetched_ts, body_hash)
+                 VALUES (1, 'V1', 10, 10, 10, x'01'), (1, 'V1', 20, 20, 20, x'02'), (2, 'V1', 20, 25, 25, x'02');",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let rows: Vec<(i64, Vec<u8>, Option<i64>, String)> = db
+            .conn()
+            .prepare("SELECT account_id, body_hash, base_id, body FROM status_bodies ORDER BY account_id, body_hash")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (1, vec![1], None, "{\"n\":1}".to_owned()),
+                (1, vec![2], None, "{\"n\":2}".to_owned()),
+                (2, vec![2], None, "{\"n\":2}".to_owned()),
+            ]
+        );
+        // Every observation finds its body under its own account.
+        let orphans: i64 = db
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM vehicle_status s WHERE NOT EXISTS
+                 (SELECT 1 FROM status_bodies b WHERE b.account_id = s.account_id AND b.body_hash = s.body_hash)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(orphans, 0);
+    }
 
     #[test]
     fn a_vehicle_that_leaves_closes_its_open_telemetry_intervals() {

@@ -12,7 +12,7 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::{Db, DbError};
+use super::{Db, DbError, bodies};
 use crate::telemetry::derive::{self, Before, Changes, OpenState, Sample, Session, State};
 use crate::telemetry::records::{Alert, Trip};
 use crate::telemetry::schedule::Endpoint;
@@ -226,11 +226,6 @@ fn record_status(
     gap_limit: i64,
 ) -> rusqlite::Result<StatusRecorded> {
     let hash = f.parsed.hash.to_vec();
-    tx.prepare_cached(
-        "INSERT INTO status_bodies (body_hash, account_id, vin, first_fetched_ts, body) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (body_hash) DO NOTHING",
-    )?
-    .execute(params![hash, account_id, f.vin, f.fetched_ts, f.body])?;
     let latest: Option<(i64, Vec<u8>, i64)> = tx
         .prepare_cached(
             "SELECT status_id, body_hash, observed_ts FROM vehicle_status WHERE account_id = ?1 AND vin = ?2
@@ -238,6 +233,8 @@ fn record_status(
         )?
         .query_row(params![account_id, f.vin], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
+    // The vehicle's newest observation keeps its body (retention never prunes it), so an
+    // unchanged status only moves `last_fetched_ts`.
     if let Some((id, h, _)) = &latest
         && *h == hash
     {
@@ -251,6 +248,7 @@ fn record_status(
             drive_ended: false,
         });
     }
+    store_body(tx, account_id, f, &hash)?;
     let o = &f.parsed.observation;
     let observed_ts = o.observed_ts.unwrap_or(f.fetched_ts);
     let before = Before {
@@ -300,6 +298,96 @@ fn record_status(
         drive_ended: changes.drive_ended(),
         events: changes.events,
     })
+}
+
+/// Stores a body not yet in `status_bodies`, as a base or against the vehicle's base
+/// (src/store/bodies.rs).
+fn store_body(
+    tx: &Transaction<'_>,
+    account_id: i64,
+    f: &StatusFetch,
+    hash: &[u8],
+) -> rusqlite::Result<()> {
+    let known = tx
+        .prepare_cached("SELECT 1 FROM status_bodies WHERE account_id = ?1 AND body_hash = ?2")?
+        .exists(params![account_id, hash])?;
+    if known {
+        return Ok(());
+    }
+    let base: Option<bodies::Base> = tx
+        .prepare_cached(
+            "SELECT body_id, body, first_fetched_ts FROM status_bodies
+             WHERE account_id = ?1 AND vin = ?2 AND base_id IS NULL ORDER BY body_id DESC LIMIT 1",
+        )?
+        .query_row(params![account_id, f.vin], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let (base_id, body): (Option<i64>, rusqlite::types::Value) =
+        match bodies::encode(base.as_ref(), &f.body, f.fetched_ts) {
+            bodies::Stored::Base => (None, f.body.clone().into()),
+            bodies::Stored::Delta { base_id, blob } => (Some(base_id), blob.into()),
+        };
+    tx.prepare_cached(
+        "INSERT INTO status_bodies (body_hash, account_id, vin, first_fetched_ts, base_id, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        hash,
+        account_id,
+        f.vin,
+        f.fetched_ts,
+        base_id,
+        body
+    ])?;
+    Ok(())
+}
+
+/// The JSON text of account `account_id`'s body `hash`, decoded from its stored form (`None` if
+/// there is none).
+pub fn status_body_text(
+    conn: &rusqlite::Connection,
+    account_id: i64,
+    hash: &[u8],
+) -> Result<Option<String>, BodyReadError> {
+    let row: Option<(i64, Option<i64>, rusqlite::types::Value)> = conn
+        .query_row(
+            "SELECT body_id, base_id, body FROM status_bodies WHERE account_id = ?1 AND body_hash = ?2",
+            params![account_id, hash],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((id, base_id, body)) = row else {
+        return Ok(None);
+    };
+    let bytes = match body {
+        rusqlite::types::Value::Text(t) => t.into_bytes(),
+        rusqlite::types::Value::Blob(b) => b,
+        _ => {
+            return Err(BodyReadError::Body(bodies::BodyError {
+                body_id: id,
+                reason: "neither text nor blob".into(),
+            }));
+        }
+    };
+    let base: Option<String> = match base_id {
+        None => None,
+        Some(b) => Some(conn.query_row(
+            "SELECT body FROM status_bodies WHERE body_id = ?1 AND base_id IS NULL",
+            [b],
+            |r| r.get(0),
+        )?),
+    };
+    Ok(Some(bodies::decode(id, &bytes, base.as_deref())?))
+}
+
+/// Why a stored body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyReadError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Body(#[from] bodies::BodyError),
 }
 
 fn upsert_trip(
@@ -585,6 +673,119 @@ mod tests {
 
     fn count(db: &Db, sql: &str) -> i64 {
         db.conn().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// A body of a realistic size (links with the long vehicle id, several blocks).
+    fn long_body(ts: &str, soc: f64) -> serde_json::Value {
+        let id = "ab12".repeat(48);
+        json!({"createdAt": ts, "updatedAt": ts,
+               "_links": {"self": {"href": format!("https://api.example/user/vehicles/{id}/status")},
+                          "vehicle": {"href": format!("https://api.example/user/vehicles/{id}")}},
+               "odometer": {"createdAt": ts, "mileage": 12345.6},
+               "environment": {"air": {"createdAt": ts, "temp": 11.5}, "luminosity": {"createdAt": ts, "day": true}},
+               "energies": [{"createdAt": ts, "type": "Electric", "level": soc, "autonomy": 150,
+                   "extension": {"electric": {"battery": {"load": {"capacity": 40000, "residual": 20000}},
+                   "charging": {"status": "InProgress", "plugged": true, "chargingRate": 12, "chargingMode": "Slow"}}}}]})
+    }
+
+    #[test]
+    fn bodies_are_stored_as_deltas_against_a_base_and_read_back_exactly() {
+        let (_d, mut db, a) = db();
+        let mut sent = Vec::new();
+        for i in 0..30 {
+            let f = fetch(
+                "VIN1",
+                1000 + i * 120,
+                long_body(&format!("2026-01-01T10:{:02}:00Z", i * 2), 40.0 + i as f64),
+            );
+            sent.push((f.parsed.hash, f.body.clone()));
+            db.write_telemetry(
+                a,
+                &Batch {
+                    statuses: vec![f],
+                    ..Batch::default()
+                },
+                3600,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM status_bodies WHERE base_id IS NULL"
+            ),
+            1
+        );
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM status_bodies WHERE base_id IS NOT NULL"
+            ),
+            29
+        );
+        let text_len = sent[1].1.len() as i64;
+        let delta_len = count(
+            &db,
+            "SELECT max(length(body)) FROM status_bodies WHERE base_id IS NOT NULL",
+        );
+        assert!(
+            delta_len * 3 < text_len,
+            "delta {delta_len} vs text {text_len}"
+        );
+        for (hash, text) in &sent {
+            assert_eq!(
+                status_body_text(db.conn(), a, hash).unwrap().as_deref(),
+                Some(text.as_str())
+            );
+        }
+        // Another account's view of the same car keeps its own copy: moving or removing one
+        // account never takes the other's bodies.
+        let b = db.account_id("b", "peugeot").unwrap();
+        let again = fetch("VIN1", 99_999, serde_json::from_str(&sent[5].1).unwrap());
+        db.write_telemetry(
+            b,
+            &Batch {
+                statuses: vec![again],
+                ..Batch::default()
+            },
+            3600,
+        )
+        .unwrap();
+        assert_eq!(
+            status_body_text(db.conn(), b, &sent[5].0)
+                .unwrap()
+                .as_deref(),
+            Some(sent[5].1.as_str())
+        );
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM status_bodies WHERE account_id = 2"
+            ),
+            1
+        );
+        // A week later the vehicle starts a new base.
+        let late = fetch(
+            "VIN1",
+            1000 + bodies::BASE_MAX_AGE + 1,
+            long_body("2026-01-08T10:00:00Z", 80.0),
+        );
+        db.write_telemetry(
+            a,
+            &Batch {
+                statuses: vec![late],
+                ..Batch::default()
+            },
+            3600,
+        )
+        .unwrap();
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM status_bodies WHERE account_id = 1 AND base_id IS NULL"
+            ),
+            2
+        );
     }
 
     #[test]
