@@ -116,6 +116,27 @@ pub enum TransferError {
     #[error("{path} holds no token record (export it with --with-tokens --remove)")]
     NoToken { path: PathBuf },
     #[error(
+        "{path} names its account {name:?}, which is not a valid account name (letters, digits, `-`, `_`, `.`, `@`; at most 64; not starting with `.`); nothing was imported"
+    )]
+    BadName { path: PathBuf, name: String },
+    #[error(
+        "{path}: the token record belongs to {record:?}, not to the exported account {name:?}; nothing was imported"
+    )]
+    ForeignToken {
+        path: PathBuf,
+        name: String,
+        record: String,
+    },
+    #[error(
+        "removing `{name}` from {path} failed ({reason}); nothing was changed there: its token record is back and {export} was deleted. Try again when the database is not busy"
+    )]
+    RemoveUndone {
+        path: PathBuf,
+        name: String,
+        reason: String,
+        export: PathBuf,
+    },
+    #[error(
         "--with-tokens moves the refresh token out of this instance, so it needs --remove (a token used by two instances rotates the other one out)"
     )]
     TokensNeedRemove,
@@ -146,7 +167,7 @@ impl TransferError {
     pub fn exit_code(&self) -> u8 {
         match self {
             TransferError::Config(_) => exit::CONFIG,
-            TransferError::Busy { .. } => exit::TEMPFAIL,
+            TransferError::Busy { .. } | TransferError::RemoveUndone { .. } => exit::TEMPFAIL,
             TransferError::Db(_)
             | TransferError::Sqlite { .. }
             | TransferError::Io { .. }
@@ -560,19 +581,48 @@ pub async fn export(
             path: to.to_owned(),
         });
     }
-    std::fs::rename(&tmp, to).map_err(io(to))?;
+    if let Err(e) = std::fs::rename(&tmp, to) {
+        // The temporary file may hold the token record: never leave it behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(to)(e));
+    }
     sync_dir(to)?;
     if remove {
+        // The token leaves first (one token lives in one place: the export file now); if the
+        // history cannot be removed, the token goes back and the export file is deleted, so
+        // nothing has changed.
         if with_tokens {
             let path = tokens.path(name);
             std::fs::remove_file(&path).map_err(io(&path))?;
             sync_dir(&path)?;
         }
-        let db = Db::open(&cfg.database)?;
-        let conn = db.conn();
-        let tx = conn.unchecked_transaction().map_err(sql(&cfg.database))?;
-        delete_account(conn, name, &cfg.database)?;
-        tx.commit().map_err(sql(&cfg.database))?;
+        let removed = (|| {
+            if crate::faultpoint::fails("transfer_remove") {
+                return Err(TransferError::Io {
+                    path: cfg.database.clone(),
+                    source: std::io::Error::other("database is locked (failure point)"),
+                });
+            }
+            let db = Db::open(&cfg.database)?;
+            let conn = db.conn();
+            let tx = conn.unchecked_transaction().map_err(sql(&cfg.database))?;
+            delete_account(conn, name, &cfg.database)?;
+            tx.commit().map_err(sql(&cfg.database))?;
+            Ok::<_, TransferError>(())
+        })();
+        if let Err(e) = removed {
+            if let Some(record) = &record {
+                tokens.save(record)?;
+            }
+            std::fs::remove_file(to).map_err(io(to))?;
+            let _ = sync_dir(to);
+            return Err(TransferError::RemoveUndone {
+                path: cfg.database.clone(),
+                name: name.to_owned(),
+                reason: e.to_string(),
+                export: to.to_owned(),
+            });
+        }
     }
     Ok(counts)
 }
@@ -600,6 +650,13 @@ pub async fn import(
     let name: String = probe
         .query_row("SELECT name FROM accounts", [], |r| r.get(0))
         .map_err(sql(file))?;
+    // The name becomes file names in the token store: never trust it.
+    if !crate::config::valid_name(&name) {
+        return Err(TransferError::BadName {
+            path: file.to_owned(),
+            name,
+        });
+    }
     if let Some((index, count)) = shard {
         let belongs = crate::shard::shard_of(&name, count);
         if belongs != index {
@@ -640,6 +697,14 @@ pub async fn import(
             path: file.to_owned(),
             source: std::io::Error::other(format!("token record: {e}")),
         })?;
+        // The store saves a record under the account it names: it must be this one.
+        if record.account != name {
+            return Err(TransferError::ForeignToken {
+                path: file.to_owned(),
+                name,
+                record: record.account,
+            });
+        }
         Some(record)
     } else {
         None

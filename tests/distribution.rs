@@ -697,3 +697,167 @@ async fn fleet_views_are_the_union_of_three_shards() {
     );
     assert_eq!(runs, vec![serde_json::json!([3, 9])]);
 }
+
+/// The adversarial pass's findings on moving accounts: an export file's account name and token
+/// record are not trusted, a failed rename leaves no temporary copy of a token, and a removal that
+/// fails after the token left puts everything back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_that_fails_or_a_doctored_file_never_loses_or_misplaces_a_token() {
+    let a = Env::new(
+        SimConfig {
+            users: 3,
+            ..SimConfig::default()
+        },
+        |s| vec![Acct::bootstrapped(s, 1), Acct::bootstrapped(s, 2)],
+        Opts::default(),
+    )
+    .await;
+    assert_code(&a.once().await, 0);
+    let token1 = std::fs::read(a.state_dir().join("tokens/user1.json")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let leftovers = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect()
+    };
+
+    // A destination that cannot be renamed onto ("Not a directory"): exit 74, no temporary file
+    // (it held the token record), the token and the history still here.
+    std::fs::write(work.path().join("plain"), b"").unwrap();
+    let bad = work.path().join("plain/");
+    let o = a
+        .run(
+            &[
+                "export-account",
+                "user1",
+                "--to",
+                bad.to_str().unwrap(),
+                "--with-tokens",
+                "--remove",
+            ],
+            &[],
+        )
+        .await;
+    assert_code(&o, 74);
+    assert_eq!(leftovers(work.path()), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read(a.state_dir().join("tokens/user1.json")).unwrap(),
+        token1
+    );
+
+    // The history cannot be removed after the token left: the token comes back, the export
+    // file goes, exit 75 (try again), the history is untouched.
+    let before = dump_account(&a.db_path(), "user1");
+    let f = work.path().join("user1.sqlite");
+    let o = a
+        .run(
+            &[
+                "export-account",
+                "user1",
+                "--to",
+                f.to_str().unwrap(),
+                "--with-tokens",
+                "--remove",
+            ],
+            &[("STELLANTIS_FAIL_AT", "transfer_remove")],
+        )
+        .await;
+    assert_code(&o, 75);
+    assert!(text(&o).contains("nothing was changed"), "{}", text(&o));
+    assert!(
+        !f.exists(),
+        "the export file stayed: the account would live in two places"
+    );
+    assert_eq!(
+        std::fs::read(a.state_dir().join("tokens/user1.json")).unwrap(),
+        token1
+    );
+    assert_eq!(dump_account(&a.db_path(), "user1"), before);
+
+    // A file whose account name is a path: refused before anything is written.
+    let (bdir, bcfg) = second_instance(&a, &[Acct::bootstrapped(&a.sim, 3)]);
+    let g = work.path().join("user2.sqlite");
+    assert_code(
+        &a.run(
+            &[
+                "export-account",
+                "user2",
+                "--to",
+                g.to_str().unwrap(),
+                "--with-tokens",
+                "--remove",
+            ],
+            &[],
+        )
+        .await,
+        0,
+    );
+    let doctored = work.path().join("doctored.sqlite");
+    std::fs::copy(&g, &doctored).unwrap();
+    {
+        let c = rusqlite::Connection::open(&doctored).unwrap();
+        c.execute("UPDATE accounts SET name = '../../escaped'", [])
+            .unwrap();
+        c.execute("UPDATE transfer_token SET account = '../../escaped'", [])
+            .unwrap();
+    }
+    let o = run_with(
+        &bcfg,
+        &[
+            "import-account",
+            doctored.to_str().unwrap(),
+            "--with-tokens",
+        ],
+    )
+    .await;
+    assert_code(&o, 65);
+    assert!(
+        text(&o).contains("not a valid account name"),
+        "{}",
+        text(&o)
+    );
+    assert!(!bdir.path().join("escaped.json").exists());
+    assert!(!bdir.path().join("state/escaped.json").exists());
+
+    // A file renamed to another account whose token record still names the first: refused (the
+    // store would have saved it over the first account's live token).
+    std::fs::copy(&g, &doctored).unwrap();
+    {
+        let c = rusqlite::Connection::open(&doctored).unwrap();
+        c.execute("UPDATE accounts SET name = 'user3'", []).unwrap();
+        c.execute("UPDATE transfer_token SET account = 'user3'", []).unwrap();
+    }
+    let token3 = std::fs::read(bdir.path().join("state/tokens/user3.json")).ok();
+    let o = run_with(
+        &bcfg,
+        &[
+            "import-account",
+            doctored.to_str().unwrap(),
+            "--with-tokens",
+        ],
+    )
+    .await;
+    assert_code(&o, 65);
+    assert!(
+        text(&o).contains("not to the exported account"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read(bdir.path().join("state/tokens/user3.json")).ok(),
+        token3
+    );
+    assert!(!bdir.path().join("state/tokens/user2.json").exists());
+    // The genuine file still moves.
+    assert_code(
+        &run_with(
+            &bcfg,
+            &["import-account", g.to_str().unwrap(), "--with-tokens"],
+        )
+        .await,
+        0,
+    );
+    assert!(bdir.path().join("state/tokens/user2.json").exists());
+}

@@ -130,6 +130,13 @@ dpkg -r stellantis-sync
 [ "$(sqlite3 "$db" 'SELECT group_concat(vehicle_id) FROM vehicles ORDER BY vehicle_id' | sha256sum)" = "$sum_before" ] ||
     fail "remove changed the history"
 [ "$(sha256sum <"$token")" = "$token_before" ] || fail "remove changed the token store"
+# No stat override outlives the package: with one naming the group, deleting the user and group
+# after `remove` would make every later dpkg run abort ("unknown system group").
+if dpkg-statoverride --list | grep -q stellantis-sync; then
+    fail "remove left stat overrides: $(dpkg-statoverride --list | grep stellantis-sync)"
+fi
+[ "$(stat -c %G:%a /etc/stellantis-sync/config.toml)" = "stellantis-sync:640" ] ||
+    fail "remove changed the configuration's group or mode: $(stat -c %G:%a /etc/stellantis-sync/config.toml)"
 
 # purge: the configuration goes; history, tokens and the user stay (documented in README).
 dpkg --purge stellantis-sync 2>"$work/purge.log"

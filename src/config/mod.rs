@@ -15,8 +15,8 @@ mod raw;
 mod validate;
 
 pub use raw::*;
-pub use validate::cron_is_valid;
 use validate::validate;
+pub use validate::{cron_is_valid, valid_name};
 
 use std::fmt;
 use std::num::NonZeroU32;

@@ -102,7 +102,8 @@ impl Validator<'_> {
     }
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` is a valid account name (it names files in the token store).
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
