@@ -162,19 +162,57 @@ pub struct SimulateArgs {
     pub legacy_shapes: bool,
 }
 
-/// Parses `I/N` with `I < N`.
+/// The most shards a fleet may have (each needs its own instance and database).
+pub const MAX_SHARDS: u32 = 1024;
+
+/// Parses `I/N` with `I < N <= MAX_SHARDS`, written without leading zeros (so that instances
+/// `@1` and `@01` cannot both serve shard 1).
 fn parse_shard(s: &str) -> Result<(u32, u32), String> {
     let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 0/4")?;
-    let i: u32 = i
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{i}` is not a number"))?;
-    let n: u32 = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{n}` is not a number"))?;
-    if n == 0 || i >= n {
-        return Err(format!("shard {i}/{n}: need 0 <= I < N"));
+    let number = |t: &str| -> Result<u32, String> {
+        let canonical = !t.is_empty()
+            && t.bytes().all(|b| b.is_ascii_digit())
+            && (t == "0" || !t.starts_with('0'));
+        if !canonical {
+            return Err(format!(
+                "`{t}` is not a number without sign, spaces or leading zeros"
+            ));
+        }
+        t.parse().map_err(|_| format!("`{t}` is too large"))
+    };
+    let (i, n) = (number(i)?, number(n)?);
+    if n == 0 || i >= n || n > MAX_SHARDS {
+        return Err(format!("shard {i}/{n}: need 0 <= I < N <= {MAX_SHARDS}"));
     }
     Ok((i, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_arguments_are_canonical_and_bounded() {
+        assert_eq!(parse_shard("0/4"), Ok((0, 4)));
+        assert_eq!(parse_shard("3/4"), Ok((3, 4)));
+        assert_eq!(parse_shard("1023/1024"), Ok((1023, 1024)));
+        for bad in [
+            "0/0",
+            "4/4",
+            "3/2",
+            "-1/2",
+            "01/02",
+            "1/04",
+            " 1/4",
+            "+1/4",
+            "0/1025",
+            "0/4294967295",
+            "0/4294967296",
+            "a/b",
+            "1",
+            "",
+        ] {
+            assert!(parse_shard(bad).is_err(), "{bad} was accepted");
+        }
+    }
 }

@@ -20,11 +20,14 @@ pub const CONFIG: u8 = 78;
 /// The `--help` text that documents the exit codes.
 pub const HELP: &str = "Exit codes:
   0   success (--once: every account synced)
+  64  a command-line option the command does not take
+  65  export-account/import-account refused (nothing changed)
   74  a local file or the database could not be written
   75  at least one account failed for a reason that may pass (retry later)
   77  at least one account needs re-authorization: run `stellantis-sync login --account NAME`
   78  invalid configuration (nothing was touched), or an account's configuration is refused by
-      Stellantis (app credentials, brand)";
+      Stellantis (app credentials, brand)
+  141 the output's reader went away (`status | head`)";
 
 use crate::daemon::{PassSummary, StartError};
 use crate::store::DbError;

@@ -41,9 +41,18 @@ pub fn shard_of(name: &str, n: u32) -> u32 {
     jump(key(name), n)
 }
 
-/// Keeps only the accounts of shard `i` of `n` in `cfg`.
+/// Keeps only the accounts of shard `i` of `n` in `cfg`, and gives the instance its share of
+/// what the shards have in common: the quotas of the app client ids they share (the request rate
+/// and the daily telemetry budget, divided by `n`, at least 1) and the backup directory (a
+/// subdirectory `shard-I` of it, so that instances sharing `[backup] dir` neither overwrite nor
+/// rotate away each other's copies).
 pub fn keep(cfg: &mut Config, i: u32, n: u32) {
     cfg.accounts.retain(|a| shard_of(&a.name, n) == i);
+    let share = |v: u32| std::num::NonZeroU32::new(v / n).unwrap_or(std::num::NonZeroU32::MIN);
+    cfg.api_rate.per_second = share(cfg.api_rate.per_second.get());
+    cfg.api_rate.burst = share(cfg.api_rate.burst.get());
+    cfg.telemetry.daily_request_budget = (cfg.telemetry.daily_request_budget / u64::from(n)).max(1);
+    cfg.ops.backup_dir = cfg.ops.backup_dir.join(format!("shard-{i}"));
 }
 
 #[cfg(test)]
@@ -53,6 +62,40 @@ mod tests {
     /// Known values, computed independently with a few lines of Python (FNV-1a 64 and the
     /// paper's C++ loop transcribed, with Python floats as C doubles), so the split can never
     /// change silently between versions: an account must stay in its instance's database.
+    #[test]
+    fn a_shard_gets_its_share_of_the_quota_and_its_own_backup_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let mut t = format!(
+            "state_dir = \"{}\"\n[app]\nclient_id = \"c\"\nclient_secret = \"s\"\n[rate_limit]\nrequests_per_second = 100\nburst = 10\n[telemetry]\ndaily_request_budget = 100000\n",
+            dir.path().display()
+        );
+        for k in 0..40 {
+            t.push_str(&format!(
+                "[[accounts]]\nname = \"a{k}\"\nbrand = \"peugeot\"\nrefresh_token = \"r{k}\"\n"
+            ));
+        }
+        std::fs::write(&path, t).unwrap();
+        let whole = crate::config::load(&path, crate::config::Checks::ValuesOnly).unwrap();
+        let mut served = 0;
+        for i in 0..4 {
+            let mut c = whole.clone();
+            keep(&mut c, i, 4);
+            served += c.accounts.len();
+            assert_eq!(c.api_rate.per_second.get(), 25);
+            assert_eq!(c.api_rate.burst.get(), 2);
+            assert_eq!(c.telemetry.daily_request_budget, 25_000);
+            assert_eq!(
+                c.ops.backup_dir,
+                whole.ops.backup_dir.join(format!("shard-{i}"))
+            );
+        }
+        assert_eq!(served, 40);
+        let mut c = whole.clone();
+        keep(&mut c, 0, 1000);
+        assert_eq!(c.api_rate.per_second.get(), 1, "never zero");
+    }
+
     #[test]
     fn pinned_values() {
         assert_eq!(key("alice"), 0x508b_2abb_65a0_3907);

@@ -827,7 +827,8 @@ async fn a_move_that_fails_or_a_doctored_file_never_loses_or_misplaces_a_token()
     {
         let c = rusqlite::Connection::open(&doctored).unwrap();
         c.execute("UPDATE accounts SET name = 'user3'", []).unwrap();
-        c.execute("UPDATE transfer_token SET account = 'user3'", []).unwrap();
+        c.execute("UPDATE transfer_token SET account = 'user3'", [])
+            .unwrap();
     }
     let token3 = std::fs::read(bdir.path().join("state/tokens/user3.json")).ok();
     let o = run_with(

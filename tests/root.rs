@@ -326,3 +326,29 @@ async fn group_readers_open_the_database_while_the_daemon_runs_and_after_it_stop
     assert_code(&env.once().await, 0);
     read_with_every_tool(&env.db_path());
 }
+
+/// A configuration another user may not read is reported as unreadable, not as missing (the
+/// adversarial pass: after a by-hand install, "does not exist" sent the operator looking for a
+/// file that was there).
+#[test]
+fn an_unreadable_configuration_is_not_called_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "state_dir = \"/tmp\"\n").unwrap();
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let o = as_reader(&[
+        env!("CARGO_BIN_EXE_stellantis-sync"),
+        "--config",
+        cfg.to_str().unwrap(),
+        "check-config",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(78), "{err}");
+    assert!(err.contains("cannot be read by this user"), "{err}");
+    assert!(!err.contains("does not exist"), "{err}");
+}

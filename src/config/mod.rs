@@ -141,12 +141,23 @@ pub enum Checks {
 /// Loads and validates the configuration at `path` (plus environment overrides).
 pub fn load(path: &Path, checks: Checks) -> Result<Config, ConfigError> {
     let file_label = path.display().to_string();
-    if !path.exists() {
+    // Opened, not only probed: "does not exist" for a file this user may not read sends the
+    // operator looking in the wrong place.
+    if let Err(e) = std::fs::File::open(path) {
+        let reason = match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "the configuration file does not exist (pass --config PATH)".to_owned()
+            }
+            std::io::ErrorKind::PermissionDenied => format!(
+                "the configuration file cannot be read by this user ({e}); the daemon's user reads it through its group (`root:stellantis-sync`, mode 0640, in a directory it may enter)"
+            ),
+            _ => format!("the configuration file cannot be read: {e}"),
+        };
         return Err(ConfigError {
             problems: vec![Problem {
                 source: file_label,
                 key: "-".into(),
-                reason: "the configuration file does not exist (pass --config PATH)".into(),
+                reason,
             }],
         });
     }
