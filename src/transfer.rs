@@ -104,7 +104,12 @@ pub enum TransferError {
     )]
     Uncovered { path: PathBuf, table: String },
     #[error(
-        "database {path} has schema version {found}, this program {expected}; run this version's daemon (or `--once`) on it first"
+        "database {path} has schema version {found}, this program {expected}; {}",
+        if found > expected {
+            "it was written by a newer version of stellantis-sync: use that version (or a newer one) for this move"
+        } else {
+            "it was written by an older version: run this version's daemon (or `--once`) on that database, then export again"
+        }
     )]
     Version {
         path: PathBuf,
@@ -113,6 +118,16 @@ pub enum TransferError {
     },
     #[error("{path} is not an export of exactly one account (it holds {accounts})")]
     NotAnExport { path: PathBuf, accounts: i64 },
+    #[error("{path} is damaged ({detail}); nothing was imported")]
+    Damaged { path: PathBuf, detail: String },
+    #[error(
+        "{path} holds {rows} rows in {table} of an account that is not its exported one; nothing was imported"
+    )]
+    StrayRows {
+        path: PathBuf,
+        table: String,
+        rows: i64,
+    },
     #[error("{path} holds no token record (export it with --with-tokens --remove)")]
     NoToken { path: PathBuf },
     #[error(
@@ -637,6 +652,16 @@ pub async fn import(
 ) -> Result<(String, Counts, bool), TransferError> {
     let _instance = lock(&cfg.state_dir)?;
     let probe = store::open_read_only(file)?;
+    // A damaged file is the file's fault, and said so (not an error of the target database).
+    let check: String = probe
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .unwrap_or_else(|e| e.to_string());
+    if check != "ok" {
+        return Err(TransferError::Damaged {
+            path: file.to_owned(),
+            detail: check,
+        });
+    }
     check_version(&probe, "main", file)?;
     let accounts: i64 = probe
         .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))
@@ -650,6 +675,27 @@ pub async fn import(
     let name: String = probe
         .query_row("SELECT name FROM accounts", [], |r| r.get(0))
         .map_err(sql(file))?;
+    // Every row belongs to the exported account: the copy takes only its rows, and a file with
+    // others is not an export (nothing would say what was left behind).
+    for table in tables_with_account_id(&probe, "main").map_err(sql(file))? {
+        let rows: i64 = probe
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM main.{} WHERE account_id IS NOT (SELECT account_id FROM accounts)",
+                    quote(&table)
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql(file))?;
+        if rows > 0 {
+            return Err(TransferError::StrayRows {
+                path: file.to_owned(),
+                table,
+                rows,
+            });
+        }
+    }
     // The name becomes file names in the token store: never trust it.
     if !crate::config::valid_name(&name) {
         return Err(TransferError::BadName {

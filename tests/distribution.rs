@@ -851,6 +851,55 @@ async fn a_move_that_fails_or_a_doctored_file_never_loses_or_misplaces_a_token()
         token3
     );
     assert!(!bdir.path().join("state/tokens/user2.json").exists());
+    // A file with another account's rows, a newer schema, or a damaged page: refused, naming
+    // the file and what is wrong with it (not the healthy target).
+    std::fs::copy(&g, &doctored).unwrap();
+    {
+        let c = rusqlite::Connection::open(&doctored).unwrap();
+        c.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+        c.execute(
+            "INSERT INTO vehicle_status (account_id, vin, observed_ts, first_fetched_ts, last_fetched_ts, body_hash)
+             VALUES (999, 'X', 1, 1, 1, x'00')",
+            [],
+        )
+        .unwrap();
+    }
+    let o = run_with(&bcfg, &["import-account", doctored.to_str().unwrap()]).await;
+    assert_code(&o, 65);
+    assert!(
+        text(&o).contains("1 rows in vehicle_status of an account that is not"),
+        "{}",
+        text(&o)
+    );
+    std::fs::copy(&g, &doctored).unwrap();
+    rusqlite::Connection::open(&doctored)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let o = run_with(&bcfg, &["import-account", doctored.to_str().unwrap()]).await;
+    assert_code(&o, 65);
+    assert!(
+        text(&o).contains("written by a newer version"),
+        "{}",
+        text(&o)
+    );
+    std::fs::copy(&g, &doctored).unwrap();
+    {
+        let mut bytes = std::fs::read(&doctored).unwrap();
+        let page = 4096;
+        assert!(bytes.len() > 4 * page);
+        for b in &mut bytes[2 * page..3 * page] {
+            *b = 0xff;
+        }
+        std::fs::write(&doctored, bytes).unwrap();
+    }
+    let o = run_with(&bcfg, &["import-account", doctored.to_str().unwrap()]).await;
+    assert_code(&o, 65);
+    assert!(
+        text(&o).contains("doctored.sqlite is damaged"),
+        "{}",
+        text(&o)
+    );
     // The genuine file still moves.
     assert_code(
         &run_with(
