@@ -66,7 +66,11 @@ GROUP BY c.run_id, c.account_id, c.vehicle_id;
 
 CREATE VIEW vehicle_current AS
 SELECT a.name AS account, a.brand AS account_brand, v.account_id, v.vehicle_id, v.vin, v.brand,
-       v.motorization, v.label, v.first_seen_at, v.last_seen_at, v.data
+       v.motorization, v.label, v.first_seen_at,
+       CASE WHEN NOT EXISTS
+                (SELECT 1 FROM vehicle_absences x WHERE x.account_id = v.account_id AND x.vehicle_id = v.vehicle_id)
+            THEN coalesce(a.last_sync_at, v.listed_until) ELSE v.listed_until END AS last_seen_at,
+       v.data
 FROM vehicles AS v JOIN accounts AS a USING (account_id)
 WHERE v.removed_at IS NULL;
 
@@ -99,7 +103,9 @@ SELECT a.name AS account,
                                instr(json_extract(v.data, '$.pictures[0]'), 'version=') + 8) || '&', '&') - 1)
        END AS version_code,
        v.first_seen_at,
-       v.last_seen_at,
+       CASE WHEN v.removed_at IS NULL AND NOT EXISTS
+                (SELECT 1 FROM vehicle_absences x WHERE x.account_id = v.account_id AND x.vehicle_id = v.vehicle_id)
+            THEN coalesce(a.last_sync_at, v.listed_until) ELSE v.listed_until END AS last_seen_at,
        v.removed_at,
        (SELECT count(*) FROM vehicle_changes c
          WHERE c.account_id = v.account_id AND c.vehicle_id = v.vehicle_id AND c.kind = 'changed') AS changes,
@@ -294,7 +300,7 @@ CREATE TABLE vehicles (
     motorization  TEXT,
     label         TEXT,
     first_seen_at TEXT NOT NULL,
-    last_seen_at  TEXT NOT NULL,
+    listed_until  TEXT NOT NULL,
     removed_at    TEXT,
     -- A hash of `data` (XXH3-128), read by every poll to skip unchanged vehicles without parsing
     -- them; a hint only (NULL or a mismatch means "compare the JSON").

@@ -101,10 +101,13 @@ fn copy_with(
     let tmp_text = tmp
         .to_str()
         .ok_or_else(|| write_err(db, dest, "the path is not UTF-8"))?;
+    let journal = PathBuf::from(format!("{}-journal", tmp.display()));
     if let Err(e) = conn.execute("VACUUM INTO ?1", [tmp_text]) {
         let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(&journal);
         return Err(write_err(db, dest, e));
     }
+    let _ = std::fs::remove_file(&journal);
     if let Err(e) = check(&tmp) {
         let _ = std::fs::remove_file(&tmp);
         return Err(BackupError::Corrupt {
@@ -166,6 +169,7 @@ pub fn backup_into_dir(
     state_dir: &Path,
     kind: &str,
 ) -> Result<BackupRecord, BackupError> {
+    remove_stale_temporaries(dir);
     let mut dest = dir.join(format!("{FILE_PREFIX}{}.sqlite", stamp()));
     let mut n = 1;
     while dest.exists() {
@@ -175,15 +179,43 @@ pub fn backup_into_dir(
     let mut rec = backup_to(db, &dest)?;
     rec.kind = kind.into();
     record(state_dir, &rec);
-    for old in prune(dir, keep) {
+    for old in prune(dir, keep, &rec.path, db) {
         tracing::info!(file = %old.display(), "old backup removed (keep = {keep})");
     }
     Ok(rec)
 }
 
-/// Removes the oldest `stellantis-sync-*.sqlite` files in `dir` beyond the newest `keep`;
-/// returns what it removed.
-pub fn prune(dir: &Path, keep: usize) -> Vec<PathBuf> {
+/// Whether `name` is one of our backups: `stellantis-sync-YYYYMMDDTHHMMSSZ[-N].sqlite`, exactly
+/// (an operator's `stellantis-sync-archive.sqlite`, or the database itself, never is).
+pub fn is_backup_name(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix(FILE_PREFIX)
+        .and_then(|r| r.strip_suffix(".sqlite"))
+    else {
+        return false;
+    };
+    let (stamp, n) = match rest.split_once('-') {
+        Some((s, n)) => (s, Some(n)),
+        None => (rest, None),
+    };
+    let b = stamp.as_bytes();
+    let stamp_ok = b.len() == 16
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z';
+    stamp_ok && n.is_none_or(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+}
+
+/// Removes the oldest backups in `dir` beyond `keep` (at least 1); returns what it removed. Only
+/// files named as ours ([`is_backup_name`]) count; the copy just written (`newest`) is always
+/// kept, whatever its name says (after the clock was set back it sorts first), and so is the
+/// database itself.
+pub fn prune(dir: &Path, keep: usize, newest: &Path, db: &Path) -> Vec<PathBuf> {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
@@ -191,13 +223,15 @@ pub fn prune(dir: &Path, keep: usize) -> Vec<PathBuf> {
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(FILE_PREFIX) && n.ends_with(".sqlite"))
+                        .is_some_and(is_backup_name)
+                        && !same(p, newest)
+                        && !same(p, db)
                 })
                 .collect()
         })
         .unwrap_or_default();
     files.sort();
-    let excess = files.len().saturating_sub(keep.max(1));
+    let excess = files.len().saturating_sub(keep.max(1) - 1);
     let mut removed = Vec::new();
     for f in files.into_iter().take(excess) {
         if std::fs::remove_file(&f).is_ok() {
@@ -205,6 +239,33 @@ pub fn prune(dir: &Path, keep: usize) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+/// Removes what an interrupted copy left in `dir` (`.NAME.tmp-PID` and its `-journal`) when the
+/// process PID is gone: a killed `backup` command must not leave a partial copy for ever.
+pub fn remove_stale_temporaries(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&format!(".{FILE_PREFIX}"))
+            .and_then(|r| r.rsplit_once(".tmp-"))
+            .map(|(_, p)| p.trim_end_matches("-journal").to_owned())
+        else {
+            continue;
+        };
+        let alive = pid
+            .parse::<u32>()
+            .is_ok_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
+        if !alive
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            tracing::info!(file = %e.path().display(), "removed what an interrupted backup left");
+        }
+    }
 }
 
 fn record_path(state_dir: &Path) -> PathBuf {
@@ -393,6 +454,14 @@ mod tests {
             std::fs::write(bdir.join(format!("{FILE_PREFIX}{old}.sqlite")), b"x").unwrap();
         }
         std::fs::write(bdir.join("unrelated.sqlite"), b"x").unwrap();
+        // Files that look like ours but are not (the adversarial pass: keep deleted them).
+        for theirs in [
+            "stellantis-sync-home.sqlite",
+            "stellantis-sync-2019-archive.sqlite",
+            "stellantis-sync-20200101T000000Z-old.sqlite",
+        ] {
+            std::fs::write(bdir.join(theirs), b"x").unwrap();
+        }
         let rec = backup_into_dir(&db, &bdir, 2, dir.path(), "scheduled").unwrap();
         let mut names: Vec<String> = std::fs::read_dir(&bdir)
             .unwrap()
@@ -400,10 +469,51 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(names.len(), 6, "{names:?}");
         assert!(names.contains(&"unrelated.sqlite".to_owned()));
+        assert!(names.contains(&"stellantis-sync-home.sqlite".to_owned()));
+        assert!(names.contains(&"stellantis-sync-2019-archive.sqlite".to_owned()));
         assert!(names.contains(&format!("{FILE_PREFIX}20200103T000000Z.sqlite")));
         assert_eq!(last_backup(dir.path()), Some(rec));
+    }
+
+    #[test]
+    fn the_copy_just_written_and_the_database_are_never_rotated_away() {
+        let dir = tempfile::tempdir().unwrap();
+        // The database itself named like a backup, in the backup directory, keep = 1.
+        let db = sample_db(dir.path());
+        let live = dir
+            .path()
+            .join(format!("{FILE_PREFIX}20200101T000000Z.sqlite"));
+        std::fs::rename(&db, &live).unwrap();
+        // A backup from "the future" (taken before the clock was set back).
+        let future = dir
+            .path()
+            .join(format!("{FILE_PREFIX}29990101T000000Z.sqlite"));
+        std::fs::write(&future, b"x").unwrap();
+        let rec = backup_into_dir(&live, dir.path(), 1, dir.path(), "scheduled").unwrap();
+        assert!(rec.path.exists(), "the new copy was rotated away");
+        assert!(live.exists(), "the database was rotated away");
+        assert!(!future.exists(), "keep = 1 keeps only the new copy");
+        assert_eq!(last_backup(dir.path()).map(|r| r.path), Some(rec.path));
+    }
+
+    #[test]
+    fn what_a_killed_backup_left_is_removed_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sample_db(dir.path());
+        let bdir = dir.path().join("backups");
+        std::fs::create_dir_all(&bdir).unwrap();
+        // PID 4194304 is above Linux's pid_max: never alive.
+        let dead = bdir.join(format!(".{FILE_PREFIX}20200101T000000Z.sqlite.tmp-4194304"));
+        let dead_journal = PathBuf::from(format!("{}-journal", dead.display()));
+        let mine = bdir.join(format!(".{FILE_PREFIX}x.sqlite.tmp-{}", std::process::id()));
+        for f in [&dead, &dead_journal, &mine] {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        backup_into_dir(&db, &bdir, 5, dir.path(), "manual").unwrap();
+        assert!(!dead.exists() && !dead_journal.exists());
+        assert!(mine.exists(), "a live process's copy in progress stays");
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0006_compact_bodies",
         include_str!("migrations/0006_compact_bodies.sql"),
     ),
+    (
+        "0007_listed_until",
+        include_str!("migrations/0007_listed_until.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.
@@ -576,10 +580,15 @@ fn write_changes(
         ])?;
         touched.insert(c.vehicle_id.as_str());
     }
-    // Removals first, so that the bulk `last_seen_at` below skips them (they were last seen by
-    // the previous poll).
+    // A vehicle that leaves was last seen by the account's previous listing (its
+    // `accounts.last_sync_at`, not yet moved by this one), unless it was already missing from
+    // a listing before, when `listed_until` was set.
     let mut removed = tx.prepare_cached(
-        "UPDATE vehicles SET removed_at = ?3 WHERE account_id = ?1 AND vehicle_id = ?2",
+        "UPDATE vehicles SET removed_at = ?3, listed_until = CASE
+             WHEN EXISTS (SELECT 1 FROM vehicle_absences x WHERE x.account_id = ?1 AND x.vehicle_id = ?2)
+             THEN listed_until
+             ELSE coalesce((SELECT last_sync_at FROM accounts WHERE account_id = ?1), listed_until) END
+         WHERE account_id = ?1 AND vehicle_id = ?2",
     )?;
     // A vehicle that left the account is no longer polled: its open telemetry intervals end at
     // its last observation (a session ends `unknown`), instead of staying open for ever.
@@ -600,17 +609,14 @@ fn write_changes(
             close_state.execute(params![account_id, vin])?;
         }
     }
-    // One statement for every vehicle still present; a same-length value is overwritten in place.
-    tx.prepare_cached(
-        "UPDATE vehicles SET last_seen_at = ?2 WHERE account_id = ?1 AND removed_at IS NULL",
-    )?
-    .execute(params![account_id, now])?;
+    // No statement for the vehicles present and unchanged: they were seen now, which the
+    // account's `last_sync_at` records (migration 0007).
     let mut upsert = tx.prepare_cached(
-        "INSERT INTO vehicles (account_id, vehicle_id, vin, brand, motorization, label, first_seen_at, last_seen_at, removed_at, data, data_hash)
+        "INSERT INTO vehicles (account_id, vehicle_id, vin, brand, motorization, label, first_seen_at, listed_until, removed_at, data, data_hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, NULL, ?8, ?9)
          ON CONFLICT (account_id, vehicle_id) DO UPDATE SET vin = excluded.vin, brand = excluded.brand,
              motorization = excluded.motorization, label = excluded.label, data = excluded.data,
-             data_hash = excluded.data_hash, last_seen_at = excluded.last_seen_at, removed_at = NULL",
+             data_hash = excluded.data_hash, listed_until = excluded.listed_until, removed_at = NULL",
     )?;
     for (listed, hash) in listing.vehicles().iter().zip(hashes) {
         if touched.contains(listed.id.as_str()) {
@@ -651,8 +657,14 @@ fn write_absences(
     let mut add = tx.prepare_cached(
         "INSERT OR IGNORE INTO vehicle_absences (account_id, vehicle_id, since, run_id) VALUES (?1, ?2, ?3, ?4)",
     )?;
+    // It was last seen by the account's previous listing (`last_sync_at`, not yet moved).
+    let mut last_seen = tx.prepare_cached(
+        "UPDATE vehicles SET listed_until = coalesce((SELECT last_sync_at FROM accounts WHERE account_id = ?1), listed_until)
+         WHERE account_id = ?1 AND vehicle_id = ?2",
+    )?;
     for id in first_absences(known, listing) {
         add.execute(params![account_id, id, now, run_id])?;
+        last_seen.execute(params![account_id, id])?;
         tracing::info!(
             vehicle = %id.chars().take(12).collect::<String>(),
             "a vehicle is missing from a listing of several pages; it is recorded removed only if the next listing confirms"
@@ -743,6 +755,62 @@ mod tests {
             )
             .unwrap();
         assert_eq!(orphans, 0);
+    }
+
+    #[test]
+    fn an_unchanged_listing_writes_no_vehicle_row_and_last_seen_keeps_its_meaning() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        let account = db.account_id("a", "peugeot").unwrap();
+        let a = serde_json::json!({"id": "car-a", "vin": "VR3AAAAAAAAAAAAAA"});
+        let b = serde_json::json!({"id": "car-b", "vin": "VR3BBBBBBBBBBBBBB"});
+        let mut list = |db: &mut Db, vs: &[serde_json::Value]| -> String {
+            std::thread::sleep(Duration::from_millis(3));
+            let run = db.begin_run(account).unwrap();
+            db.apply_listing(run, account, &CompleteListing::assume_complete(vs), 1)
+                .unwrap();
+            db.conn
+                .query_row("SELECT last_sync_at FROM accounts", [], |r| r.get(0))
+                .unwrap()
+        };
+        let seen = |db: &Db, view: &str, vin: &str| -> String {
+            db.conn
+                .query_row(
+                    &format!("SELECT last_seen_at FROM {view} WHERE vin = ?1"),
+                    [vin],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let t1 = list(&mut db, &[a.clone(), b.clone()]);
+        let changes_before = db.conn.total_changes();
+        let t2 = list(&mut db, &[a.clone(), b.clone()]);
+        // The unchanged listing touched the run and the account, not the vehicles.
+        let listed: Vec<String> = db
+            .conn
+            .prepare("SELECT listed_until FROM vehicles ORDER BY vehicle_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(listed, [t1.clone(), t1.clone()]);
+        // (the run row, its start and end, the account: 4; the vehicles would make it 6)
+        assert!(
+            db.conn.total_changes() - changes_before <= 4,
+            "{}",
+            db.conn.total_changes() - changes_before
+        );
+        assert_ne!(t1, t2);
+        for view in ["vehicle_current", "vehicle_list"] {
+            assert_eq!(seen(&db, view, "VR3AAAAAAAAAAAAAA"), t2, "{view}");
+        }
+        // b leaves: it was last seen by the second listing, and says so for good.
+        let t3 = list(&mut db, std::slice::from_ref(&a));
+        assert_eq!(seen(&db, "vehicle_list", "VR3BBBBBBBBBBBBBB"), t2);
+        assert_eq!(seen(&db, "vehicle_list", "VR3AAAAAAAAAAAAAA"), t3);
+        let _t4 = list(&mut db, std::slice::from_ref(&a));
+        assert_eq!(seen(&db, "vehicle_list", "VR3BBBBBBBBBBBBBB"), t2);
     }
 
     #[test]
