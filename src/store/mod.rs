@@ -764,7 +764,7 @@ mod tests {
         let account = db.account_id("a", "peugeot").unwrap();
         let a = serde_json::json!({"id": "car-a", "vin": "VR3AAAAAAAAAAAAAA"});
         let b = serde_json::json!({"id": "car-b", "vin": "VR3BBBBBBBBBBBBBB"});
-        let mut list = |db: &mut Db, vs: &[serde_json::Value]| -> String {
+        let list = |db: &mut Db, vs: &[serde_json::Value]| -> String {
             std::thread::sleep(Duration::from_millis(3));
             let run = db.begin_run(account).unwrap();
             db.apply_listing(run, account, &CompleteListing::assume_complete(vs), 1)
