@@ -2,7 +2,8 @@
 //! `sync_runs.error_message` and in `status`; a server that echoes the request (its
 //! `Authorization` header, or a form body with a refresh token) must not turn them into a leak.
 //!
-//! [`tokens`] removes what looks like a credential whatever it is: values after `Bearer`,
+//! [`tokens`] removes what looks like a credential whatever it is: values after `Bearer` or
+//! `Basic`,
 //! after `token=`/`password=`/`code=`-style keys (form or JSON), and every UUID-shaped word
 //! (Stellantis' access and refresh tokens are UUIDs). [`known`] removes given secrets verbatim
 //! (a client secret or a password need not look like anything).
@@ -54,20 +55,24 @@ pub fn tokens(text: &str) -> String {
             }
         }
     }
-    // `Bearer <token>` (any case).
-    let lower = out.to_ascii_lowercase();
-    let mut from = 0;
-    let mut masked = String::with_capacity(out.len());
-    while let Some(at) = lower[from..].find("bearer ") {
-        let start = from + at + "bearer ".len();
-        let end = out[start..]
-            .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
-            .map_or(out.len(), |e| start + e);
-        masked.push_str(&out[from..start]);
-        masked.push_str(MASK);
-        from = end;
+    // `Bearer <token>` and `Basic <base64 of id:secret>` (any case).
+    let mut masked = out;
+    for scheme in ["bearer ", "basic "] {
+        let lower = masked.to_ascii_lowercase();
+        let mut from = 0;
+        let mut next = String::with_capacity(masked.len());
+        while let Some(at) = lower[from..].find(scheme) {
+            let start = from + at + scheme.len();
+            let end = masked[start..]
+                .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
+                .map_or(masked.len(), |e| start + e);
+            next.push_str(&masked[from..start]);
+            next.push_str(MASK);
+            from = end;
+        }
+        next.push_str(&masked[from..]);
+        masked = next;
     }
-    masked.push_str(&out[from..]);
     // UUID-shaped words.
     let bytes = masked.as_bytes();
     let mut result = String::with_capacity(masked.len());
@@ -136,6 +141,11 @@ mod tests {
                 "hunter22".into(),
             ),
             (format!("id {t}."), t.to_owned()),
+            (
+                "echo: Authorization: Basic c2ltLWNsaWVudC1pZDpzaW0tY2xpZW50LXNlY3JldA=="
+                    .to_owned(),
+                "c2ltLWNsaWVudC1pZDpzaW0tY2xpZW50LXNlY3JldA".into(),
+            ),
         ] {
             let out = tokens(&input);
             assert!(!out.contains(&leaked), "{input} -> {out}");

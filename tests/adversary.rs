@@ -741,6 +741,84 @@ async fn secrets_echoed_by_a_server_are_not_repeated() {
     assert!(text(&status).contains("[redacted]"), "{}", text(&status));
 }
 
+/// The ops adversarial pass: an identity provider that echoes the request in `error` (with the
+/// refresh token) and the `Authorization: Basic` header (the client secret, base64) in
+/// `error_description`: neither reaches the log, `status` or the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_echoed_by_the_identity_provider_are_not_repeated() {
+    let idp = Fake::start(|r| async move {
+        let auth = r
+            .headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        json_response(
+            400,
+            &json!({
+                "error": String::from_utf8_lossy(&r.body),
+                "error_description": format!("bad request from Authorization: {auth}"),
+            }),
+        )
+    })
+    .await;
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts::idle(),
+    )
+    .await;
+    point_section_at(&env.config, "idp", &idp.base);
+    let refresh = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("refresh_token = \"")
+                .map(|v| v.trim_end_matches('"').to_owned())
+        })
+        .expect("a bootstrapped account has a refresh token in the config");
+    let out = env.run(&["--once"], &[("RUST_LOG", "trace")]).await;
+    assert!(
+        matches!(out.status.code(), Some(75 | 77 | 78)),
+        "{}",
+        text(&out)
+    );
+    let status = env.run(&["status"], &[]).await;
+    let dump = std::process::Command::new("sqlite3")
+        .arg(env.db_path())
+        .arg(".dump")
+        .output()
+        .unwrap();
+    let basic = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            stellantis_sync::sim::DEFAULT_CLIENT_ID,
+            stellantis_sync::sim::DEFAULT_CLIENT_SECRET
+        ))
+    };
+    for (what, hay) in [
+        ("log", text(&out)),
+        ("status", text(&status)),
+        (
+            "database",
+            String::from_utf8_lossy(&dump.stdout).into_owned(),
+        ),
+    ] {
+        assert!(
+            !hay.contains(&refresh),
+            "the refresh token in the {what}: {hay}"
+        );
+        assert!(
+            !hay.contains(basic.trim_end_matches('=')),
+            "the client secret (Basic) in the {what}: {hay}"
+        );
+        assert!(
+            !hay.contains(stellantis_sync::sim::DEFAULT_CLIENT_SECRET),
+            "the client secret in the {what}"
+        );
+    }
+}
+
 /// Review 8 and 11: a command line clap refuses exits 64 (usage), and a run that sent nothing
 /// because of a cooldown counts no request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

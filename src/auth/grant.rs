@@ -189,7 +189,9 @@ pub async fn request(
     let (code, description) = err
         .map(|e| {
             (
-                e.error.unwrap_or_default(),
+                // RFC 6749 §5.2 error codes are short words; anything else (a server that echoes
+                // the request, refresh token included, in `error`) is not quoted.
+                error_code(e.error.unwrap_or_default()),
                 // Some servers echo the request (with its refresh token) in the description.
                 crate::redact::tokens(&e.error_description.unwrap_or_default()),
             )
@@ -216,6 +218,22 @@ pub async fn request(
             description,
         }),
         (s, _) => Err(GrantError::Transient(format!("unexpected HTTP {s}"))),
+    }
+}
+
+/// The `error` of an OAuth error body if it looks like an error code (a word of at most 64
+/// letters, digits, `_`, `-`, `.`), else a placeholder: it is quoted in logs, `status` and the
+/// database.
+fn error_code(raw: String) -> String {
+    let word = !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if word || raw.is_empty() {
+        raw
+    } else {
+        "unreadable_error_code".to_owned()
     }
 }
 
