@@ -404,8 +404,12 @@ pub async fn once(cfg: Config) -> u8 {
         }
         None => exit::TEMPFAIL,
     };
-    if let Some(s) = &summary {
-        ops.after_once(&app, s).await;
+    let mut code = code;
+    if let Some(s) = &summary
+        && !ops.after_once(&app, s).await
+        && matches!(code, exit::OK | exit::TEMPFAIL)
+    {
+        code = exit::IOERR;
     }
     finish(&app).await;
     if let Some(h) = signals {

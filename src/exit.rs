@@ -59,6 +59,8 @@ pub fn for_start(e: &StartError) -> u8 {
         StartError::Db(e) if e.is_io() => IOERR,
         StartError::Db(e) if e.is_busy() => TEMPFAIL,
         StartError::Db(DbError::TooNew { .. }) => CONFIG,
+        // The copy before a migration could not be written (a full disk): a local file.
+        StartError::Db(DbError::BackupBeforeMigration { .. }) => IOERR,
         StartError::Db(_) => SOFTWARE,
     }
 }
@@ -92,5 +94,11 @@ mod tests {
             source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(5), None),
         };
         assert_eq!(for_start(&StartError::Db(busy)), TEMPFAIL);
+        // The ops adversarial pass: a full disk under the copy before a migration exited 70.
+        let full = DbError::BackupBeforeMigration {
+            path: "db".into(),
+            reason: "No space left on device".into(),
+        };
+        assert_eq!(for_start(&StartError::Db(full)), IOERR);
     }
 }

@@ -309,8 +309,10 @@ impl Ops {
             .unwrap_or_else(|e| e.into_inner()) = Some(now);
     }
 
-    /// After `--once`'s pass: retention (waited for) and the textfile, if configured.
-    pub async fn after_once(&self, app: &App, summary: &PassSummary) {
+    /// After `--once`'s pass: retention (waited for) and the textfile, if configured. Returns
+    /// false if the textfile could not be written (`--once` then exits 74: a cron job must not
+    /// look healthy while node_exporter serves stale numbers).
+    pub async fn after_once(&self, app: &App, summary: &PassSummary) -> bool {
         self.record_pass(summary);
         if let Some(r) = app.cfg.ops.retention {
             let db = app.engine.db.clone();
@@ -325,10 +327,17 @@ impl Ops {
             .await;
             match written {
                 Ok(Ok(p)) => tracing::info!(file = %p.display(), "metrics written"),
-                Ok(Err(e)) => tracing::error!("{e}"),
-                Err(e) => tracing::error!("metrics textfile task failed: {e}"),
+                Ok(Err(e)) => {
+                    tracing::error!("{e}");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::error!("metrics textfile task failed: {e}");
+                    return false;
+                }
             }
         }
+        true
     }
 
     /// Stops the listener and the backup schedule.

@@ -405,6 +405,16 @@ async fn once_writes_the_textfile_that_promtool_accepts() {
             .count(),
         1
     );
+    // A textfile that cannot be written (its directory is gone): exit 74, so that cron notices
+    // while node_exporter would serve stale numbers (the adversarial pass found exit 0).
+    std::fs::remove_dir_all(prom_file.parent().unwrap()).unwrap();
+    let out = env.once().await;
+    assert_code(&out, 74);
+    assert!(
+        common::text(&out).contains("stellantis-sync.prom"),
+        "{}",
+        common::text(&out)
+    );
 }
 
 #[test]
