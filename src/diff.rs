@@ -59,6 +59,14 @@ impl CompleteListing {
     pub fn single_page(&self) -> bool {
         self.single_page
     }
+    /// Whether a vehicle it lacks is only recorded missing until the next listing confirms it
+    /// (then removed), instead of removed now: when it came in several answers (the list may
+    /// have changed between pages), and when it is empty. An empty answer would remove every
+    /// vehicle at once: one glitch of the server (a 200 with an empty collection, or a "No
+    /// vehicle found" during an outage) must not invent the removal of a whole account's cars.
+    pub fn removals_need_confirmation(&self) -> bool {
+        !self.single_page || self.vehicles.is_empty()
+    }
     /// For benchmarks and tests that feed the store directly. Production code gets a listing
     /// only from the fetcher, which checks completeness first. Vehicles without a string id are
     /// dropped.
@@ -157,7 +165,9 @@ pub fn diff(known: &[Known], listing: &CompleteListing) -> Vec<Change> {
         }
     }
     for k in known.iter().filter(|k| {
-        !k.removed && !present.contains(k.vehicle_id.as_str()) && (listing.single_page || k.missing)
+        !k.removed
+            && !present.contains(k.vehicle_id.as_str())
+            && (!listing.removals_need_confirmation() || k.missing)
     }) {
         out.push(Change {
             vehicle_id: k.vehicle_id.clone(),
@@ -171,10 +181,10 @@ pub fn diff(known: &[Known], listing: &CompleteListing) -> Vec<Change> {
     out
 }
 
-/// Known vehicles that a multi-page listing lacks for the first time: recorded missing, not
-/// removed, until the next complete listing confirms.
+/// Known vehicles that a multi-page or empty listing lacks for the first time: recorded
+/// missing, not removed, until the next complete listing confirms.
 pub fn first_absences<'a>(known: &'a [Known], listing: &CompleteListing) -> Vec<&'a str> {
-    if listing.single_page {
+    if !listing.removals_need_confirmation() {
         return Vec::new();
     }
     let present: HashSet<&str> = listing.vehicles().iter().map(|v| v.id.as_str()).collect();
@@ -289,6 +299,29 @@ mod tests {
         assert!(first_absences(&again, &back).is_empty());
         // A one-page listing is one answer of the server: authoritative at once.
         check(&before, vec![a], &["removed b"]);
+    }
+
+    #[test]
+    fn an_empty_listing_removes_nothing_until_the_next_confirms() {
+        // The ops adversarial pass: one 200 with an empty collection recorded every car
+        // removed, then added again by the next pass.
+        let before = [
+            known("a", json!({"id": "a"})),
+            known("b", json!({"id": "b"})),
+        ];
+        let empty = CompleteListing::assume_complete(&[]);
+        assert!(empty.single_page() && empty.removals_need_confirmation());
+        assert!(diff(&before, &empty).is_empty());
+        assert_eq!(first_absences(&before, &empty), vec!["a", "b"]);
+        let mut again = before.clone();
+        for k in &mut again {
+            k.missing = true;
+        }
+        let removed: Vec<String> = diff(&again, &empty)
+            .into_iter()
+            .map(|c| c.vehicle_id)
+            .collect();
+        assert_eq!(removed, ["a", "b"]);
     }
 
     #[test]

@@ -899,9 +899,11 @@ mod tests {
             );
             let info = table_info(db.conn(), "main", t).unwrap();
             for (col, parent) in &info.refs {
+                // A table may reference itself (`status_bodies.base_id`): its rows are copied in
+                // id order, so a base comes before the bodies stored against it.
                 let pos = ACCOUNT_TABLES.iter().position(|p| p == parent);
                 assert!(
-                    matches!(pos, Some(p) if p < i),
+                    matches!(pos, Some(p) if p < i || (p == i && info.id.is_some())),
                     "{t}.{col} references {parent}, which must come earlier in ACCOUNT_TABLES"
                 );
             }

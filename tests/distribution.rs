@@ -291,6 +291,13 @@ fn add_telemetry(db: &Path, account: &str, vin: &str, seed: i64) {
             "INSERT INTO status_bodies (body_hash, account_id, vin, first_fetched_ts, body) VALUES (?3, ?1, ?2, ?4, '{\"energy\":[{\"level\":80}]}')",
         ),
         (
+            // A body stored against that base (migration 0006): the reference must follow it.
+            "status_bodies",
+            "INSERT INTO status_bodies (body_hash, account_id, vin, first_fetched_ts, base_id, body)
+             VALUES (?3 || x'01', ?1, ?2, ?4 + 1,
+                     (SELECT body_id FROM status_bodies WHERE account_id = ?1 AND body_hash = ?3), x'78bb')",
+        ),
+        (
             "vehicle_status",
             "INSERT INTO vehicle_status (account_id, vin, observed_ts, first_fetched_ts, last_fetched_ts, soc, range_km, latitude, longitude, body_hash)
              VALUES (?1, ?2, ?4, ?4, ?4 + 600, 80.5, 310, 48.85, 2.35, ?3), (?1, ?2, ?4 + 900, ?4 + 900, ?4 + 900, 79.0, 305, NULL, NULL, ?3)",
