@@ -33,7 +33,7 @@ use crate::auth::store::TokenStore;
 use crate::config::{self, Account, Checks, Config};
 use crate::ratelimit::Limits;
 use crate::store::{Db, DbError};
-use crate::sync::{Engine, Outcome, RetryPolicy};
+use crate::sync::{Engine, Outcome};
 use crate::{exit, notify};
 
 /// Why the program could not start.
@@ -145,29 +145,29 @@ pub fn build(cfg: Config, prev: Option<&App>) -> Result<App, StartError> {
         }
     };
     let limits = Arc::new(Limits::new(
-        cfg.api_rate,
-        cfg.idp_rate,
+        cfg.api.rate,
+        cfg.idp.rate,
         Some(&cfg.state_dir),
     ));
     let tokens = Arc::new(match prev {
-        Some(p) => p.engine.tokens.reconfigured(&cfg, limits.clone()),
-        None => TokenManager::for_config(&cfg, limits.clone()),
+        Some(p) => {
+            p.engine
+                .tokens
+                .reconfigured(&cfg.state_dir, cfg.tokens, &cfg.idp, limits.clone())
+        }
+        None => TokenManager::in_dir(&cfg.state_dir, cfg.tokens, &cfg.idp, limits.clone()),
     });
     let api = ApiClient::new(
-        crate::http::client(cfg.api_timeout),
-        cfg.api_base.clone(),
+        crate::http::client(cfg.api.timeout),
+        cfg.api.base.clone(),
         limits.clone(),
-        cfg.page_size,
+        cfg.api.page_size,
     );
     let engine = Arc::new(Engine {
         api,
         tokens,
         db,
-        retry: RetryPolicy {
-            max_retries: cfg.api_max_retries,
-            base: cfg.retry_base,
-            cap: cfg.retry_cap,
-        },
+        retry: cfg.retry,
     });
     Ok(App {
         cfg,
@@ -363,7 +363,7 @@ pub async fn once(cfg: Config) -> u8 {
     let stop = CancellationToken::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let (engine, accounts, s) = (app.engine.clone(), app.cfg.accounts.clone(), stop.clone());
-    let max = app.cfg.max_concurrent_accounts;
+    let max = app.cfg.schedule.max_concurrent_accounts;
     let handle = tokio::spawn(async move {
         let summary = run_pass(engine, accounts, max, s, Arc::default()).await;
         let _ = done_tx.send(summary);
@@ -372,7 +372,7 @@ pub async fn once(cfg: Config) -> u8 {
         Some(summary) = done_rx.recv() => Some(summary),
         Some(Event::Signal(sig)) = rx.recv() => {
             tracing::info!("received {}, stopping", sig.name());
-            stop_pass(handle, &stop, app.cfg.shutdown_timeout, &mut rx).await;
+            stop_pass(handle, &stop, app.cfg.schedule.shutdown_timeout, &mut rx).await;
             done_rx.try_recv().ok()
         }
     };
@@ -392,7 +392,7 @@ pub async fn once(cfg: Config) -> u8 {
                 Some(Event::Signal(sig)) = rx.recv() => {
                     tracing::info!("received {}, stopping the telemetry round", sig.name());
                     stop.cancel();
-                    match tokio::time::timeout(app.cfg.shutdown_timeout, &mut round).await {
+                    match tokio::time::timeout(app.cfg.schedule.shutdown_timeout, &mut round).await {
                         Ok(r) => r.unwrap_or(list_code),
                         Err(_) => {
                             round.abort();
@@ -474,9 +474,10 @@ struct Daemon<'a> {
 /// watchdog is no longer fed and systemd restarts the service).
 fn stall_limit(cfg: &Config) -> Duration {
     let one_account = cfg
-        .api_timeout
-        .saturating_mul(cfg.api_max_retries.saturating_add(1).saturating_mul(2))
-        .saturating_add(cfg.idp_timeout.saturating_mul(2));
+        .api
+        .timeout
+        .saturating_mul(cfg.retry.max_retries.saturating_add(1).saturating_mul(2))
+        .saturating_add(cfg.idp.timeout.saturating_mul(2));
     one_account.max(Duration::from_secs(300))
 }
 
@@ -489,8 +490,8 @@ impl Daemon<'_> {
         let stop = CancellationToken::new();
         let engine = self.app.engine.clone();
         let accounts = self.app.cfg.accounts.clone();
-        let max = self.app.cfg.max_concurrent_accounts;
-        let jitter = self.app.cfg.schedule_jitter;
+        let max = self.app.cfg.schedule.max_concurrent_accounts;
+        let jitter = self.app.cfg.schedule.jitter;
         let (tx, s, progress) = (self.tx.clone(), stop.clone(), self.progress.clone());
         progress.store(now_ms(), Ordering::Relaxed);
         let handle = tokio::spawn(async move {
@@ -527,7 +528,7 @@ impl Daemon<'_> {
                 {
                     tracing::warn!("database and state_dir changes take effect after a restart");
                 }
-                let schedule_changed = new.schedule != self.app.cfg.schedule;
+                let schedule_changed = new.schedule.cron != self.app.cfg.schedule.cron;
                 new.database = self.app.cfg.database.clone();
                 new.state_dir = self.app.cfg.state_dir.clone();
                 self.app.limits.save();
@@ -535,12 +536,14 @@ impl Daemon<'_> {
                     Ok(next) => {
                         if schedule_changed {
                             let _ = self.sched.remove(&self.job).await;
-                            match schedule(&self.sched, &next.cfg.schedule, self.tx.clone()).await {
+                            match schedule(&self.sched, &next.cfg.schedule.cron, self.tx.clone())
+                                .await
+                            {
                                 Ok(j) => self.job = j,
                                 Err(e) => tracing::error!("{e}"),
                             }
                         }
-                        tracing::info!(accounts = next.cfg.accounts.len(), schedule = %next.cfg.schedule, "configuration reloaded");
+                        tracing::info!(accounts = next.cfg.accounts.len(), schedule = %next.cfg.schedule.cron, "configuration reloaded");
                         if let Some(t) = self.telemetry.as_mut() {
                             t.restart(&next.cfg, next.engine.clone());
                         }
@@ -564,10 +567,10 @@ impl Daemon<'_> {
         notify::notify("STOPPING=1");
         let _ = self.sched.remove(&self.job).await;
         if let Some(t) = self.telemetry.take() {
-            t.shutdown(self.app.cfg.shutdown_timeout).await;
+            t.shutdown(self.app.cfg.schedule.shutdown_timeout).await;
         }
         if let Some(Running { handle, stop }) = self.pass.take() {
-            stop_pass(handle, &stop, self.app.cfg.shutdown_timeout, rx).await;
+            stop_pass(handle, &stop, self.app.cfg.schedule.shutdown_timeout, rx).await;
         }
         finish(&self.app).await;
     }
@@ -632,7 +635,7 @@ pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
         tracing::error!("cannot start the scheduler");
         return exit::SOFTWARE;
     };
-    let job = match schedule(&sched, &app.cfg.schedule, tx.clone()).await {
+    let job = match schedule(&sched, &app.cfg.schedule.cron, tx.clone()).await {
         Ok(j) => j,
         Err(e) => {
             tracing::error!("{e}");
@@ -645,13 +648,13 @@ pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
     }
     tracing::info!(
         accounts = app.cfg.accounts.len(),
-        schedule = %app.cfg.schedule,
+        schedule = %app.cfg.schedule.cron,
         database = %app.cfg.database.display(),
         "stellantis-sync {} started",
         env!("CARGO_PKG_VERSION")
     );
     notify::notify("READY=1\nSTATUS=started, waiting for the first pass");
-    if app.cfg.run_at_startup {
+    if app.cfg.schedule.run_at_startup {
         let _ = tx.send(Event::Tick);
     }
     let mut d = Daemon {

@@ -189,7 +189,7 @@ impl Ops {
         let shared = Arc::new(Shared {
             metrics: Arc::new(Metrics::new()),
             liveness: Arc::new(Liveness::default()),
-            view: Mutex::new((app.cfg.database.clone(), app.cfg.schedule.clone())),
+            view: Mutex::new((app.cfg.database.clone(), app.cfg.schedule.cron.clone())),
             last_pass: Mutex::new(None),
         });
         let ops = Ops {
@@ -250,11 +250,11 @@ impl Ops {
                     )
                 })
                 .collect(),
-            refresh_token_max_age: app.cfg.refresh_token_max_age,
-            schedule: app.cfg.schedule.clone(),
+            refresh_token_max_age: app.cfg.tokens.max_age,
+            schedule: app.cfg.schedule.cron.clone(),
         });
         *self.shared.view.lock().unwrap_or_else(|e| e.into_inner()) =
-            (app.cfg.database.clone(), app.cfg.schedule.clone());
+            (app.cfg.database.clone(), app.cfg.schedule.cron.clone());
         if app.cfg.ops.external_checkpointing {
             let mut db = app.engine.db.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = db.leave_checkpoints_to_others() {

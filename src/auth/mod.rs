@@ -27,13 +27,14 @@ pub mod plan;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{Account, Config};
+use crate::config::{Account, IdpSettings, TokenPolicy};
 use crate::faultpoint;
 use crate::ratelimit::Limits;
 use crate::timefmt;
@@ -91,37 +92,6 @@ impl AuthError {
     }
 }
 
-/// Settings the token manager needs from the configuration.
-#[derive(Debug, Clone)]
-pub struct TokenSettings {
-    pub margin: Duration,
-    pub max_age: Duration,
-    pub warn_before: Duration,
-    pub idp_override: Option<String>,
-    pub lock_wait: Duration,
-    /// The identity provider's request timeout: how long a token exchange that has been sent may
-    /// still take when the daemon stops.
-    pub idp_timeout: Duration,
-}
-
-impl TokenSettings {
-    /// From the validated configuration.
-    pub fn from_config(cfg: &Config) -> TokenSettings {
-        TokenSettings {
-            margin: cfg.refresh_margin,
-            max_age: cfg.refresh_token_max_age,
-            warn_before: cfg.refresh_token_warn_before,
-            idp_override: cfg
-                .idp_base
-                .as_ref()
-                .map(|u| u.as_str().trim_end_matches('/').to_owned()),
-            // Another process holding the lock is refreshing: that takes at most an IdP timeout.
-            lock_wait: cfg.idp_timeout.saturating_add(Duration::from_secs(2)),
-            idp_timeout: cfg.idp_timeout,
-        }
-    }
-}
-
 /// Token records whose durable write failed: each holds the only live refresh token of its
 /// account. Shared across reloads (a reload builds a new [`TokenManager`] around the same map), and
 /// written again at every pass, on reload and on shutdown.
@@ -154,7 +124,8 @@ struct Inner {
     store: TokenStore,
     http: reqwest::Client,
     limits: Arc<Limits>,
-    settings: TokenSettings,
+    policy: TokenPolicy,
+    idp: IdpSettings,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     warned: Mutex<HashMap<String, chrono::DateTime<Utc>>>,
     pending: Arc<PendingTokens>,
@@ -190,13 +161,15 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> String {
 }
 
 impl TokenManager {
+    /// A manager over `store`, with its own HTTP client, the token policy and the IdP's settings.
     pub fn new(
         store: TokenStore,
         http: reqwest::Client,
         limits: Arc<Limits>,
-        settings: TokenSettings,
+        policy: TokenPolicy,
+        idp: IdpSettings,
     ) -> TokenManager {
-        TokenManager::with_pending(store, http, limits, settings, Arc::default())
+        TokenManager::with_pending(store, http, limits, policy, idp, Arc::default())
     }
 
     /// A manager that shares `pending` (the unsaved records) with its predecessor (a reload).
@@ -204,7 +177,8 @@ impl TokenManager {
         store: TokenStore,
         http: reqwest::Client,
         limits: Arc<Limits>,
-        settings: TokenSettings,
+        policy: TokenPolicy,
+        idp: IdpSettings,
         pending: Arc<PendingTokens>,
     ) -> TokenManager {
         TokenManager {
@@ -212,7 +186,8 @@ impl TokenManager {
                 store,
                 http,
                 limits,
-                settings,
+                policy,
+                idp,
                 locks: Mutex::new(HashMap::new()),
                 warned: Mutex::new(HashMap::new()),
                 pending,
@@ -224,26 +199,39 @@ impl TokenManager {
 
     /// The manager of a reloaded configuration: it shares this one's records kept in memory and
     /// its tracked exchanges (so shutdown still waits for one the old manager started).
-    pub fn reconfigured(&self, cfg: &Config, limits: Arc<Limits>) -> TokenManager {
+    pub fn reconfigured(
+        &self,
+        state_dir: &Path,
+        policy: TokenPolicy,
+        idp: &IdpSettings,
+        limits: Arc<Limits>,
+    ) -> TokenManager {
         let mut m = TokenManager::with_pending(
-            TokenStore::new(&cfg.state_dir),
-            crate::http::client(cfg.idp_timeout),
+            TokenStore::new(state_dir),
+            crate::http::client(idp.timeout),
             limits,
-            TokenSettings::from_config(cfg),
+            policy,
+            idp.clone(),
             self.pending(),
         );
         m.tracker = self.tracker.clone();
         m
     }
 
-    /// The token manager of a configuration: its state directory's store, an HTTP client with
-    /// the identity provider's timeout, and its refresh settings.
-    pub fn for_config(cfg: &Config, limits: Arc<Limits>) -> TokenManager {
+    /// The token manager of a state directory: its store, an HTTP client with the identity
+    /// provider's timeout, and the refresh policy.
+    pub fn in_dir(
+        state_dir: &Path,
+        policy: TokenPolicy,
+        idp: &IdpSettings,
+        limits: Arc<Limits>,
+    ) -> TokenManager {
         TokenManager::new(
-            TokenStore::new(&cfg.state_dir),
-            crate::http::client(cfg.idp_timeout),
+            TokenStore::new(state_dir),
+            crate::http::client(idp.timeout),
             limits,
-            TokenSettings::from_config(cfg),
+            policy,
+            idp.clone(),
         )
     }
 
@@ -311,7 +299,7 @@ impl TokenManager {
                 let _guard = mutex.lock().await;
                 let Ok(_lock) = inner
                     .store
-                    .lock(&account.name, inner.settings.lock_wait)
+                    .lock(&account.name, inner.idp.lock_wait())
                     .await
                 else {
                     return;
@@ -336,10 +324,10 @@ impl TokenManager {
                 "waiting for {busy} token exchange(s) with the identity provider to finish and be saved"
             );
         }
-        let s = &self.inner.settings;
-        let limit = s
-            .idp_timeout
-            .saturating_add(s.lock_wait)
+        let idp = &self.inner.idp;
+        let limit = idp
+            .timeout
+            .saturating_add(idp.lock_wait())
             .saturating_add(extra);
         let done = tokio::time::timeout(limit, self.tracker.wait())
             .await
@@ -360,10 +348,7 @@ impl TokenManager {
 
 impl Inner {
     fn idp_base(&self, a: &Account) -> String {
-        self.settings
-            .idp_override
-            .clone()
-            .unwrap_or_else(|| a.brand.idp_base_url().to_owned())
+        self.idp.base_for(a.brand)
     }
 
     fn account_mutex(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -452,7 +437,7 @@ impl Inner {
         }
         let usable = |rec: &Option<TokenRecord>| {
             rec.as_ref().and_then(|r| {
-                plan::usable_access(r, self.settings.margin, Utc::now(), rejected.as_deref())
+                plan::usable_access(r, self.policy.margin, Utc::now(), rejected.as_deref())
             })
         };
         if let Some(tok) = usable(&rec) {
@@ -468,7 +453,7 @@ impl Inner {
         // The network is needed: take the cross-process lock and look again.
         let _lock = self
             .store
-            .lock(&a.name, self.settings.lock_wait)
+            .lock(&a.name, self.idp.lock_wait())
             .await
             .map_err(|e| Self::store_err(a, e))?;
         let rec = self
@@ -553,14 +538,15 @@ impl Inner {
                         .store
                         .load(&a.name)
                         .map_err(|e| Self::store_err(a, e))?;
-                    if let Some(tok) = again.as_ref().and_then(|r| {
-                        plan::usable_access(r, self.settings.margin, Utc::now(), None)
-                    }) && again
+                    if let Some(tok) = again
                         .as_ref()
-                        .and_then(|r| r.refresh_token.as_ref().map(fingerprint))
-                        != rec
+                        .and_then(|r| plan::usable_access(r, self.policy.margin, Utc::now(), None))
+                        && again
                             .as_ref()
                             .and_then(|r| r.refresh_token.as_ref().map(fingerprint))
+                            != rec
+                                .as_ref()
+                                .and_then(|r| r.refresh_token.as_ref().map(fingerprint))
                     {
                         return Ok(tok);
                     }
@@ -724,7 +710,7 @@ impl Inner {
         };
         let _lock = self
             .store
-            .lock(name, self.settings.lock_wait)
+            .lock(name, self.idp.lock_wait())
             .await
             .map_err(err)?;
         let disk = self.store.load(name).map_err(err)?;
@@ -796,8 +782,8 @@ impl Inner {
             return;
         };
         let (Ok(max), Ok(before)) = (
-            chrono::Duration::from_std(self.settings.max_age),
-            chrono::Duration::from_std(self.settings.warn_before),
+            chrono::Duration::from_std(self.policy.max_age),
+            chrono::Duration::from_std(self.policy.warn_before),
         ) else {
             return;
         };
@@ -821,7 +807,7 @@ impl Inner {
             account = %a.name,
             "the refresh token chain started {}; Stellantis ends it after about {} days, in about {hours} h: run `stellantis-sync login --account {}` before then",
             timefmt::format(start),
-            self.settings.max_age.as_secs() / 86_400,
+            self.policy.max_age.as_secs() / 86_400,
             a.name
         );
     }

@@ -134,7 +134,7 @@ pub fn projections(
     let mut out: Vec<_> = by_client
         .into_iter()
         .map(|(client, (accounts, n))| {
-            let list = list_requests_per_day(&cfg.schedule, accounts);
+            let list = list_requests_per_day(&cfg.schedule.cron, accounts);
             let p = schedule::projection(
                 &cfg.telemetry.intervals,
                 cfg.telemetry.daily_request_budget,
@@ -186,7 +186,7 @@ impl Telemetry {
         }
         let list_per_day = accounts_per_client
             .into_iter()
-            .map(|(c, n)| (c, list_requests_per_day(&cfg.schedule, n)))
+            .map(|(c, n)| (c, list_requests_per_day(&cfg.schedule.cron, n)))
             .collect();
         Telemetry {
             settings: cfg.telemetry.clone(),
