@@ -22,6 +22,7 @@ pub mod fsutil;
 pub mod health;
 pub mod http;
 pub mod http_server;
+pub mod jobs;
 pub mod listing;
 pub mod logging;
 pub mod metrics;
