@@ -298,17 +298,7 @@ fn account(
     bootstrap_tokens: &mut Vec<(usize, SecretString)>,
 ) -> Option<Account> {
     let key = |k: &str| format!("accounts[{i}].{k}");
-    if !valid_name(&a.name) {
-        v.bad(
-            key("name"),
-            format!(
-                "`{}` is not a valid name (letters, digits, - _ . @; at most 64)",
-                a.name
-            ),
-        );
-    } else if !names.insert(a.name.to_ascii_lowercase()) {
-        v.bad(key("name"), format!("duplicate account name `{}`", a.name));
-    }
+    account_name(v, &key("name"), &a.name, names);
     let brand = match a.brand.parse::<Brand>() {
         Ok(b) => Some(b),
         Err(e) => {
@@ -346,18 +336,7 @@ fn account(
         &format!("{}.refresh_token", a.name),
     );
     if let Some(t) = &refresh_token {
-        use secrecy::ExposeSecret;
-        if let Some((j, _)) = bootstrap_tokens
-            .iter()
-            .find(|(_, o)| o.expose_secret() == t.expose_secret())
-        {
-            v.bad(
-                key("refresh_token"),
-                format!("the same refresh token as accounts[{j}] (value not shown): a refresh token belongs to one account, and presenting it twice kills it"),
-            );
-        } else {
-            bootstrap_tokens.push((i, t.clone()));
-        }
+        one_account_per_token(v, i, t, bootstrap_tokens);
     }
     if password.is_some() && a.username.is_none() {
         v.bad(key("username"), "a password is set but no username");
@@ -384,6 +363,39 @@ fn account(
             password,
             refresh_token,
         })
+    }
+}
+
+/// A valid account name, unique case-insensitively.
+fn account_name(v: &mut Validator<'_>, key: &str, name: &str, names: &mut HashSet<String>) {
+    if !valid_name(name) {
+        v.bad(
+            key,
+            format!("`{name}` is not a valid name (letters, digits, - _ . @; at most 64)"),
+        );
+    } else if !names.insert(name.to_ascii_lowercase()) {
+        v.bad(key, format!("duplicate account name `{name}`"));
+    }
+}
+
+/// Account `i`'s bootstrap refresh token is configured for no other account.
+fn one_account_per_token(
+    v: &mut Validator<'_>,
+    i: usize,
+    token: &SecretString,
+    bootstrap_tokens: &mut Vec<(usize, SecretString)>,
+) {
+    use secrecy::ExposeSecret;
+    if let Some((j, _)) = bootstrap_tokens
+        .iter()
+        .find(|(_, o)| o.expose_secret() == token.expose_secret())
+    {
+        v.bad(
+            format!("accounts[{i}].refresh_token"),
+            format!("the same refresh token as accounts[{j}] (value not shown): a refresh token belongs to one account, and presenting it twice kills it"),
+        );
+    } else {
+        bootstrap_tokens.push((i, token.clone()));
     }
 }
 
