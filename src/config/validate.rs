@@ -112,7 +112,7 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
 }
 
-/// Whether the scheduler accepts this cron expression (six or seven fields, seconds first).
+/// Whether the daemon's schedule accepts this cron expression (six or seven fields, seconds first).
 pub fn cron_is_valid(expr: &str) -> Result<(), String> {
     let fields = expr.split_whitespace().count();
     if !(6..=7).contains(&fields) {
@@ -120,7 +120,12 @@ pub fn cron_is_valid(expr: &str) -> Result<(), String> {
             "`{expr}` has {fields} fields; expected 6 (sec min hour day month weekday), e.g. \"0 */5 * * * *\""
         ));
     }
-    tokio_cron_scheduler::Job::new_async(expr, |_, _| Box::pin(async {}))
+    // The parser (and its settings) of `health::next_fire`, which the daemon's job queue uses.
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
         .map(|_| ())
         .map_err(|_| format!("`{expr}` is not a valid cron expression"))
 }
