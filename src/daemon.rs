@@ -1,9 +1,11 @@
 //! The program people run: one pass over every account (`--once`), or the daemon that runs
 //! passes on the cron schedule until SIGTERM.
 //!
-//! One event loop owns the state: the cron job and the signal thread only send typed events
-//! ([`Event`], [`Sig`]); [`Daemon`]'s `on_tick`, `on_pass_done`, `on_reload` and `on_shutdown` are
-//! plain methods, so "passes never overlap" is decided in one place.
+//! One event loop owns the state. It runs typed jobs (list pass, telemetry round, backup,
+//! retention; `jobs`) from a due-time [`JobQueue`], each in a task that only sends its result back
+//! ([`Event::Done`]); the signal thread only sends [`Sig`]s. [`Daemon`]'s `on_due`, `on_done`,
+//! `on_reload` and `on_shutdown` are plain methods, so "a job never overlaps itself" (passes never
+//! overlap) is decided in one place.
 //!
 //! Stopping (SIGTERM/SIGINT, in the daemon and in `--once` alike): scheduling stops, the running
 //! pass gets `shutdown_timeout` to finish (a second signal cuts that short), then its API fetches
