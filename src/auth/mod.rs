@@ -132,6 +132,17 @@ struct Inner {
     install_key: std::sync::OnceLock<Option<Vec<u8>>>,
 }
 
+/// Why a password grant was refused, for the account's re-authorization reason.
+fn password_refusal(status: u16, error: &str, description: &str) -> String {
+    if error == "server_error" {
+        format!(
+            "the identity provider refused the password grant ({status} {error}: {description}), as it has for every user since January 2024"
+        )
+    } else {
+        format!("the password grant was refused ({status} {error})")
+    }
+}
+
 /// Fingerprint of the configured bootstrap refresh token.
 fn boot_fp(a: &Account) -> Option<String> {
     a.refresh_token.as_ref().map(fingerprint)
@@ -497,34 +508,9 @@ impl Inner {
             };
             self.store.preflight().map_err(|e| Self::store_err(a, e))?;
             let result = self.post(a, &plan).await;
-            if let Plan::Refresh {
-                token,
-                bootstrap: true,
-                ..
-            } = &plan
-                && matches!(result, Ok(_) | Err(GrantError::InvalidGrant(_)))
-                && let Err(e) = self.store.mark_bootstrap_used(&fingerprint(token))
-            {
-                tracing::warn!(account = %a.name, "cannot record the used bootstrap token: {e}");
-            }
+            self.note_bootstrap_presented(a, &plan, &result);
             match result {
-                Ok(tokens) => {
-                    faultpoint::hit("after_refresh_response");
-                    let mut new = self.record_from(a, rec.as_ref(), &plan, tokens);
-                    for fp in refused
-                        .iter()
-                        .chain(rec.iter().flat_map(|r| &r.refused_sha256))
-                    {
-                        plan::remember_refused(&mut new, fp.clone());
-                    }
-                    let access = new.access_token.clone();
-                    self.save_durably(a, new)?;
-                    faultpoint::hit("after_store_durable");
-                    return access.ok_or_else(|| AuthError::Transient {
-                        account: a.name.clone(),
-                        reason: "the identity provider returned no access token (its new refresh token was kept)".into(),
-                    });
-                }
+                Ok(tokens) => return self.keep_issued(a, rec.as_ref(), &plan, tokens, &refused),
                 Err(GrantError::InvalidGrant(desc)) => {
                     let what = match presented {
                         None => "the username or password was rejected".to_owned(),
@@ -534,20 +520,8 @@ impl Inner {
                         }
                     };
                     // Another process may have rotated the token meanwhile: look once more.
-                    let again = self
-                        .store
-                        .load(&a.name)
-                        .map_err(|e| Self::store_err(a, e))?;
-                    if let Some(tok) = again
-                        .as_ref()
-                        .and_then(|r| plan::usable_access(r, self.policy.margin, Utc::now(), None))
-                        && again
-                            .as_ref()
-                            .and_then(|r| r.refresh_token.as_ref().map(fingerprint))
-                            != rec
-                                .as_ref()
-                                .and_then(|r| r.refresh_token.as_ref().map(fingerprint))
-                    {
+                    let (again, rotated) = self.look_again(a, rec.as_ref())?;
+                    if let Some(tok) = rotated {
                         return Ok(tok);
                     }
                     if offered.password && !password_tried {
@@ -561,13 +535,7 @@ impl Inner {
                     error,
                     description,
                 }) if matches!(plan, Plan::Password) => {
-                    let reason = if error == "server_error" {
-                        format!(
-                            "the identity provider refused the password grant ({status} {error}: {description}), as it has for every user since January 2024"
-                        )
-                    } else {
-                        format!("the password grant was refused ({status} {error})")
-                    };
+                    let reason = password_refusal(status, &error, &description);
                     return Err(self.mark_reauth(a, rec, &refused, reason));
                 }
                 Err(GrantError::InvalidClient) => {
@@ -587,6 +555,76 @@ impl Inner {
             account: a.name.clone(),
             reason: "the token store kept changing during the refresh".into(),
         })
+    }
+
+    /// A bootstrap token the IdP took (or refused as invalid) is recorded as used: it is never
+    /// presented again.
+    fn note_bootstrap_presented(
+        &self,
+        a: &Account,
+        plan: &Plan,
+        result: &Result<Tokens, GrantError>,
+    ) {
+        if let Plan::Refresh {
+            token,
+            bootstrap: true,
+            ..
+        } = plan
+            && matches!(result, Ok(_) | Err(GrantError::InvalidGrant(_)))
+            && let Err(e) = self.store.mark_bootstrap_used(&fingerprint(token))
+        {
+            tracing::warn!(account = %a.name, "cannot record the used bootstrap token: {e}");
+        }
+    }
+
+    /// The IdP issued tokens: the new record (remembering every refused token) saved durably
+    /// before its access token is handed out.
+    fn keep_issued(
+        &self,
+        a: &Account,
+        rec: Option<&TokenRecord>,
+        plan: &Plan,
+        tokens: Tokens,
+        refused: &HashSet<String>,
+    ) -> Result<SecretString, AuthError> {
+        faultpoint::hit("after_refresh_response");
+        let mut new = self.record_from(a, rec, plan, tokens);
+        for fp in refused
+            .iter()
+            .chain(rec.iter().flat_map(|r| &r.refused_sha256))
+        {
+            plan::remember_refused(&mut new, fp.clone());
+        }
+        let access = new.access_token.clone();
+        self.save_durably(a, new)?;
+        faultpoint::hit("after_store_durable");
+        access.ok_or_else(|| AuthError::Transient {
+            account: a.name.clone(),
+            reason:
+                "the identity provider returned no access token (its new refresh token was kept)"
+                    .into(),
+        })
+    }
+
+    /// After an `invalid_grant`: the stored record read again, and its access token when another
+    /// process rotated the refresh token meanwhile (a usable access token under a different
+    /// refresh token than `rec`'s).
+    fn look_again(
+        &self,
+        a: &Account,
+        rec: Option<&TokenRecord>,
+    ) -> Result<(Option<TokenRecord>, Option<SecretString>), AuthError> {
+        let again = self
+            .store
+            .load(&a.name)
+            .map_err(|e| Self::store_err(a, e))?;
+        let refresh_fp =
+            |r: Option<&TokenRecord>| r.and_then(|r| r.refresh_token.as_ref().map(fingerprint));
+        let rotated = again
+            .as_ref()
+            .and_then(|r| plan::usable_access(r, self.policy.margin, Utc::now(), None))
+            .filter(|_| refresh_fp(again.as_ref()) != refresh_fp(rec));
+        Ok((again, rotated))
     }
 
     /// One POST to the token endpoint for a refresh or password plan.
