@@ -752,16 +752,16 @@ impl Daemon<'_> {
         }
     }
 
-    /// After a reload: the running round stops starting vehicles, the next one (now) uses the
-    /// new configuration.
+    /// After a reload: a running round stops starting vehicles, and the next round uses the new
+    /// configuration: now, or (when a round is still finishing) at most 5 s after it ends.
     fn restart_telemetry(&mut self) {
+        self.telemetry = telemetry_of(&self.app);
         if let Some(r) = self.running.get(&Job::TelemetryRound) {
             r.stop.cancel();
-        }
-        self.telemetry = telemetry_of(&self.app);
-        if self.telemetry.is_some() {
+        } else if self.telemetry.is_some() {
             self.queue.schedule(Job::TelemetryRound, Utc::now());
-        } else {
+        }
+        if self.telemetry.is_none() {
             self.queue.unschedule(Job::TelemetryRound);
         }
     }
