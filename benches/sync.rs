@@ -119,7 +119,7 @@ async fn measured_pass(cfg: Config, sim: &SimHandle) -> Pass {
     let warm = daemon::run_pass(
         app.engine.clone(),
         app.cfg.accounts.clone(),
-        app.cfg.max_concurrent_accounts,
+        app.cfg.schedule.max_concurrent_accounts,
         CancellationToken::new(),
         Default::default(),
     )
@@ -131,7 +131,7 @@ async fn measured_pass(cfg: Config, sim: &SimHandle) -> Pass {
     let s = daemon::run_pass(
         app.engine.clone(),
         app.cfg.accounts.clone(),
-        app.cfg.max_concurrent_accounts,
+        app.cfg.schedule.max_concurrent_accounts,
         CancellationToken::new(),
         Default::default(),
     )
@@ -333,7 +333,7 @@ async fn scenario6(rows: &mut Vec<String>, vehicles: usize) {
     let listed = daemon::run_pass(
         app.engine.clone(),
         app.cfg.accounts.clone(),
-        app.cfg.max_concurrent_accounts,
+        app.cfg.schedule.max_concurrent_accounts,
         CancellationToken::new(),
         Default::default(),
     )

@@ -15,7 +15,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -314,42 +314,21 @@ pub fn before_migration(
     Ok(dest)
 }
 
-/// The scheduled backup loop: waits for each fire time of `schedule` and takes a backup into
-/// `dir` on a blocking thread (passes go on meanwhile), until `stop`.
-pub async fn scheduled(
-    schedule: String,
-    db: PathBuf,
-    dir: PathBuf,
-    keep: usize,
-    state_dir: PathBuf,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        let Some(next) = crate::health::next_fire(&schedule, chrono::Utc::now()) else {
-            tracing::error!("backup schedule `{schedule}` never fires; scheduled backups are off");
-            return;
-        };
-        let wait = (next - chrono::Utc::now())
-            .to_std()
-            .unwrap_or(Duration::ZERO);
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stop.cancelled() => return,
-        }
-        let (db, dir, state_dir) = (db.clone(), dir.clone(), state_dir.clone());
-        let job = tokio::task::spawn_blocking(move || {
-            backup_into_dir(&db, &dir, keep, &state_dir, "scheduled")
-        });
-        match job.await {
-            Ok(Ok(rec)) => tracing::info!(
-                file = %rec.path.display(),
-                bytes = rec.bytes,
-                seconds = format!("{:.2}", rec.seconds),
-                "backup written and checked"
-            ),
-            Ok(Err(e)) => tracing::error!("scheduled backup failed: {e}"),
-            Err(e) => tracing::error!("scheduled backup task failed: {e}"),
-        }
+/// One scheduled backup into `dir` (the daemon's `Job::Backup`, see `jobs`), rotated to `keep`,
+/// on a blocking thread; logs what it wrote or why it failed.
+pub async fn scheduled(db: PathBuf, dir: PathBuf, keep: usize, state_dir: PathBuf) {
+    let job = tokio::task::spawn_blocking(move || {
+        backup_into_dir(&db, &dir, keep, &state_dir, "scheduled")
+    });
+    match job.await {
+        Ok(Ok(rec)) => tracing::info!(
+            file = %rec.path.display(),
+            bytes = rec.bytes,
+            seconds = format!("{:.2}", rec.seconds),
+            "backup written and checked"
+        ),
+        Ok(Err(e)) => tracing::error!("scheduled backup failed: {e}"),
+        Err(e) => tracing::error!("scheduled backup task failed: {e}"),
     }
 }
 

@@ -1,9 +1,11 @@
 //! The program people run: one pass over every account (`--once`), or the daemon that runs
 //! passes on the cron schedule until SIGTERM.
 //!
-//! One event loop owns the state: the cron job and the signal thread only send typed events
-//! ([`Event`], [`Sig`]); [`Daemon`]'s `on_tick`, `on_pass_done`, `on_reload` and `on_shutdown` are
-//! plain methods, so "passes never overlap" is decided in one place.
+//! One event loop owns the state. It runs typed jobs (list pass, telemetry round, backup,
+//! retention; `jobs`) from a due-time [`JobQueue`], each in a task that only sends its result back
+//! ([`Event::Done`]); the signal thread only sends [`Sig`]s. [`Daemon`]'s `on_due`, `on_done`,
+//! `on_reload` and `on_shutdown` are plain methods, so "a job never overlaps itself" (passes never
+//! overlap) is decided in one place.
 //!
 //! Stopping (SIGTERM/SIGINT, in the daemon and in `--once` alike): scheduling stops, the running
 //! pass gets `shutdown_timeout` to finish (a second signal cuts that short), then its API fetches
@@ -16,13 +18,16 @@
 //! in memory after a failed save survive the reload. One instance per state directory
 //! (`daemon.lock`). The watchdog is fed only while no pass is stuck.
 
+use std::collections::HashMap;
 use std::fs::File;
+use std::future::Future;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -31,9 +36,11 @@ use crate::api::ApiClient;
 use crate::auth::TokenManager;
 use crate::auth::store::TokenStore;
 use crate::config::{self, Account, Checks, Config};
+use crate::jobs::{self, Job, JobQueue};
 use crate::ratelimit::Limits;
 use crate::store::{Db, DbError};
-use crate::sync::{Engine, Outcome, RetryPolicy};
+use crate::sync::{Engine, Outcome};
+use crate::telemetry::Telemetry;
 use crate::{exit, notify};
 
 /// Why the program could not start.
@@ -145,29 +152,29 @@ pub fn build(cfg: Config, prev: Option<&App>) -> Result<App, StartError> {
         }
     };
     let limits = Arc::new(Limits::new(
-        cfg.api_rate,
-        cfg.idp_rate,
+        cfg.api.rate,
+        cfg.idp.rate,
         Some(&cfg.state_dir),
     ));
     let tokens = Arc::new(match prev {
-        Some(p) => p.engine.tokens.reconfigured(&cfg, limits.clone()),
-        None => TokenManager::for_config(&cfg, limits.clone()),
+        Some(p) => {
+            p.engine
+                .tokens
+                .reconfigured(&cfg.state_dir, cfg.tokens, &cfg.idp, limits.clone())
+        }
+        None => TokenManager::in_dir(&cfg.state_dir, cfg.tokens, &cfg.idp, limits.clone()),
     });
     let api = ApiClient::new(
-        crate::http::client(cfg.api_timeout),
-        cfg.api_base.clone(),
+        crate::http::client(cfg.api.timeout),
+        cfg.api.base.clone(),
         limits.clone(),
-        cfg.page_size,
+        cfg.api.page_size,
     );
     let engine = Arc::new(Engine {
         api,
         tokens,
         db,
-        retry: RetryPolicy {
-            max_retries: cfg.api_max_retries,
-            base: cfg.retry_base,
-            cap: cfg.retry_cap,
-        },
+        retry: cfg.retry,
     });
     Ok(App {
         cfg,
@@ -258,11 +265,11 @@ impl Sig {
     }
 }
 
-/// What the event loop reacts to.
+/// What the event loop reacts to (besides the due times of its [`JobQueue`]).
 enum Event {
-    Tick,
     Signal(Sig),
-    PassDone(PassSummary),
+    /// A job's task ended.
+    Done(Finished),
 }
 
 fn spawn_signal_thread(
@@ -363,7 +370,7 @@ pub async fn once(cfg: Config) -> u8 {
     let stop = CancellationToken::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let (engine, accounts, s) = (app.engine.clone(), app.cfg.accounts.clone(), stop.clone());
-    let max = app.cfg.max_concurrent_accounts;
+    let max = app.cfg.schedule.max_concurrent_accounts;
     let handle = tokio::spawn(async move {
         let summary = run_pass(engine, accounts, max, s, Arc::default()).await;
         let _ = done_tx.send(summary);
@@ -372,7 +379,7 @@ pub async fn once(cfg: Config) -> u8 {
         Some(summary) = done_rx.recv() => Some(summary),
         Some(Event::Signal(sig)) = rx.recv() => {
             tracing::info!("received {}, stopping", sig.name());
-            stop_pass(handle, &stop, app.cfg.shutdown_timeout, &mut rx).await;
+            stop_pass(handle, &stop, app.cfg.schedule.shutdown_timeout, &mut rx).await;
             done_rx.try_recv().ok()
         }
     };
@@ -392,7 +399,7 @@ pub async fn once(cfg: Config) -> u8 {
                 Some(Event::Signal(sig)) = rx.recv() => {
                     tracing::info!("received {}, stopping the telemetry round", sig.name());
                     stop.cancel();
-                    match tokio::time::timeout(app.cfg.shutdown_timeout, &mut round).await {
+                    match tokio::time::timeout(app.cfg.schedule.shutdown_timeout, &mut round).await {
                         Ok(r) => r.unwrap_or(list_code),
                         Err(_) => {
                             round.abort();
@@ -432,28 +439,59 @@ pub struct Hooks {
     pub shard: Option<(u32, u32)>,
 }
 
-async fn schedule(
-    sched: &tokio_cron_scheduler::JobScheduler,
-    expr: &str,
-    tx: mpsc::UnboundedSender<Event>,
-) -> Result<uuid::Uuid, String> {
-    let job = tokio_cron_scheduler::Job::new_async(expr, move |_, _| {
-        let tx = tx.clone();
-        Box::pin(async move {
-            let _ = tx.send(Event::Tick);
-        })
-    })
-    .map_err(|e| format!("schedule `{expr}`: {e}"))?;
-    sched
-        .add(job)
-        .await
-        .map_err(|e| format!("cannot add the scheduled job: {e}"))
+/// How a job's run ended (sent by its task to the event loop).
+enum Finished {
+    Pass(PassSummary),
+    /// A telemetry round that started at `started` and found the next vehicle endpoint due at
+    /// `next_due` (unix seconds).
+    Telemetry {
+        started: DateTime<Utc>,
+        next_due: Option<i64>,
+    },
+    Backup,
+    Retention,
 }
 
-/// A pass in progress.
+impl Finished {
+    fn job(&self) -> Job {
+        match self {
+            Finished::Pass(_) => Job::ListPass,
+            Finished::Telemetry { .. } => Job::TelemetryRound,
+            Finished::Backup => Job::Backup,
+            Finished::Retention => Job::Retention,
+        }
+    }
+}
+
+/// A job in progress: its task (which sends [`Event::Done`]) and what asks it to stop.
 struct Running {
     handle: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
+}
+
+/// Scheduled backups follow the configuration the daemon started with (a reload does not
+/// change them).
+struct BackupPlan {
+    schedule: String,
+    database: PathBuf,
+    dir: PathBuf,
+    keep: usize,
+    state_dir: PathBuf,
+}
+
+impl BackupPlan {
+    fn of(cfg: &Config) -> Option<BackupPlan> {
+        let o = &cfg.ops;
+        let schedule = o.backup_schedule.clone()?;
+        tracing::info!(schedule = %schedule, dir = %o.backup_dir.display(), keep = o.backup_keep, "scheduled backups on");
+        Some(BackupPlan {
+            schedule,
+            database: cfg.database.clone(),
+            dir: o.backup_dir.clone(),
+            keep: o.backup_keep,
+            state_dir: cfg.state_dir.clone(),
+        })
+    }
 }
 
 /// The daemon's state, owned by its event loop.
@@ -462,15 +500,16 @@ struct Daemon<'a> {
     app: App,
     hooks: Hooks,
     tx: mpsc::UnboundedSender<Event>,
-    sched: tokio_cron_scheduler::JobScheduler,
-    job: uuid::Uuid,
-    pass: Option<Running>,
+    /// When each job is next due, and which run.
+    queue: JobQueue,
+    running: HashMap<Job, Running>,
     /// Unix ms of the running pass's last progress (an account finished, or the pass started).
     progress: Arc<AtomicU64>,
     stalled: bool,
-    /// The vehicles' telemetry polls, beside the list passes.
-    telemetry: Option<crate::telemetry::Background>,
-    /// Metrics, health, backups, retention (src/ops.rs).
+    /// The vehicles' telemetry (`None` when `[telemetry] enabled = false`).
+    telemetry: Option<Arc<Telemetry>>,
+    backup: Option<BackupPlan>,
+    /// Metrics, health, the listener (src/ops.rs).
     ops: crate::ops::Ops,
 }
 
@@ -478,102 +517,287 @@ struct Daemon<'a> {
 /// watchdog is no longer fed and systemd restarts the service).
 fn stall_limit(cfg: &Config) -> Duration {
     let one_account = cfg
-        .api_timeout
-        .saturating_mul(cfg.api_max_retries.saturating_add(1).saturating_mul(2))
-        .saturating_add(cfg.idp_timeout.saturating_mul(2));
+        .api
+        .timeout
+        .saturating_mul(cfg.retry.max_retries.saturating_add(1).saturating_mul(2))
+        .saturating_add(cfg.idp.timeout.saturating_mul(2));
     one_account.max(Duration::from_secs(300))
 }
 
+/// The telemetry runner of a configuration, if telemetry is on.
+fn telemetry_of(app: &App) -> Option<Arc<Telemetry>> {
+    app.cfg
+        .telemetry
+        .enabled
+        .then(|| Arc::new(Telemetry::new(&app.cfg, app.engine.clone())))
+}
+
+/// Sleeps until the wall-clock time `at` (forever when `None`).
+async fn sleep_until(at: Option<DateTime<Utc>>) {
+    match at {
+        Some(at) => tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Daemon<'_> {
-    fn on_tick(&mut self) {
-        if self.pass.is_some() {
-            tracing::warn!("schedule tick skipped: the previous pass is still running");
-            return;
+    /// The first occurrences: the list pass (now, with `run_at_startup`), telemetry now, backups
+    /// at their first fire time.
+    fn schedule_first(&mut self, now: DateTime<Utc>) {
+        if self.app.cfg.schedule.run_at_startup {
+            self.queue.schedule(Job::ListPass, now);
+        } else {
+            self.schedule_next_pass(now);
         }
+        if self.telemetry.is_some() {
+            self.queue.schedule(Job::TelemetryRound, now);
+        }
+        if let Some(at) = self.next_backup(now) {
+            self.queue.schedule(Job::Backup, at);
+        }
+    }
+
+    /// The list pass's next cron fire after `after` (the cron ticks whether or not a pass runs).
+    fn schedule_next_pass(&mut self, after: DateTime<Utc>) {
+        match crate::health::next_fire(&self.app.cfg.schedule.cron, after) {
+            Some(at) => self.queue.schedule(Job::ListPass, at),
+            None => tracing::error!(
+                "schedule `{}` never fires again; no more list passes",
+                self.app.cfg.schedule.cron
+            ),
+        }
+    }
+
+    fn next_backup(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let plan = self.backup.as_ref()?;
+        let at = crate::health::next_fire(&plan.schedule, after);
+        if at.is_none() {
+            tracing::error!(
+                "backup schedule `{}` never fires; scheduled backups are off",
+                plan.schedule
+            );
+        }
+        at
+    }
+
+    /// Starts every job due at `now`. A list pass due while the previous one runs is skipped.
+    fn on_due(&mut self, now: DateTime<Utc>) {
+        while let Some(job) = self.queue.pop_due(now) {
+            if job == Job::ListPass {
+                self.schedule_next_pass(now);
+            }
+            if !self.queue.start(job) {
+                if job == Job::ListPass {
+                    tracing::warn!("schedule tick skipped: the previous pass is still running");
+                }
+                continue;
+            }
+            let run = match job {
+                Job::ListPass => self.start_pass(),
+                Job::TelemetryRound => self.start_telemetry(),
+                Job::Backup => self.start_backup(),
+                Job::Retention => self.start_retention(),
+            };
+            match run {
+                Some(r) => {
+                    self.running.insert(job, r);
+                }
+                None => self.queue.complete(job, None),
+            }
+        }
+    }
+
+    /// Spawns a job's task; what it returns is sent to the loop as [`Event::Done`].
+    fn spawn<F>(&self, task: impl FnOnce(CancellationToken) -> F) -> Running
+    where
+        F: Future<Output = Option<Finished>> + Send + 'static,
+    {
         let stop = CancellationToken::new();
+        let (fut, tx) = (task(stop.clone()), self.tx.clone());
+        let handle = tokio::spawn(async move {
+            if let Some(f) = fut.await {
+                let _ = tx.send(Event::Done(f));
+            }
+        });
+        Running { handle, stop }
+    }
+
+    fn start_pass(&mut self) -> Option<Running> {
         let engine = self.app.engine.clone();
         let accounts = self.app.cfg.accounts.clone();
-        let max = self.app.cfg.max_concurrent_accounts;
-        let jitter = self.app.cfg.schedule_jitter;
-        let (tx, s, progress) = (self.tx.clone(), stop.clone(), self.progress.clone());
+        let max = self.app.cfg.schedule.max_concurrent_accounts;
+        let jitter = self.app.cfg.schedule.jitter;
+        let progress = self.progress.clone();
         progress.store(now_ms(), Ordering::Relaxed);
-        let handle = tokio::spawn(async move {
+        Some(self.spawn(move |s| async move {
             if !jitter.is_zero() {
                 let ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
                 let d = Duration::from_millis(rand::rng().random_range(0..=ms));
-                tokio::select! { () = tokio::time::sleep(d) => {}, () = s.cancelled() => return }
+                tokio::select! { () = tokio::time::sleep(d) => {}, () = s.cancelled() => return None }
             }
-            let summary = run_pass(engine, accounts, max, s, progress).await;
-            let _ = tx.send(Event::PassDone(summary));
-        });
-        self.pass = Some(Running { handle, stop });
+            Some(Finished::Pass(
+                run_pass(engine, accounts, max, s, progress).await,
+            ))
+        }))
     }
 
-    fn on_pass_done(&mut self, summary: &PassSummary) {
-        self.pass = None;
+    fn start_telemetry(&mut self) -> Option<Running> {
+        let t = self.telemetry.clone()?;
+        Some(self.spawn(move |stop| async move {
+            let started = Utc::now();
+            let s = t.run_due(started.timestamp(), stop).await;
+            if s.requests > 0 {
+                tracing::info!("{}", s.line());
+            }
+            Some(Finished::Telemetry {
+                started,
+                next_due: s.next_due,
+            })
+        }))
+    }
+
+    fn start_backup(&mut self) -> Option<Running> {
+        let p = self.backup.as_ref()?;
+        let (db, dir, keep, state) = (
+            p.database.clone(),
+            p.dir.clone(),
+            p.keep,
+            p.state_dir.clone(),
+        );
+        Some(self.spawn(move |_| async move {
+            crate::backup::scheduled(db, dir, keep, state).await;
+            Some(Finished::Backup)
+        }))
+    }
+
+    fn start_retention(&mut self) -> Option<Running> {
+        let r = self.app.cfg.ops.retention?;
+        let db = self.app.engine.db.clone();
+        let metrics = self.ops.shared.metrics.clone();
+        Some(self.spawn(move |_| async move {
+            let _ =
+                tokio::task::spawn_blocking(move || crate::ops::run_retention(&db, r, &metrics))
+                    .await;
+            Some(Finished::Retention)
+        }))
+    }
+
+    /// A job's run ended: its next occurrence, and what the list pass reports.
+    fn on_done(&mut self, f: Finished) {
+        let job = f.job();
+        self.running.remove(&job);
+        let now = Utc::now();
+        let next = match &f {
+            Finished::Telemetry { started, next_due } => {
+                Some(jobs::next_telemetry_round(*started, now, *next_due))
+            }
+            Finished::Backup => self.next_backup(now),
+            Finished::Pass(_) | Finished::Retention => None,
+        };
+        self.queue.complete(job, next);
+        if let Finished::Pass(summary) = f {
+            self.on_pass_done(&summary, now);
+        }
+    }
+
+    fn on_pass_done(&mut self, summary: &PassSummary, now: DateTime<Utc>) {
         self.stalled = false;
         tracing::info!("{}", summary.line());
         notify::notify(&format!("STATUS={}", summary.line()));
         if let Some(f) = &self.hooks.on_pass {
             f(summary);
         }
-        self.ops.pass_done(&self.app, summary);
+        self.ops.pass_done(summary);
+        // Retention after every pass, unless the previous one still runs.
+        if self.app.cfg.ops.retention.is_some() && !self.queue.is_running(Job::Retention) {
+            self.queue.schedule(Job::Retention, now);
+        }
     }
 
     async fn on_reload(&mut self) {
         notify::notify("RELOADING=1");
         match config::load(self.config_path, Checks::Full) {
-            Ok(mut new) => {
-                if let Some((i, n)) = self.hooks.shard {
-                    crate::shard::keep(&mut new, i, n);
-                }
-                if new.database != self.app.cfg.database || new.state_dir != self.app.cfg.state_dir
-                {
-                    tracing::warn!("database and state_dir changes take effect after a restart");
-                }
-                let schedule_changed = new.schedule != self.app.cfg.schedule;
-                new.database = self.app.cfg.database.clone();
-                new.state_dir = self.app.cfg.state_dir.clone();
-                self.app.limits.save();
-                match build(new, Some(&self.app)) {
-                    Ok(next) => {
-                        if schedule_changed {
-                            let _ = self.sched.remove(&self.job).await;
-                            match schedule(&self.sched, &next.cfg.schedule, self.tx.clone()).await {
-                                Ok(j) => self.job = j,
-                                Err(e) => tracing::error!("{e}"),
-                            }
-                        }
-                        tracing::info!(accounts = next.cfg.accounts.len(), schedule = %next.cfg.schedule, "configuration reloaded");
-                        if let Some(t) = self.telemetry.as_mut() {
-                            t.restart(&next.cfg, next.engine.clone());
-                        }
-                        self.app = next;
-                        self.ops.attach(&self.app);
-                        let unsaved = self.app.engine.tokens.flush_pending().await;
-                        if !unsaved.is_empty() {
-                            tracing::error!(accounts = ?unsaved, "rotated refresh tokens are still only in memory after the reload");
-                        }
-                    }
-                    Err(e) => tracing::error!("reload failed, keeping the old configuration: {e}"),
-                }
-            }
+            Ok(new) => self.reload_with(new).await,
             Err(e) => tracing::error!("reload refused, keeping the old configuration: {e}"),
         }
         notify::notify("READY=1");
     }
 
+    /// Rebuilds the app for a new configuration (the database and state directory stay), and
+    /// re-plans the jobs that depend on it.
+    async fn reload_with(&mut self, mut new: Config) {
+        if let Some((i, n)) = self.hooks.shard {
+            crate::shard::keep(&mut new, i, n);
+        }
+        if new.database != self.app.cfg.database || new.state_dir != self.app.cfg.state_dir {
+            tracing::warn!("database and state_dir changes take effect after a restart");
+        }
+        let schedule_changed = new.schedule.cron != self.app.cfg.schedule.cron;
+        new.database = self.app.cfg.database.clone();
+        new.state_dir = self.app.cfg.state_dir.clone();
+        self.app.limits.save();
+        let next = match build(new, Some(&self.app)) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!("reload failed, keeping the old configuration: {e}");
+                return;
+            }
+        };
+        tracing::info!(accounts = next.cfg.accounts.len(), schedule = %next.cfg.schedule.cron, "configuration reloaded");
+        self.app = next;
+        if schedule_changed {
+            self.schedule_next_pass(Utc::now());
+        }
+        self.restart_telemetry();
+        self.ops.attach(&self.app);
+        let unsaved = self.app.engine.tokens.flush_pending().await;
+        if !unsaved.is_empty() {
+            tracing::error!(accounts = ?unsaved, "rotated refresh tokens are still only in memory after the reload");
+        }
+    }
+
+    /// After a reload: a running round stops starting vehicles, and the next round uses the new
+    /// configuration: now, or (when a round is still finishing) at most 5 s after it ends.
+    fn restart_telemetry(&mut self) {
+        self.telemetry = telemetry_of(&self.app);
+        if let Some(r) = self.running.get(&Job::TelemetryRound) {
+            r.stop.cancel();
+        } else if self.telemetry.is_some() {
+            self.queue.schedule(Job::TelemetryRound, Utc::now());
+        }
+        if self.telemetry.is_none() {
+            self.queue.unschedule(Job::TelemetryRound);
+        }
+    }
+
     async fn on_shutdown(&mut self, sig: Sig, rx: &mut mpsc::UnboundedReceiver<Event>) {
         tracing::info!("received {}, shutting down", sig.name());
         notify::notify("STOPPING=1");
-        let _ = self.sched.remove(&self.job).await;
-        if let Some(t) = self.telemetry.take() {
-            t.shutdown(self.app.cfg.shutdown_timeout).await;
+        self.queue.clear();
+        let timeout = self.app.cfg.schedule.shutdown_timeout;
+        if let Some(r) = self.running.remove(&Job::TelemetryRound) {
+            r.stop.cancel();
+            let abort = r.handle.abort_handle();
+            if tokio::time::timeout(timeout, r.handle).await.is_err() {
+                tracing::warn!(
+                    "the telemetry round did not finish within {timeout:?}; abandoning it"
+                );
+                abort.abort();
+            }
         }
-        if let Some(Running { handle, stop }) = self.pass.take() {
-            stop_pass(handle, &stop, self.app.cfg.shutdown_timeout, rx).await;
+        if let Some(Running { handle, stop }) = self.running.remove(&Job::ListPass) {
+            stop_pass(handle, &stop, timeout, rx).await;
         }
         finish(&self.app).await;
+    }
+
+    /// The last steps after the loop: a backup in progress gets 5 s, then the listener stops.
+    async fn stop_rest(mut self) {
+        if let Some(r) = self.running.remove(&Job::Backup) {
+            r.stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), r.handle).await;
+        }
+        self.ops.shutdown().await;
     }
 
     /// Feeds the watchdog while the liveness is alive (see [`Daemon::beat`]).
@@ -588,7 +812,7 @@ impl Daemon<'_> {
     fn beat(&mut self) -> bool {
         let idle_ms = now_ms().saturating_sub(self.progress.load(Ordering::Relaxed));
         let limit = stall_limit(&self.app.cfg);
-        if self.pass.is_some() && Duration::from_millis(idle_ms) > limit {
+        if self.running.contains_key(&Job::ListPass) && Duration::from_millis(idle_ms) > limit {
             if !self.stalled {
                 self.stalled = true;
                 tracing::error!(
@@ -604,85 +828,40 @@ impl Daemon<'_> {
     }
 }
 
-/// The daemon: passes on the schedule until SIGTERM/SIGINT (or `hooks.stop`). Returns the exit code.
-pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
-    let _lock = match instance_lock(&cfg.state_dir) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("{e}");
-            return exit::for_start(&e);
-        }
-    };
-    let app = match build(cfg, None) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!("{e}");
-            return exit::for_start(&e);
-        }
-    };
-    let ops = match crate::ops::Ops::start(&app).await {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!("{e}");
-            return exit::TEMPFAIL;
-        }
-    };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let Ok(signals) = spawn_signal_thread(tx.clone()) else {
-        tracing::error!("cannot install signal handlers");
-        return exit::SOFTWARE;
-    };
-    let Ok(sched) = tokio_cron_scheduler::JobScheduler::new().await else {
-        tracing::error!("cannot start the scheduler");
-        return exit::SOFTWARE;
-    };
-    let job = match schedule(&sched, &app.cfg.schedule, tx.clone()).await {
-        Ok(j) => j,
-        Err(e) => {
-            tracing::error!("{e}");
-            return exit::CONFIG;
-        }
-    };
-    if let Err(e) = sched.start().await {
-        tracing::error!("cannot start the scheduler: {e}");
-        return exit::SOFTWARE;
-    }
-    tracing::info!(
-        accounts = app.cfg.accounts.len(),
-        schedule = %app.cfg.schedule,
-        database = %app.cfg.database.display(),
-        "stellantis-sync {} started",
-        env!("CARGO_PKG_VERSION")
-    );
-    notify::notify("READY=1\nSTATUS=started, waiting for the first pass");
-    if app.cfg.run_at_startup {
-        let _ = tx.send(Event::Tick);
-    }
-    let mut d = Daemon {
-        config_path,
-        app,
-        hooks,
-        tx,
-        sched,
-        job,
-        pass: None,
-        progress: Arc::new(AtomicU64::new(now_ms())),
-        stalled: false,
-        telemetry: None,
-        ops,
-    };
-    d.telemetry = Some(crate::telemetry::Background::start(
-        &d.app.cfg,
-        d.app.engine.clone(),
-    ));
+/// Start-up: the instance lock, the app, the operations runtime; `Err` is the exit code.
+async fn start(cfg: Config) -> Result<(File, App, crate::ops::Ops), u8> {
+    let log = |e: &dyn std::fmt::Display| tracing::error!("{e}");
+    let lock = instance_lock(&cfg.state_dir).map_err(|e| {
+        log(&e);
+        exit::for_start(&e)
+    })?;
+    let app = build(cfg, None).map_err(|e| {
+        log(&e);
+        exit::for_start(&e)
+    })?;
+    let ops = crate::ops::Ops::start(&app).await.map_err(|e| {
+        log(&e);
+        exit::TEMPFAIL
+    })?;
+    Ok((lock, app, ops))
+}
+
+/// The event loop: sleeps until the next job is due, an event arrives, the heartbeat or the
+/// watchdog ticks; returns after shutdown (or when every sender is gone).
+async fn event_loop(d: &mut Daemon<'_>, rx: &mut mpsc::UnboundedReceiver<Event>) {
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     let stop = d.hooks.stop.clone();
     let mut heartbeat = tokio::time::interval(crate::health::BEAT_EVERY);
     loop {
         d.beat();
+        let wake = d.queue.next_due(Utc::now()).map(|(at, _)| at);
         let event = tokio::select! {
             e = rx.recv() => match e { Some(e) => e, None => break },
             () = stop.cancelled() => Event::Signal(Sig::Terminate),
+            () = sleep_until(wake) => {
+                d.on_due(Utc::now());
+                continue;
+            }
             _ = heartbeat.tick() => continue,
             _ = async { match watchdog.as_mut() { Some(w) => w.tick().await, None => std::future::pending().await } } => {
                 d.on_watchdog();
@@ -690,17 +869,52 @@ pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
             }
         };
         match event {
-            Event::Tick => d.on_tick(),
-            Event::PassDone(summary) => d.on_pass_done(&summary),
+            Event::Done(f) => d.on_done(f),
             Event::Signal(Sig::Reload) => d.on_reload().await,
             Event::Signal(sig) => {
-                d.on_shutdown(sig, &mut rx).await;
+                d.on_shutdown(sig, rx).await;
                 break;
             }
         }
     }
-    let _ = d.sched.shutdown().await;
-    d.ops.shutdown().await;
+}
+
+/// The daemon: runs its jobs (list passes on the schedule, telemetry rounds, backups,
+/// retention) until SIGTERM/SIGINT (or `hooks.stop`). Returns the exit code.
+pub async fn run(config_path: &Path, cfg: Config, hooks: Hooks) -> u8 {
+    let (_lock, app, ops) = match start(cfg).await {
+        Ok(started) => started,
+        Err(code) => return code,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let Ok(signals) = spawn_signal_thread(tx.clone()) else {
+        tracing::error!("cannot install signal handlers");
+        return exit::SOFTWARE;
+    };
+    tracing::info!(
+        accounts = app.cfg.accounts.len(),
+        schedule = %app.cfg.schedule.cron,
+        database = %app.cfg.database.display(),
+        "stellantis-sync {} started",
+        env!("CARGO_PKG_VERSION")
+    );
+    notify::notify("READY=1\nSTATUS=started, waiting for the first pass");
+    let mut d = Daemon {
+        config_path,
+        telemetry: telemetry_of(&app),
+        backup: BackupPlan::of(&app.cfg),
+        app,
+        hooks,
+        tx,
+        queue: JobQueue::default(),
+        running: HashMap::new(),
+        progress: Arc::new(AtomicU64::new(now_ms())),
+        stalled: false,
+        ops,
+    };
+    d.schedule_first(Utc::now());
+    event_loop(&mut d, &mut rx).await;
+    d.stop_rest().await;
     signals.close();
     tracing::info!("stopped");
     exit::OK

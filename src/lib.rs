@@ -22,6 +22,7 @@ pub mod fsutil;
 pub mod health;
 pub mod http;
 pub mod http_server;
+pub mod jobs;
 pub mod listing;
 pub mod logging;
 pub mod metrics;
@@ -162,7 +163,7 @@ fn check_config(path: &std::path::Path, shard: Option<(u32, u32)>) -> u8 {
                 path.display(),
                 cfg.accounts.len(),
                 if cfg.accounts.len() == 1 { "" } else { "s" },
-                cfg.schedule,
+                cfg.schedule.cron,
                 cfg.database.display()
             );
             print!("{}", telemetry::projection_lines(&cfg));
@@ -201,8 +202,8 @@ async fn login(path: &std::path::Path, args: cli::LoginArgs) -> u8 {
     if let Some(c) = &args.country {
         account.country = c.to_ascii_lowercase();
     }
-    let limits = std::sync::Arc::new(ratelimit::Limits::new(cfg.api_rate, cfg.idp_rate, None));
-    let tokens = auth::TokenManager::for_config(&cfg, limits);
+    let limits = std::sync::Arc::new(ratelimit::Limits::new(cfg.api.rate, cfg.idp.rate, None));
+    let tokens = auth::TokenManager::in_dir(&cfg.state_dir, cfg.tokens, &cfg.idp, limits);
     match tokens.login(&account, args.code).await {
         Ok(()) => exit::OK,
         Err(e) => {

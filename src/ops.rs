@@ -1,14 +1,14 @@
 //! Operations glue: the `[http]`, `[backup]`, `[retention]`, `metrics_textfile` and
 //! `external_checkpointing` settings, and the runtime the daemon starts next to its event loop —
-//! the metrics registry, the liveness beaten by the loop, the optional HTTP listener, scheduled
-//! backups and retention after passes. The daemon calls [`Ops::start`], [`Ops::attach`] (after
+//! the metrics registry, the liveness beaten by the loop, the optional HTTP listener, and
+//! [`run_retention`] (scheduled backups and retention run as the daemon's jobs, see `jobs`). The
+//! daemon calls [`Ops::start`], [`Ops::attach`] (after
 //! every build, so a reload keeps counting into the same registry), [`Ops::beat`],
 //! [`Ops::pass_done`] and [`Ops::shutdown`]; `--once` calls [`Ops::for_once`] and
 //! [`Ops::after_once`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -181,7 +181,6 @@ pub struct Ops {
     pub http_addr: Option<SocketAddr>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    retention_running: Arc<AtomicBool>,
 }
 
 impl Ops {
@@ -189,7 +188,7 @@ impl Ops {
         let shared = Arc::new(Shared {
             metrics: Arc::new(Metrics::new()),
             liveness: Arc::new(Liveness::default()),
-            view: Mutex::new((app.cfg.database.clone(), app.cfg.schedule.clone())),
+            view: Mutex::new((app.cfg.database.clone(), app.cfg.schedule.cron.clone())),
             last_pass: Mutex::new(None),
         });
         let ops = Ops {
@@ -197,13 +196,12 @@ impl Ops {
             http_addr: None,
             stop: CancellationToken::new(),
             tasks: Vec::new(),
-            retention_running: Arc::new(AtomicBool::new(false)),
         };
         ops.attach(app);
         ops
     }
 
-    /// For the daemon: the listener (if configured) and scheduled backups (if configured).
+    /// For the daemon: the listener (if configured).
     pub async fn start(app: &App) -> Result<Ops, crate::http_server::ListenError> {
         let mut ops = Ops::new(app);
         let o = &app.cfg.ops;
@@ -212,17 +210,6 @@ impl Ops {
                 crate::http_server::start(addr, ops.shared.clone(), ops.stop.clone()).await?;
             ops.http_addr = Some(bound);
             ops.tasks.push(task);
-        }
-        if let Some(schedule) = o.backup_schedule.clone() {
-            tracing::info!(schedule = %schedule, dir = %o.backup_dir.display(), keep = o.backup_keep, "scheduled backups on");
-            ops.tasks.push(tokio::spawn(crate::backup::scheduled(
-                schedule,
-                app.cfg.database.clone(),
-                o.backup_dir.clone(),
-                o.backup_keep,
-                app.cfg.state_dir.clone(),
-                ops.stop.clone(),
-            )));
         }
         Ok(ops)
     }
@@ -250,11 +237,11 @@ impl Ops {
                     )
                 })
                 .collect(),
-            refresh_token_max_age: app.cfg.refresh_token_max_age,
-            schedule: app.cfg.schedule.clone(),
+            refresh_token_max_age: app.cfg.tokens.max_age,
+            schedule: app.cfg.schedule.cron.clone(),
         });
         *self.shared.view.lock().unwrap_or_else(|e| e.into_inner()) =
-            (app.cfg.database.clone(), app.cfg.schedule.clone());
+            (app.cfg.database.clone(), app.cfg.schedule.cron.clone());
         if app.cfg.ops.external_checkpointing {
             let mut db = app.engine.db.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = db.leave_checkpoints_to_others() {
@@ -273,30 +260,9 @@ impl Ops {
         &self.shared.liveness
     }
 
-    /// After a pass: metrics, readiness, and retention on a blocking thread (one at a time).
-    pub fn pass_done(&self, app: &App, summary: &PassSummary) {
+    /// After a pass: metrics and readiness (the daemon then runs retention as a job, `jobs`).
+    pub fn pass_done(&self, summary: &PassSummary) {
         self.record_pass(summary);
-        if let Some(r) = app.cfg.ops.retention
-            && !self.retention_running.swap(true, Ordering::SeqCst)
-        {
-            let db = app.engine.db.clone();
-            let metrics = self.shared.metrics.clone();
-            let running = self.retention_running.clone();
-            self.spawn_retention(db, r, metrics, running);
-        }
-    }
-
-    fn spawn_retention(
-        &self,
-        db: Arc<Mutex<crate::store::Db>>,
-        r: Retention,
-        metrics: Arc<Metrics>,
-        running: Arc<AtomicBool>,
-    ) {
-        tokio::task::spawn_blocking(move || {
-            run_retention(&db, r, &metrics);
-            running.store(false, Ordering::SeqCst);
-        });
     }
 
     fn record_pass(&self, summary: &PassSummary) {
@@ -340,7 +306,7 @@ impl Ops {
         true
     }
 
-    /// Stops the listener and the backup schedule.
+    /// Stops the listener.
     pub async fn shutdown(self) {
         self.stop.cancel();
         for t in self.tasks {
@@ -349,7 +315,8 @@ impl Ops {
     }
 }
 
-fn run_retention(db: &Arc<Mutex<crate::store::Db>>, r: Retention, metrics: &Metrics) {
+/// One retention run (blocking): prunes, counts into `metrics`, logs.
+pub fn run_retention(db: &Arc<Mutex<crate::store::Db>>, r: Retention, metrics: &Metrics) {
     let now = chrono::Utc::now().timestamp();
     match crate::retention::prune(db, r.max_age, r.batch_size, r.vacuum_pages, now) {
         Ok(p) if p.bodies > 0 => {

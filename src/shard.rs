@@ -49,8 +49,8 @@ pub fn shard_of(name: &str, n: u32) -> u32 {
 pub fn keep(cfg: &mut Config, i: u32, n: u32) {
     cfg.accounts.retain(|a| shard_of(&a.name, n) == i);
     let share = |v: u32| std::num::NonZeroU32::new(v / n).unwrap_or(std::num::NonZeroU32::MIN);
-    cfg.api_rate.per_second = share(cfg.api_rate.per_second.get());
-    cfg.api_rate.burst = share(cfg.api_rate.burst.get());
+    cfg.api.rate.per_second = share(cfg.api.rate.per_second.get());
+    cfg.api.rate.burst = share(cfg.api.rate.burst.get());
     cfg.telemetry.daily_request_budget = (cfg.telemetry.daily_request_budget / u64::from(n)).max(1);
     cfg.ops.backup_dir = cfg.ops.backup_dir.join(format!("shard-{i}"));
 }
@@ -82,8 +82,8 @@ mod tests {
             let mut c = whole.clone();
             keep(&mut c, i, 4);
             served += c.accounts.len();
-            assert_eq!(c.api_rate.per_second.get(), 25);
-            assert_eq!(c.api_rate.burst.get(), 2);
+            assert_eq!(c.api.rate.per_second.get(), 25);
+            assert_eq!(c.api.rate.burst.get(), 2);
             assert_eq!(c.telemetry.daily_request_budget, 25_000);
             assert_eq!(
                 c.ops.backup_dir,
@@ -93,7 +93,7 @@ mod tests {
         assert_eq!(served, 40);
         let mut c = whole.clone();
         keep(&mut c, 0, 1000);
-        assert_eq!(c.api_rate.per_second.get(), 1, "never zero");
+        assert_eq!(c.api.rate.per_second.get(), 1, "never zero");
     }
 
     #[test]

@@ -511,9 +511,9 @@ async fn random_sigkills_against_a_strict_server_lose_at_most_the_killed_window(
 async fn single_flight_refresh_across_tasks_and_processes() {
     use secrecy::{ExposeSecret, SecretString};
     use std::sync::Arc;
+    use stellantis_sync::auth::TokenManager;
     use stellantis_sync::auth::store::TokenStore;
-    use stellantis_sync::auth::{TokenManager, TokenSettings};
-    use stellantis_sync::config::Account;
+    use stellantis_sync::config::{Account, IdpSettings, TokenPolicy};
     use stellantis_sync::http::client as http_client;
     use stellantis_sync::ratelimit::Limits;
     let sim = start_sim(SimConfig::default()).await;
@@ -530,13 +530,15 @@ async fn single_flight_refresh_across_tasks_and_processes() {
             .issue_refresh_token("user1@example.com")
             .map(SecretString::from),
     };
-    let settings = TokenSettings {
+    let policy = TokenPolicy {
         margin: Duration::from_secs(60),
         max_age: Duration::from_secs(7 * 86_400),
         warn_before: Duration::from_secs(86_400),
-        idp_override: Some(sim.base_url()),
-        lock_wait: Duration::from_secs(30),
-        idp_timeout: Duration::from_secs(5),
+    };
+    let idp = IdpSettings {
+        base: Some(sim.base_url().parse().unwrap()),
+        timeout: Duration::from_secs(5),
+        ..IdpSettings::default()
     };
     let manager = || {
         let store = TokenStore::new(dir.path());
@@ -545,7 +547,8 @@ async fn single_flight_refresh_across_tasks_and_processes() {
             store,
             http_client(Duration::from_secs(5)),
             Arc::new(Limits::unlimited()),
-            settings.clone(),
+            policy,
+            idp.clone(),
         ))
     };
     let (a, b) = (manager(), manager());

@@ -226,6 +226,60 @@ async fn check_config_and_status_print_the_projection() {
     assert!(t.contains('%'), "status shows the SoC:\n{t}");
 }
 
+/// A reload re-plans the daemon's telemetry job: turned on by SIGHUP it polls without another
+/// list pass; turned off, the round in flight ends and nothing more is polled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turns_the_telemetry_job_on_and_off() {
+    const OFF: &str = "[telemetry]\nenabled = false\n";
+    const ON: &str = "[telemetry]\nactive_interval = \"1s\"\nparked_interval = \"1s\"\ngap_limit = \"1d\"\ndaily_request_budget = 10000000\n";
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts::idle(),
+    )
+    .await;
+    let off = std::fs::read_to_string(&env.config).unwrap();
+    assert!(off.contains(OFF), "{off}");
+    let mut child = env.spawn_daemon(&[]);
+    wait_for(15, "the start-up list pass", || {
+        try_count(&env, "SELECT count(*) FROM vehicles") >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(status_requests(&env.sim), 0, "telemetry is off");
+
+    std::fs::write(&env.config, off.replace(OFF, ON)).unwrap();
+    signal(&child, "HUP");
+    wait_for(15, "polls after the reload", || {
+        status_requests(&env.sim) >= 4
+    })
+    .await;
+
+    std::fs::write(&env.config, &off).unwrap();
+    signal(&child, "HUP");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = status_requests(&env.sim);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        status_requests(&env.sim),
+        after,
+        "no poll once telemetry is off"
+    );
+    assert_eq!(
+        env.sim
+            .stats()
+            .count("GET /connectedcar/v4/user/vehicles", 200),
+        1,
+        "only the start-up list pass"
+    );
+    signal(&child, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_polls_on_its_own_schedule() {
     let env = Env::new(

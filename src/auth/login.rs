@@ -132,7 +132,27 @@ impl TokenManager {
     /// Runs the login for one account. `code` is the `--code` argument; without it the URL is
     /// printed and the code read from standard input.
     pub async fn login(&self, a: &Account, code: Option<String>) -> Result<(), LoginError> {
-        let inner = &self.inner;
+        let pending_path = self.prepare_login(a)?;
+        let idp = self.inner.idp_base(a);
+        let (pending, input) = match code {
+            Some(c) => (resume_pending(a, &pending_path)?, c),
+            None => ask_for_code(a, &idp, &pending_path)?,
+        };
+        let (code, state) = parse_pasted(&input)?;
+        if state.is_some_and(|s| s != pending.state) {
+            return Err(LoginError::StateMismatch);
+        }
+        self.redeem_code(a, &idp, &code, &pending).await?;
+        let _ = std::fs::remove_file(&pending_path);
+        println!(
+            "Account `{}` is logged in; a running daemon uses the new tokens at its next pass.",
+            a.name
+        );
+        Ok(())
+    }
+
+    /// The token store ready, and the 0700 directory of the pending login's file; its path.
+    fn prepare_login(&self, a: &Account) -> Result<std::path::PathBuf, LoginError> {
         let store = self.store();
         store.prepare().map_err(|e| LoginError::Io(e.to_string()))?;
         let pending_path = store.pending_login_path(&a.name);
@@ -144,51 +164,18 @@ impl TokenManager {
                 .create(dir)
                 .map_err(|e| LoginError::Io(format!("{}: {e}", dir.display())))?;
         }
-        let idp = inner.idp_base(a);
-        let (pending, input) = match code {
-            Some(c) => {
-                let p: Pending = std::fs::read(&pending_path)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .filter(|p: &Pending| {
-                        timefmt::parse(&p.created_at)
-                            .is_some_and(|t| Utc::now() - t < chrono::Duration::minutes(10))
-                    })
-                    .ok_or_else(|| LoginError::NoPending(a.name.clone()))?;
-                (p, c)
-            }
-            None => {
-                let p = Pending {
-                    verifier: random_string(64),
-                    state: random_string(24),
-                    redirect_uri: a.brand.app_redirect_uri(&a.country),
-                    created_at: timefmt::now(),
-                };
-                write_private(&pending_path, &serde_json::to_vec(&p).unwrap_or_default())?;
-                let url = authorize_url(&idp, a, &p.redirect_uri, &p.state, &p.verifier);
-                println!(
-                    "Open this URL in a browser and sign in as the owner of account `{}`:\n\n  {url}\n",
-                    a.name
-                );
-                println!(
-                    "The browser then tries to open {}?code=… and fails; copy that address (or just the code)\nfrom the address bar or the developer tools' network tab, and paste it here:",
-                    p.redirect_uri
-                );
-                let mut line = String::new();
-                let n = std::io::stdin()
-                    .lock()
-                    .read_line(&mut line)
-                    .map_err(|e| LoginError::Io(e.to_string()))?;
-                if n == 0 || line.trim().is_empty() {
-                    return Err(LoginError::NoCode(a.name.clone()));
-                }
-                (p, line)
-            }
-        };
-        let (code, state) = parse_pasted(&input)?;
-        if state.is_some_and(|s| s != pending.state) {
-            return Err(LoginError::StateMismatch);
-        }
+        Ok(pending_path)
+    }
+
+    /// Exchanges the code for tokens under the account's lock and saves them durably.
+    async fn redeem_code(
+        &self,
+        a: &Account,
+        idp: &str,
+        code: &str,
+        pending: &Pending,
+    ) -> Result<(), LoginError> {
+        let (inner, store) = (&self.inner, self.store());
         let _lock = store
             .lock(&a.name, Duration::from_secs(30))
             .await
@@ -196,30 +183,27 @@ impl TokenManager {
         store
             .preflight()
             .map_err(|e| LoginError::Io(e.to_string()))?;
+        let refused = |reason: String| LoginError::Refused {
+            account: a.name.clone(),
+            reason,
+        };
         let tokens = grant::request(
             &inner.http,
             &inner.limits,
-            &idp,
+            idp,
             a,
             &[
                 ("grant_type", "authorization_code"),
-                ("code", &code),
+                ("code", code),
                 ("redirect_uri", &pending.redirect_uri),
                 ("code_verifier", &pending.verifier),
             ],
         )
         .await
-        .map_err(|e| LoginError::Refused {
-            account: a.name.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| refused(e.to_string()))?;
         let Some(refresh) = tokens.refresh_token else {
-            return Err(LoginError::Refused {
-                account: a.name.clone(),
-                reason: "no refresh token in the answer".into(),
-            });
+            return Err(refused("no refresh token in the answer".into()));
         };
-        let now = Utc::now();
         let previous = store
             .load(&a.name)
             .ok()
@@ -231,17 +215,58 @@ impl TokenManager {
             Some(refresh),
             tokens.expires_in,
             "login",
-            Some(timefmt::format(now)),
+            Some(timefmt::format(Utc::now())),
             previous,
         );
         inner.save_durably(a, record)?;
-        let _ = std::fs::remove_file(&pending_path);
-        println!(
-            "Account `{}` is logged in; a running daemon uses the new tokens at its next pass.",
-            a.name
-        );
         Ok(())
     }
+}
+
+/// `--code`: the login started earlier (at most 10 minutes ago) for this account.
+fn resume_pending(a: &Account, pending_path: &std::path::Path) -> Result<Pending, LoginError> {
+    std::fs::read(pending_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|p: &Pending| {
+            timefmt::parse(&p.created_at)
+                .is_some_and(|t| Utc::now() - t < chrono::Duration::minutes(10))
+        })
+        .ok_or_else(|| LoginError::NoPending(a.name.clone()))
+}
+
+/// Starts a login: saves a fresh PKCE verifier and state, prints the authorize URL, and reads
+/// what the user pastes back.
+fn ask_for_code(
+    a: &Account,
+    idp: &str,
+    pending_path: &std::path::Path,
+) -> Result<(Pending, String), LoginError> {
+    let p = Pending {
+        verifier: random_string(64),
+        state: random_string(24),
+        redirect_uri: a.brand.app_redirect_uri(&a.country),
+        created_at: timefmt::now(),
+    };
+    write_private(pending_path, &serde_json::to_vec(&p).unwrap_or_default())?;
+    let url = authorize_url(idp, a, &p.redirect_uri, &p.state, &p.verifier);
+    println!(
+        "Open this URL in a browser and sign in as the owner of account `{}`:\n\n  {url}\n",
+        a.name
+    );
+    println!(
+        "The browser then tries to open {}?code=… and fails; copy that address (or just the code)\nfrom the address bar or the developer tools' network tab, and paste it here:",
+        p.redirect_uri
+    );
+    let mut line = String::new();
+    let n = std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| LoginError::Io(e.to_string()))?;
+    if n == 0 || line.trim().is_empty() {
+        return Err(LoginError::NoCode(a.name.clone()));
+    }
+    Ok((p, line))
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), LoginError> {

@@ -27,13 +27,14 @@ pub mod plan;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{Account, Config};
+use crate::config::{Account, IdpSettings, TokenPolicy};
 use crate::faultpoint;
 use crate::ratelimit::Limits;
 use crate::timefmt;
@@ -91,37 +92,6 @@ impl AuthError {
     }
 }
 
-/// Settings the token manager needs from the configuration.
-#[derive(Debug, Clone)]
-pub struct TokenSettings {
-    pub margin: Duration,
-    pub max_age: Duration,
-    pub warn_before: Duration,
-    pub idp_override: Option<String>,
-    pub lock_wait: Duration,
-    /// The identity provider's request timeout: how long a token exchange that has been sent may
-    /// still take when the daemon stops.
-    pub idp_timeout: Duration,
-}
-
-impl TokenSettings {
-    /// From the validated configuration.
-    pub fn from_config(cfg: &Config) -> TokenSettings {
-        TokenSettings {
-            margin: cfg.refresh_margin,
-            max_age: cfg.refresh_token_max_age,
-            warn_before: cfg.refresh_token_warn_before,
-            idp_override: cfg
-                .idp_base
-                .as_ref()
-                .map(|u| u.as_str().trim_end_matches('/').to_owned()),
-            // Another process holding the lock is refreshing: that takes at most an IdP timeout.
-            lock_wait: cfg.idp_timeout.saturating_add(Duration::from_secs(2)),
-            idp_timeout: cfg.idp_timeout,
-        }
-    }
-}
-
 /// Token records whose durable write failed: each holds the only live refresh token of its
 /// account. Shared across reloads (a reload builds a new [`TokenManager`] around the same map), and
 /// written again at every pass, on reload and on shutdown.
@@ -154,11 +124,23 @@ struct Inner {
     store: TokenStore,
     http: reqwest::Client,
     limits: Arc<Limits>,
-    settings: TokenSettings,
+    policy: TokenPolicy,
+    idp: IdpSettings,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     warned: Mutex<HashMap<String, chrono::DateTime<Utc>>>,
     pending: Arc<PendingTokens>,
     install_key: std::sync::OnceLock<Option<Vec<u8>>>,
+}
+
+/// Why a password grant was refused, for the account's re-authorization reason.
+fn password_refusal(status: u16, error: &str, description: &str) -> String {
+    if error == "server_error" {
+        format!(
+            "the identity provider refused the password grant ({status} {error}: {description}), as it has for every user since January 2024"
+        )
+    } else {
+        format!("the password grant was refused ({status} {error})")
+    }
 }
 
 /// Fingerprint of the configured bootstrap refresh token.
@@ -190,13 +172,15 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> String {
 }
 
 impl TokenManager {
+    /// A manager over `store`, with its own HTTP client, the token policy and the IdP's settings.
     pub fn new(
         store: TokenStore,
         http: reqwest::Client,
         limits: Arc<Limits>,
-        settings: TokenSettings,
+        policy: TokenPolicy,
+        idp: IdpSettings,
     ) -> TokenManager {
-        TokenManager::with_pending(store, http, limits, settings, Arc::default())
+        TokenManager::with_pending(store, http, limits, policy, idp, Arc::default())
     }
 
     /// A manager that shares `pending` (the unsaved records) with its predecessor (a reload).
@@ -204,7 +188,8 @@ impl TokenManager {
         store: TokenStore,
         http: reqwest::Client,
         limits: Arc<Limits>,
-        settings: TokenSettings,
+        policy: TokenPolicy,
+        idp: IdpSettings,
         pending: Arc<PendingTokens>,
     ) -> TokenManager {
         TokenManager {
@@ -212,7 +197,8 @@ impl TokenManager {
                 store,
                 http,
                 limits,
-                settings,
+                policy,
+                idp,
                 locks: Mutex::new(HashMap::new()),
                 warned: Mutex::new(HashMap::new()),
                 pending,
@@ -224,26 +210,39 @@ impl TokenManager {
 
     /// The manager of a reloaded configuration: it shares this one's records kept in memory and
     /// its tracked exchanges (so shutdown still waits for one the old manager started).
-    pub fn reconfigured(&self, cfg: &Config, limits: Arc<Limits>) -> TokenManager {
+    pub fn reconfigured(
+        &self,
+        state_dir: &Path,
+        policy: TokenPolicy,
+        idp: &IdpSettings,
+        limits: Arc<Limits>,
+    ) -> TokenManager {
         let mut m = TokenManager::with_pending(
-            TokenStore::new(&cfg.state_dir),
-            crate::http::client(cfg.idp_timeout),
+            TokenStore::new(state_dir),
+            crate::http::client(idp.timeout),
             limits,
-            TokenSettings::from_config(cfg),
+            policy,
+            idp.clone(),
             self.pending(),
         );
         m.tracker = self.tracker.clone();
         m
     }
 
-    /// The token manager of a configuration: its state directory's store, an HTTP client with
-    /// the identity provider's timeout, and its refresh settings.
-    pub fn for_config(cfg: &Config, limits: Arc<Limits>) -> TokenManager {
+    /// The token manager of a state directory: its store, an HTTP client with the identity
+    /// provider's timeout, and the refresh policy.
+    pub fn in_dir(
+        state_dir: &Path,
+        policy: TokenPolicy,
+        idp: &IdpSettings,
+        limits: Arc<Limits>,
+    ) -> TokenManager {
         TokenManager::new(
-            TokenStore::new(&cfg.state_dir),
-            crate::http::client(cfg.idp_timeout),
+            TokenStore::new(state_dir),
+            crate::http::client(idp.timeout),
             limits,
-            TokenSettings::from_config(cfg),
+            policy,
+            idp.clone(),
         )
     }
 
@@ -311,7 +310,7 @@ impl TokenManager {
                 let _guard = mutex.lock().await;
                 let Ok(_lock) = inner
                     .store
-                    .lock(&account.name, inner.settings.lock_wait)
+                    .lock(&account.name, inner.idp.lock_wait())
                     .await
                 else {
                     return;
@@ -336,10 +335,10 @@ impl TokenManager {
                 "waiting for {busy} token exchange(s) with the identity provider to finish and be saved"
             );
         }
-        let s = &self.inner.settings;
-        let limit = s
-            .idp_timeout
-            .saturating_add(s.lock_wait)
+        let idp = &self.inner.idp;
+        let limit = idp
+            .timeout
+            .saturating_add(idp.lock_wait())
             .saturating_add(extra);
         let done = tokio::time::timeout(limit, self.tracker.wait())
             .await
@@ -360,10 +359,7 @@ impl TokenManager {
 
 impl Inner {
     fn idp_base(&self, a: &Account) -> String {
-        self.settings
-            .idp_override
-            .clone()
-            .unwrap_or_else(|| a.brand.idp_base_url().to_owned())
+        self.idp.base_for(a.brand)
     }
 
     fn account_mutex(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -452,7 +448,7 @@ impl Inner {
         }
         let usable = |rec: &Option<TokenRecord>| {
             rec.as_ref().and_then(|r| {
-                plan::usable_access(r, self.settings.margin, Utc::now(), rejected.as_deref())
+                plan::usable_access(r, self.policy.margin, Utc::now(), rejected.as_deref())
             })
         };
         if let Some(tok) = usable(&rec) {
@@ -468,7 +464,7 @@ impl Inner {
         // The network is needed: take the cross-process lock and look again.
         let _lock = self
             .store
-            .lock(&a.name, self.settings.lock_wait)
+            .lock(&a.name, self.idp.lock_wait())
             .await
             .map_err(|e| Self::store_err(a, e))?;
         let rec = self
@@ -512,34 +508,9 @@ impl Inner {
             };
             self.store.preflight().map_err(|e| Self::store_err(a, e))?;
             let result = self.post(a, &plan).await;
-            if let Plan::Refresh {
-                token,
-                bootstrap: true,
-                ..
-            } = &plan
-                && matches!(result, Ok(_) | Err(GrantError::InvalidGrant(_)))
-                && let Err(e) = self.store.mark_bootstrap_used(&fingerprint(token))
-            {
-                tracing::warn!(account = %a.name, "cannot record the used bootstrap token: {e}");
-            }
+            self.note_bootstrap_presented(a, &plan, &result);
             match result {
-                Ok(tokens) => {
-                    faultpoint::hit("after_refresh_response");
-                    let mut new = self.record_from(a, rec.as_ref(), &plan, tokens);
-                    for fp in refused
-                        .iter()
-                        .chain(rec.iter().flat_map(|r| &r.refused_sha256))
-                    {
-                        plan::remember_refused(&mut new, fp.clone());
-                    }
-                    let access = new.access_token.clone();
-                    self.save_durably(a, new)?;
-                    faultpoint::hit("after_store_durable");
-                    return access.ok_or_else(|| AuthError::Transient {
-                        account: a.name.clone(),
-                        reason: "the identity provider returned no access token (its new refresh token was kept)".into(),
-                    });
-                }
+                Ok(tokens) => return self.keep_issued(a, rec.as_ref(), &plan, tokens, &refused),
                 Err(GrantError::InvalidGrant(desc)) => {
                     let what = match presented {
                         None => "the username or password was rejected".to_owned(),
@@ -549,19 +520,8 @@ impl Inner {
                         }
                     };
                     // Another process may have rotated the token meanwhile: look once more.
-                    let again = self
-                        .store
-                        .load(&a.name)
-                        .map_err(|e| Self::store_err(a, e))?;
-                    if let Some(tok) = again.as_ref().and_then(|r| {
-                        plan::usable_access(r, self.settings.margin, Utc::now(), None)
-                    }) && again
-                        .as_ref()
-                        .and_then(|r| r.refresh_token.as_ref().map(fingerprint))
-                        != rec
-                            .as_ref()
-                            .and_then(|r| r.refresh_token.as_ref().map(fingerprint))
-                    {
+                    let (again, rotated) = self.look_again(a, rec.as_ref())?;
+                    if let Some(tok) = rotated {
                         return Ok(tok);
                     }
                     if offered.password && !password_tried {
@@ -575,13 +535,7 @@ impl Inner {
                     error,
                     description,
                 }) if matches!(plan, Plan::Password) => {
-                    let reason = if error == "server_error" {
-                        format!(
-                            "the identity provider refused the password grant ({status} {error}: {description}), as it has for every user since January 2024"
-                        )
-                    } else {
-                        format!("the password grant was refused ({status} {error})")
-                    };
+                    let reason = password_refusal(status, &error, &description);
                     return Err(self.mark_reauth(a, rec, &refused, reason));
                 }
                 Err(GrantError::InvalidClient) => {
@@ -601,6 +555,76 @@ impl Inner {
             account: a.name.clone(),
             reason: "the token store kept changing during the refresh".into(),
         })
+    }
+
+    /// A bootstrap token the IdP took (or refused as invalid) is recorded as used: it is never
+    /// presented again.
+    fn note_bootstrap_presented(
+        &self,
+        a: &Account,
+        plan: &Plan,
+        result: &Result<Tokens, GrantError>,
+    ) {
+        if let Plan::Refresh {
+            token,
+            bootstrap: true,
+            ..
+        } = plan
+            && matches!(result, Ok(_) | Err(GrantError::InvalidGrant(_)))
+            && let Err(e) = self.store.mark_bootstrap_used(&fingerprint(token))
+        {
+            tracing::warn!(account = %a.name, "cannot record the used bootstrap token: {e}");
+        }
+    }
+
+    /// The IdP issued tokens: the new record (remembering every refused token) saved durably
+    /// before its access token is handed out.
+    fn keep_issued(
+        &self,
+        a: &Account,
+        rec: Option<&TokenRecord>,
+        plan: &Plan,
+        tokens: Tokens,
+        refused: &HashSet<String>,
+    ) -> Result<SecretString, AuthError> {
+        faultpoint::hit("after_refresh_response");
+        let mut new = self.record_from(a, rec, plan, tokens);
+        for fp in refused
+            .iter()
+            .chain(rec.iter().flat_map(|r| &r.refused_sha256))
+        {
+            plan::remember_refused(&mut new, fp.clone());
+        }
+        let access = new.access_token.clone();
+        self.save_durably(a, new)?;
+        faultpoint::hit("after_store_durable");
+        access.ok_or_else(|| AuthError::Transient {
+            account: a.name.clone(),
+            reason:
+                "the identity provider returned no access token (its new refresh token was kept)"
+                    .into(),
+        })
+    }
+
+    /// After an `invalid_grant`: the stored record read again, and its access token when another
+    /// process rotated the refresh token meanwhile (a usable access token under a different
+    /// refresh token than `rec`'s).
+    fn look_again(
+        &self,
+        a: &Account,
+        rec: Option<&TokenRecord>,
+    ) -> Result<(Option<TokenRecord>, Option<SecretString>), AuthError> {
+        let again = self
+            .store
+            .load(&a.name)
+            .map_err(|e| Self::store_err(a, e))?;
+        let refresh_fp =
+            |r: Option<&TokenRecord>| r.and_then(|r| r.refresh_token.as_ref().map(fingerprint));
+        let rotated = again
+            .as_ref()
+            .and_then(|r| plan::usable_access(r, self.policy.margin, Utc::now(), None))
+            .filter(|_| refresh_fp(again.as_ref()) != refresh_fp(rec));
+        Ok((again, rotated))
     }
 
     /// One POST to the token endpoint for a refresh or password plan.
@@ -724,7 +748,7 @@ impl Inner {
         };
         let _lock = self
             .store
-            .lock(name, self.settings.lock_wait)
+            .lock(name, self.idp.lock_wait())
             .await
             .map_err(err)?;
         let disk = self.store.load(name).map_err(err)?;
@@ -796,8 +820,8 @@ impl Inner {
             return;
         };
         let (Ok(max), Ok(before)) = (
-            chrono::Duration::from_std(self.settings.max_age),
-            chrono::Duration::from_std(self.settings.warn_before),
+            chrono::Duration::from_std(self.policy.max_age),
+            chrono::Duration::from_std(self.policy.warn_before),
         ) else {
             return;
         };
@@ -821,7 +845,7 @@ impl Inner {
             account = %a.name,
             "the refresh token chain started {}; Stellantis ends it after about {} days, in about {hours} h: run `stellantis-sync login --account {}` before then",
             timefmt::format(start),
-            self.settings.max_age.as_secs() / 86_400,
+            self.policy.max_age.as_secs() / 86_400,
             a.name
         );
     }

@@ -50,32 +50,23 @@ pub struct Rate {
     pub burst: NonZeroU32,
 }
 
-/// The validated configuration.
+/// The validated configuration, in sections: each consumer is handed only its own.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it came from.
     pub source: PathBuf,
     pub database: PathBuf,
     pub state_dir: PathBuf,
-    pub schedule: String,
-    pub schedule_jitter: Duration,
-    pub run_at_startup: bool,
-    pub max_concurrent_accounts: usize,
-    pub shutdown_timeout: Duration,
-    pub refresh_margin: Duration,
-    pub refresh_token_max_age: Duration,
-    pub refresh_token_warn_before: Duration,
-    pub api_base: Url,
-    pub api_timeout: Duration,
-    pub api_max_retries: u32,
-    pub page_size: u32,
-    /// Backoff base and cap for retries within a run.
-    pub retry_base: Duration,
-    pub retry_cap: Duration,
-    pub api_rate: Rate,
-    pub idp_base: Option<Url>,
-    pub idp_timeout: Duration,
-    pub idp_rate: Rate,
+    /// When list passes run, how many accounts at once, how long a stop may take.
+    pub schedule: Schedule,
+    /// The API: base URL, timeout, page size, rate.
+    pub api: ApiSettings,
+    /// The identity provider: base URL override, timeout, rate.
+    pub idp: IdpSettings,
+    /// When tokens are refreshed and when an ageing refresh token is warned about.
+    pub tokens: TokenPolicy,
+    /// Retries within a run.
+    pub retry: RetryPolicy,
     pub accounts: Vec<Account>,
     /// `[telemetry]`: what is polled per vehicle, and how often.
     pub telemetry: crate::telemetry::config::Settings,
@@ -83,12 +74,103 @@ pub struct Config {
     pub ops: crate::ops::OpsConfig,
 }
 
-impl Config {
+/// The list passes' schedule (`schedule`, `schedule_jitter`, `run_at_startup`,
+/// `max_concurrent_accounts`, `shutdown_timeout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    /// The cron expression (with seconds).
+    pub cron: String,
+    /// A random delay of up to this before each pass.
+    pub jitter: Duration,
+    pub run_at_startup: bool,
+    pub max_concurrent_accounts: usize,
+    /// How long a running pass (or telemetry round) may take to finish at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// The `[api]` and `[rate_limit]` sections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSettings {
+    pub base: Url,
+    pub timeout: Duration,
+    pub page_size: u32,
+    pub rate: Rate,
+}
+
+/// The `[idp]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdpSettings {
+    /// Overrides every brand's identity provider (tests, the simulator).
+    pub base: Option<Url>,
+    pub timeout: Duration,
+    pub rate: Rate,
+}
+
+impl IdpSettings {
     /// The identity provider's base URL for a brand.
-    pub fn idp_base_for(&self, brand: Brand) -> String {
-        match &self.idp_base {
+    pub fn base_for(&self, brand: Brand) -> String {
+        match &self.base {
             Some(u) => u.as_str().trim_end_matches('/').to_owned(),
             None => brand.idp_base_url().to_owned(),
+        }
+    }
+
+    /// How long to wait for another process that holds an account's token lock: it is
+    /// refreshing, which takes at most one IdP timeout.
+    pub fn lock_wait(&self) -> Duration {
+        self.timeout.saturating_add(Duration::from_secs(2))
+    }
+}
+
+impl Default for IdpSettings {
+    /// The compiled defaults (every brand's own IdP, `[idp]`'s default timeout and rate).
+    fn default() -> Self {
+        let raw = RawConfig::default().idp;
+        IdpSettings {
+            base: None,
+            timeout: raw.timeout.0,
+            rate: Rate::or_min(raw.requests_per_second, raw.burst),
+        }
+    }
+}
+
+/// `refresh_margin`, `refresh_token_max_age`, `refresh_token_warn_before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenPolicy {
+    /// Refresh an access token this long before it expires.
+    pub margin: Duration,
+    /// How long the IdP honours a refresh token.
+    pub max_age: Duration,
+    /// Warn this long before a refresh token reaches `max_age`.
+    pub warn_before: Duration,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        let raw = RawConfig::default();
+        TokenPolicy {
+            margin: raw.refresh_margin.0,
+            max_age: raw.refresh_token_max_age.0,
+            warn_before: raw.refresh_token_warn_before.0,
+        }
+    }
+}
+
+/// Retries within a run (`api.max_retries`, `api.retry_base`, `api.retry_cap`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    /// Backoff base and cap.
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Rate {
+    /// A rate from raw numbers, a zero replaced by one (validation reports zeros).
+    pub fn or_min(per_second: u32, burst: u32) -> Rate {
+        Rate {
+            per_second: NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN),
+            burst: NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN),
         }
     }
 }
@@ -267,7 +349,7 @@ mod tests {
             cfg.database,
             dir.path().join("state/stellantis-sync.sqlite")
         );
-        assert_eq!(cfg.idp_base_for(Brand::Opel), "https://idpcvs.opel.com");
+        assert_eq!(cfg.idp.base_for(Brand::Opel), "https://idpcvs.opel.com");
         // Loading created nothing.
         assert!(!dir.path().join("state").exists());
     }

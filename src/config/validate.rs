@@ -112,7 +112,7 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
 }
 
-/// Whether the scheduler accepts this cron expression (six or seven fields, seconds first).
+/// Whether the daemon's schedule accepts this cron expression (six or seven fields, seconds first).
 pub fn cron_is_valid(expr: &str) -> Result<(), String> {
     let fields = expr.split_whitespace().count();
     if !(6..=7).contains(&fields) {
@@ -120,7 +120,12 @@ pub fn cron_is_valid(expr: &str) -> Result<(), String> {
             "`{expr}` has {fields} fields; expected 6 (sec min hour day month weekday), e.g. \"0 */5 * * * *\""
         ));
     }
-    tokio_cron_scheduler::Job::new_async(expr, |_, _| Box::pin(async {}))
+    // The parser (and its settings) of `health::next_fire`, which the daemon's job queue uses.
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
         .map(|_| ())
         .map_err(|_| format!("`{expr}` is not a valid cron expression"))
 }
@@ -164,24 +169,34 @@ pub(super) fn validate(raw: RawConfig, path: &Path, checks: Checks) -> Result<Co
         source: path.to_owned(),
         database,
         state_dir: raw.state_dir,
-        schedule: raw.schedule,
-        schedule_jitter: raw.schedule_jitter.0,
-        run_at_startup: raw.run_at_startup,
-        max_concurrent_accounts: raw.max_concurrent_accounts as usize,
-        shutdown_timeout: raw.shutdown_timeout.0,
-        refresh_margin: raw.refresh_margin.0,
-        refresh_token_max_age: raw.refresh_token_max_age.0,
-        refresh_token_warn_before: raw.refresh_token_warn_before.0,
-        api_base: limits.api_base,
-        api_timeout: raw.api.timeout.0,
-        api_max_retries: raw.api.max_retries,
-        page_size: raw.api.page_size,
-        retry_base: raw.api.retry_base.0,
-        retry_cap: raw.api.retry_cap.0,
-        api_rate: limits.api_rate,
-        idp_base: limits.idp_base,
-        idp_timeout: raw.idp.timeout.0,
-        idp_rate: limits.idp_rate,
+        schedule: Schedule {
+            cron: raw.schedule,
+            jitter: raw.schedule_jitter.0,
+            run_at_startup: raw.run_at_startup,
+            max_concurrent_accounts: raw.max_concurrent_accounts as usize,
+            shutdown_timeout: raw.shutdown_timeout.0,
+        },
+        api: ApiSettings {
+            base: limits.api_base,
+            timeout: raw.api.timeout.0,
+            page_size: raw.api.page_size,
+            rate: limits.api_rate,
+        },
+        idp: IdpSettings {
+            base: limits.idp_base,
+            timeout: raw.idp.timeout.0,
+            rate: limits.idp_rate,
+        },
+        tokens: TokenPolicy {
+            margin: raw.refresh_margin.0,
+            max_age: raw.refresh_token_max_age.0,
+            warn_before: raw.refresh_token_warn_before.0,
+        },
+        retry: RetryPolicy {
+            max_retries: raw.api.max_retries,
+            base: raw.api.retry_base.0,
+            cap: raw.api.retry_cap.0,
+        },
         accounts,
         telemetry,
         ops,
@@ -288,17 +303,7 @@ fn account(
     bootstrap_tokens: &mut Vec<(usize, SecretString)>,
 ) -> Option<Account> {
     let key = |k: &str| format!("accounts[{i}].{k}");
-    if !valid_name(&a.name) {
-        v.bad(
-            key("name"),
-            format!(
-                "`{}` is not a valid name (letters, digits, - _ . @; at most 64)",
-                a.name
-            ),
-        );
-    } else if !names.insert(a.name.to_ascii_lowercase()) {
-        v.bad(key("name"), format!("duplicate account name `{}`", a.name));
-    }
+    account_name(v, &key("name"), &a.name, names);
     let brand = match a.brand.parse::<Brand>() {
         Ok(b) => Some(b),
         Err(e) => {
@@ -336,18 +341,7 @@ fn account(
         &format!("{}.refresh_token", a.name),
     );
     if let Some(t) = &refresh_token {
-        use secrecy::ExposeSecret;
-        if let Some((j, _)) = bootstrap_tokens
-            .iter()
-            .find(|(_, o)| o.expose_secret() == t.expose_secret())
-        {
-            v.bad(
-                key("refresh_token"),
-                format!("the same refresh token as accounts[{j}] (value not shown): a refresh token belongs to one account, and presenting it twice kills it"),
-            );
-        } else {
-            bootstrap_tokens.push((i, t.clone()));
-        }
+        one_account_per_token(v, i, t, bootstrap_tokens);
     }
     if password.is_some() && a.username.is_none() {
         v.bad(key("username"), "a password is set but no username");
@@ -374,6 +368,39 @@ fn account(
             password,
             refresh_token,
         })
+    }
+}
+
+/// A valid account name, unique case-insensitively.
+fn account_name(v: &mut Validator<'_>, key: &str, name: &str, names: &mut HashSet<String>) {
+    if !valid_name(name) {
+        v.bad(
+            key,
+            format!("`{name}` is not a valid name (letters, digits, - _ . @; at most 64)"),
+        );
+    } else if !names.insert(name.to_ascii_lowercase()) {
+        v.bad(key, format!("duplicate account name `{name}`"));
+    }
+}
+
+/// Account `i`'s bootstrap refresh token is configured for no other account.
+fn one_account_per_token(
+    v: &mut Validator<'_>,
+    i: usize,
+    token: &SecretString,
+    bootstrap_tokens: &mut Vec<(usize, SecretString)>,
+) {
+    use secrecy::ExposeSecret;
+    if let Some((j, _)) = bootstrap_tokens
+        .iter()
+        .find(|(_, o)| o.expose_secret() == token.expose_secret())
+    {
+        v.bad(
+            format!("accounts[{i}].refresh_token"),
+            format!("the same refresh token as accounts[{j}] (value not shown): a refresh token belongs to one account, and presenting it twice kills it"),
+        );
+    } else {
+        bootstrap_tokens.push((i, token.clone()));
     }
 }
 

@@ -38,13 +38,8 @@ pub enum Outcome {
     LocalIo { message: String },
 }
 
-/// Retry tuning (configurable so tests can run fast).
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub max_retries: u32,
-    pub base: Duration,
-    pub cap: Duration,
-}
+/// Retry tuning: the configuration's `[api]` retry section.
+pub use crate::config::RetryPolicy;
 
 /// The engine shared by every account's pass.
 pub struct Engine {

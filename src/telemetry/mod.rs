@@ -6,8 +6,8 @@
 //! vehicle and endpoint, from `schedule`, with the bookkeeping persisted in
 //! `telemetry_endpoints`), at most `max_concurrent_vehicles` vehicles at a time, and writes each
 //! account's round in one transaction (`store::telemetry`). [`Telemetry::run_once_pass`] is the
-//! `--once` variant: a status poll of every current vehicle, the rest when due. [`spawn`] runs
-//! `run_due` in the background until cancelled. The vehicles are those the list pass recorded
+//! `--once` variant: a status poll of every current vehicle, the rest when due. The daemon runs
+//! `run_due` as its `Job::TelemetryRound` (see `jobs`), one round at a time. The vehicles are those the list pass recorded
 //! as current (`vehicles.removed_at IS NULL`, with a VIN): one that leaves the list is no longer
 //! polled. A vehicle's failure never fails its account: 403/404 mark the endpoint unavailable
 //! (backed off), other failures retry at the next interval; only a database write error is
@@ -134,7 +134,7 @@ pub fn projections(
     let mut out: Vec<_> = by_client
         .into_iter()
         .map(|(client, (accounts, n))| {
-            let list = list_requests_per_day(&cfg.schedule, accounts);
+            let list = list_requests_per_day(&cfg.schedule.cron, accounts);
             let p = schedule::projection(
                 &cfg.telemetry.intervals,
                 cfg.telemetry.daily_request_budget,
@@ -186,7 +186,7 @@ impl Telemetry {
         }
         let list_per_day = accounts_per_client
             .into_iter()
-            .map(|(c, n)| (c, list_requests_per_day(&cfg.schedule, n)))
+            .map(|(c, n)| (c, list_requests_per_day(&cfg.schedule.cron, n)))
             .collect();
         Telemetry {
             settings: cfg.telemetry.clone(),
@@ -801,79 +801,6 @@ fn trips_bookmark(trips: &[records::Trip]) -> Option<String> {
         (d, o) => d.or(o)?,
     };
     chrono::DateTime::from_timestamp(b, 0).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-}
-
-/// Runs [`Telemetry::run_due`] in the background until `stop`: one round at a time, started
-/// when something is due (checked every second, and the database re-read at least every five
-/// seconds so vehicles the list pass adds or removes are followed). Returns `None` when
-/// telemetry is disabled.
-pub fn spawn(
-    cfg: &Config,
-    engine: Arc<Engine>,
-    stop: CancellationToken,
-) -> Option<tokio::task::JoinHandle<()>> {
-    if !cfg.telemetry.enabled {
-        return None;
-    }
-    let t = Telemetry::new(cfg, engine);
-    Some(tokio::spawn(async move {
-        let mut next_due: Option<i64> = None;
-        let mut last_load = i64::MIN;
-        loop {
-            let now = now_ts();
-            if next_due.is_none_or(|d| d <= now) || now - last_load >= 5 {
-                let s = t.run_due(now, stop.clone()).await;
-                last_load = now;
-                next_due = s.next_due;
-                if s.requests > 0 {
-                    tracing::info!("{}", s.line());
-                }
-            }
-            if stop.is_cancelled() {
-                break;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = stop.cancelled() => break,
-            }
-        }
-    }))
-}
-
-/// The daemon's background telemetry: started with the daemon, restarted on reload, stopped
-/// at shutdown.
-pub struct Background {
-    stop: CancellationToken,
-    handle: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Background {
-    /// Starts polling (nothing when `[telemetry] enabled = false`).
-    pub fn start(cfg: &Config, engine: Arc<Engine>) -> Background {
-        let stop = CancellationToken::new();
-        let handle = spawn(cfg, engine, stop.clone());
-        Background { stop, handle }
-    }
-
-    /// After a reload: the running round finishes, the next ones use the new configuration.
-    pub fn restart(&mut self, cfg: &Config, engine: Arc<Engine>) {
-        self.stop.cancel();
-        *self = Background::start(cfg, engine);
-    }
-
-    /// Stops starting new vehicles and waits up to `timeout` for the round in flight.
-    pub async fn shutdown(self, timeout: Duration) {
-        self.stop.cancel();
-        if let Some(h) = self.handle {
-            let abort = h.abort_handle();
-            if tokio::time::timeout(timeout, h).await.is_err() {
-                tracing::warn!(
-                    "the telemetry round did not finish within {timeout:?}; abandoning it"
-                );
-                abort.abort();
-            }
-        }
-    }
 }
 
 /// `--once` after the list pass: one telemetry round ([`Telemetry::run_once_pass`]); returns
