@@ -242,11 +242,15 @@ impl Ops {
         });
         *self.shared.view.lock().unwrap_or_else(|e| e.into_inner()) =
             (app.cfg.database.clone(), app.cfg.schedule.cron.clone());
-        if app.cfg.ops.external_checkpointing {
-            let mut db = app.engine.db.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = db.leave_checkpoints_to_others() {
-                tracing::error!("cannot turn off automatic checkpoints: {e}");
-            }
+        // Both ways: a reload may turn Litestream mode off again (the WAL would grow for ever).
+        let mut db = app.engine.db.lock().unwrap_or_else(|e| e.into_inner());
+        let switched = if app.cfg.ops.external_checkpointing {
+            db.leave_checkpoints_to_others()
+        } else {
+            db.take_checkpoints_back()
+        };
+        if let Err(e) = switched {
+            tracing::error!("cannot set who checkpoints the database: {e}");
         }
     }
 

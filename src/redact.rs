@@ -94,6 +94,24 @@ pub fn tokens(text: &str) -> String {
     result
 }
 
+/// `s` with every control character written as an escape (`\n`, `\u{1b}`), for one field of a
+/// line printed to a terminal: a server's VIN or error text must not forge lines or drive the
+/// terminal.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Masks each of `secrets` (verbatim and URL-encoded) in `text`.
 pub fn known<'a>(text: &str, secrets: impl IntoIterator<Item = &'a SecretString>) -> String {
     let mut out = text.to_owned();
@@ -111,6 +129,16 @@ pub fn known<'a>(text: &str, secrets: impl IntoIterator<Item = &'a SecretString>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_for_the_terminal() {
+        assert_eq!(printable("VR3ABC"), "VR3ABC");
+        assert_eq!(
+            printable("VIN\nfake row\u{1b}[2J"),
+            "VIN\\nfake row\\u{1b}[2J"
+        );
+        assert_eq!(printable("Citroën"), "Citroën");
+    }
 
     #[test]
     fn echoed_credentials_are_masked() {

@@ -94,7 +94,7 @@ pub fn render(cfg: &Config) -> String {
         } else {
             err
         };
-        let err: String = err.chars().take(240).collect();
+        let err: String = crate::redact::printable(&err).chars().take(240).collect();
         let _ = writeln!(
             out,
             "{:<16} {:<13} {:<25} {:<9} {:<25} {:<7} {:>8}  {}",

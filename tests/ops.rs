@@ -952,6 +952,16 @@ fn with_external_checkpointing_the_writer_never_checkpoints() {
     // Nor does the after-pass checkpoint run.
     db.checkpoint_if_large(0).unwrap();
     assert_eq!(std::fs::metadata(&wal).unwrap().len(), before);
+    // A reload that turns the mode off takes the checkpoints back (the ops adversarial pass:
+    // it was ignored, and the log grew without bound).
+    db.take_checkpoints_back().unwrap();
+    let auto: i64 = db
+        .conn()
+        .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(auto, 1000);
+    db.checkpoint_if_large(0).unwrap();
+    assert!(std::fs::metadata(&wal).unwrap().len() < before);
 }
 
 #[test]

@@ -459,6 +459,16 @@ impl Db {
         Ok(())
     }
 
+    /// Takes the checkpoints back (a reload turned `external_checkpointing` off): SQLite's
+    /// default `wal_autocheckpoint` (1,000 pages) and the checkpoint after passes.
+    pub fn take_checkpoints_back(&mut self) -> Result<(), DbError> {
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", 1000)
+            .map_err(|e| self.err(e))?;
+        self.external_checkpoints = false;
+        Ok(())
+    }
+
     /// The connection, for read-only helpers and tests.
     pub fn conn(&self) -> &Connection {
         &self.conn

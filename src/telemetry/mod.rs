@@ -959,13 +959,13 @@ pub fn status_lines(conn: &rusqlite::Connection, cfg: &Config) -> String {
             let un = if unavailable.is_empty() {
                 "-".to_owned()
             } else {
-                unavailable.join(",")
+                crate::redact::printable(&unavailable.join(","))
             };
             let _ = writeln!(
                 out,
                 "{:<16} {:<17} {:>6} {:>10} {:>10}  {un}",
                 a.name,
-                vin,
+                crate::redact::printable(&vin),
                 soc,
                 age(observed),
                 age(fetched)
