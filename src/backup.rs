@@ -371,7 +371,8 @@ pub async fn command(cfg: &crate::config::Config, to: Option<PathBuf>) -> u8 {
         Ok(Err(e)) => {
             eprintln!("stellantis-sync: {e}");
             match e {
-                BackupError::Exists { .. } => crate::exit::USAGE,
+                // Refused, nothing written (as export-account refuses an existing file).
+                BackupError::Exists { .. } => crate::transfer::REFUSED,
                 BackupError::Corrupt { .. } => crate::exit::SOFTWARE,
                 _ => crate::exit::IOERR,
             }

@@ -21,7 +21,7 @@ pub const CONFIG: u8 = 78;
 pub const HELP: &str = "Exit codes:
   0   success (--once: every account synced)
   64  a command-line option the command does not take
-  65  export-account/import-account refused (nothing changed)
+  65  export-account/import-account/backup --to refused (nothing changed)
   74  a local file or the database could not be written
   75  at least one account failed for a reason that may pass (retry later)
   77  at least one account needs re-authorization: run `stellantis-sync login --account NAME`

@@ -119,6 +119,15 @@ pub fn validate(
     {
         problems.push(("backup.schedule".to_owned(), e));
     }
+    if let Some(d) = &backup.dir
+        && d.exists()
+        && !d.is_dir()
+    {
+        problems.push((
+            "backup.dir".to_owned(),
+            format!("{} exists and is not a directory", d.display()),
+        ));
+    }
     if backup.keep == 0 {
         problems.push(("backup.keep".to_owned(), "must be at least 1".to_owned()));
     }
@@ -128,13 +137,24 @@ pub fn validate(
             "must be at least 1".to_owned(),
         ));
     }
-    if let Some(p) = &metrics_textfile
-        && p.file_name().is_none()
-    {
-        problems.push((
-            "metrics_textfile".to_owned(),
-            format!("{} is not a file path", p.display()),
-        ));
+    if let Some(p) = &metrics_textfile {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+        if p.file_name().is_none() {
+            problems.push((
+                "metrics_textfile".to_owned(),
+                format!("{} is not a file path", p.display()),
+            ));
+        } else if let Some(d) = parent
+            && !d.is_dir()
+        {
+            problems.push((
+                "metrics_textfile".to_owned(),
+                format!(
+                    "its directory {} does not exist (node_exporter's textfile directory)",
+                    d.display()
+                ),
+            ));
+        }
     }
     let retention = retention.status_bodies_max_age.map(|a| Retention {
         max_age: a.0,
@@ -363,6 +383,23 @@ pub fn write_textfile(path: &Path, text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backup_dir_that_is_a_file_and_a_textfile_without_its_directory_are_refused() {
+        let (_, p) = validate(
+            RawHttp::default(),
+            Some(PathBuf::from("/nonexistent-dir-of-node-exporter/x.prom")),
+            RawBackup {
+                dir: Some(PathBuf::from("/etc/passwd")),
+                ..RawBackup::default()
+            },
+            RawRetention::default(),
+            false,
+            Path::new("/x"),
+        );
+        let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["backup.dir", "metrics_textfile"], "{p:?}");
+    }
 
     #[test]
     fn defaults_turn_everything_off_and_bad_values_name_their_key() {

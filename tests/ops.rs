@@ -556,7 +556,7 @@ async fn backups_while_the_daemon_writes_are_checked_and_rotated() {
             &[],
         )
         .await;
-    assert_code(&again, 64);
+    assert_code(&again, 65);
     // Scheduled backups every 2 s keep the newest two.
     let bdir = env.state_dir().join("backups");
     let count = || {
