@@ -405,11 +405,16 @@ async fn once_writes_the_textfile_that_promtool_accepts() {
             .count(),
         1
     );
-    // A textfile that cannot be written (its directory is gone): exit 74, so that cron notices
-    // while node_exporter would serve stale numbers (the adversarial pass found exit 0).
-    std::fs::remove_dir_all(prom_file.parent().unwrap()).unwrap();
+    // A textfile that cannot be written (a directory stands where the file goes): exit 74, so
+    // that cron notices while node_exporter would serve stale numbers (the adversarial pass
+    // found exit 0). A directory that is missing at start is a configuration error (78).
+    std::fs::remove_file(&prom_file).unwrap();
+    std::fs::create_dir(&prom_file).unwrap();
+    std::fs::write(prom_file.join("keep"), b"x").unwrap();
     let out = env.once().await;
     assert_code(&out, 74);
+    std::fs::remove_dir_all(prom_file.parent().unwrap()).unwrap();
+    assert_code(&env.once().await, 78);
     assert!(
         common::text(&out).contains("stellantis-sync.prom"),
         "{}",
