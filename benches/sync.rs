@@ -562,7 +562,7 @@ async fn scenario8(rows: &mut Vec<String>, accounts: usize, rate: u32) {
     let sim = sim_with(accounts, 8, rate).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &sim, accounts, rate, 32, "0 0 0 1 1 *");
-    let once = || {
+    let once = move || {
         std::process::Command::new(BIN)
             .arg("--config")
             .arg(&cfg)
@@ -574,7 +574,7 @@ async fn scenario8(rows: &mut Vec<String>, accounts: usize, rate: u32) {
             .status()
             .unwrap()
     };
-    let warm = tokio::task::spawn_blocking(once).await.unwrap();
+    let warm = tokio::task::spawn_blocking(once.clone()).await.unwrap();
     assert!(warm.success(), "{warm:?}");
     // A fresh one-second window for the measured run.
     tokio::time::sleep(Duration::from_millis(1100)).await;
