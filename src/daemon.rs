@@ -205,22 +205,65 @@ pub async fn run_pass(
     if !unsaved.is_empty() {
         tracing::error!(accounts = ?unsaved, "rotated refresh tokens are still only in memory: free space or fix permissions in the state directory");
     }
+    // The pass's `running` markers, one commit for all accounts; finished runs are committed in
+    // groups by one writer (issue 14: two commits per account were most of the own cost).
+    let names: Vec<(String, String)> = accounts
+        .iter()
+        .map(|a| (a.name.clone(), a.brand.key().to_owned()))
+        .collect();
+    let db = engine.db.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let mut g = db.lock().unwrap_or_else(|e| e.into_inner());
+        g.begin_pass(&names)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("database task failed: {e}"));
+    let (writer, written) = crate::sync::RunWriter::start(engine.db.clone());
     let sem = Arc::new(Semaphore::new(max_concurrent.max(1)));
     let mut set = tokio::task::JoinSet::new();
-    for a in accounts {
+    let mut spawned = 0;
+    for (i, a) in accounts.into_iter().enumerate() {
         let permit = tokio::select! {
             p = sem.clone().acquire_owned() => p,
             () = stop.cancelled() => break,
         };
         let Ok(permit) = permit else { break };
-        let (engine, progress) = (engine.clone(), progress.clone());
+        let ids = match &opened {
+            Ok(ids) => ids.get(i).copied().ok_or_else(|| Outcome::LocalIo {
+                message: "no run was opened for this account".into(),
+            }),
+            Err(e) if e.is_busy() => Err(Outcome::Temporary {
+                kind: "database_busy".into(),
+                message: e.to_string(),
+            }),
+            Err(e) => Err(Outcome::LocalIo {
+                message: e.to_string(),
+            }),
+        };
+        let (engine, progress, writer) = (engine.clone(), progress.clone(), writer.clone());
         set.spawn(async move {
-            let outcome = engine.sync_account(&a).await;
+            let outcome = engine.sync_account(&a, ids, &writer).await;
             progress.store(now_ms(), Ordering::Relaxed);
             drop(permit);
             (a.name, outcome)
         });
+        spawned = i + 1;
     }
+    match &opened {
+        Err(e) => tracing::error!("cannot open the pass's runs: {e}"),
+        // A stop before an account's turn: it was not attempted, so it has no run.
+        Ok(ids) if spawned < ids.len() => {
+            let unused: Vec<i64> = ids[spawned..].iter().map(|(_, run)| *run).collect();
+            let db = engine.db.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut g = db.lock().unwrap_or_else(|e| e.into_inner());
+                g.drop_unstarted_runs(&unused)
+            })
+            .await;
+        }
+        Ok(_) => {}
+    }
+    drop(writer);
     let mut outcomes = Vec::new();
     while let Some(r) = set.join_next().await {
         match r {
@@ -228,6 +271,7 @@ pub async fn run_pass(
             Err(e) => tracing::error!("an account task failed: {e}"),
         }
     }
+    let _ = written.await;
     outcomes.sort_by(|a, b| a.0.cmp(&b.0));
     engine.api.limits().save();
     let db = engine.db.clone();

@@ -173,16 +173,27 @@ pub fn readiness(
             lines.push(format!("last pass: schedule `{schedule}` has no period"));
         }
         (Some(at), Some(period)) => {
+            // Late when the schedule has fired twice since the last pass finished and a period
+            // more has passed: on a regular schedule about twice the period, and a schedule with
+            // gaps (`* * 6-8 * * *`) is not late overnight. Measured from the pass's own time, so
+            // a clock set back does not make it late either.
+            let at_utc = chrono::DateTime::<chrono::Utc>::from(at);
+            let deadline = next_fire(schedule, at_utc)
+                .and_then(|f1| next_fire(schedule, f1).map(|f2| (f1, f2)))
+                .map(|(f1, f2)| f2 + (f2 - f1));
             let age = now.duration_since(at).unwrap_or_default();
-            if age <= period.saturating_mul(2) {
-                lines.push(format!("last pass: ok ({} s ago)", age.as_secs()));
-            } else {
-                ready = false;
-                lines.push(format!(
-                    "last pass: finished {} s ago, more than twice the schedule's period ({} s)",
-                    age.as_secs(),
-                    period.as_secs()
-                ));
+            match deadline {
+                Some(d) if chrono::DateTime::<chrono::Utc>::from(now) <= d => {
+                    lines.push(format!("last pass: ok ({} s ago)", age.as_secs()));
+                }
+                _ => {
+                    ready = false;
+                    lines.push(format!(
+                        "last pass: finished {} s ago, and the schedule has fired twice since (more than twice its period, {} s)",
+                        age.as_secs(),
+                        period.as_secs()
+                    ));
+                }
             }
         }
     }
@@ -237,10 +248,32 @@ mod tests {
         let r = readiness(&db, "0 */5 * * * *", None, now);
         assert!(!r.ready);
         assert!(r.lines[1].contains("none has finished"), "{r:?}");
-        let stale = now - Duration::from_secs(601);
-        let r = readiness(&db, "0 */5 * * * *", Some(stale), now);
+        // A pass finished at 08:00:01; the schedule fires at 08:05 and 08:10; late after 08:15.
+        let pass = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_371_201);
+        let r = readiness(
+            &db,
+            "0 */5 * * * *",
+            Some(pass),
+            pass + Duration::from_secs(898),
+        );
+        assert!(r.ready, "{r:?}");
+        let r = readiness(
+            &db,
+            "0 */5 * * * *",
+            Some(pass),
+            pass + Duration::from_secs(900),
+        );
         assert!(!r.ready);
-        assert!(r.lines[1].contains("twice"), "{r:?}");
+        assert!(r.lines[1].contains("fired twice since"), "{r:?}");
+        // A schedule with gaps (business hours) is not late overnight (the ops adversarial
+        // pass: it was red all night); it is late once it fired twice more without a pass.
+        let evening = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_374_799); // 08:59:59 UTC
+        let night = evening + Duration::from_secs(6 * 3600);
+        let r = readiness(&db, "*/10 * 6-8 * * *", Some(evening), night);
+        assert!(r.ready, "{r:?}");
+        let morning = evening + Duration::from_secs(21 * 3600 + 60);
+        let r = readiness(&db, "*/10 * 6-8 * * *", Some(evening), morning);
+        assert!(!r.ready, "{r:?}");
         let r = readiness(
             &dir.path().join("missing.sqlite"),
             "0 */5 * * * *",

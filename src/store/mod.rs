@@ -346,22 +346,20 @@ impl Db {
         http_requests: u32,
         state: &str,
     ) -> Result<(), DbError> {
+        let run = FinishedRun {
+            run_id,
+            account_id,
+            started_at: None,
+            http_requests,
+            usage: self.run_usage.take(),
+            end: RunEnd::Failed {
+                kind: kind.to_owned(),
+                message: message.to_owned(),
+                state: state.to_owned(),
+            },
+        };
         let now = timefmt::now();
-        let message: String = message.chars().take(1000).collect();
-        let usage = self.run_usage.take();
-        self.write(|tx| {
-            write_usage(tx, run_id, usage)?;
-            tx.execute(
-                "UPDATE sync_runs SET status = 'failed', finished_at = ?2, error_kind = ?3, error_message = ?4,
-                        http_requests = ?5 WHERE run_id = ?1",
-                params![run_id, now, kind, message, http_requests],
-            )?;
-            tx.execute(
-                "UPDATE accounts SET state = ?2, state_reason = ?3 WHERE account_id = ?1",
-                params![account_id, state, format!("{kind}: {message}")],
-            )?;
-            Ok(())
-        })
+        self.write(|tx| finish_one(tx, &run, &now)).map(|_| ())
     }
 
     /// Applies a complete listing in one transaction: the diff against what is known, the
@@ -373,42 +371,99 @@ impl Db {
         listing: &CompleteListing,
         http_requests: u32,
     ) -> Result<Applied, DbError> {
-        let hashes: Vec<Vec<u8>> = listing
-            .vehicles()
-            .iter()
-            .map(|v| data_hash(v.json()))
-            .collect();
-        let listed: std::collections::HashMap<&str, &[u8]> = listing
-            .vehicles()
-            .iter()
-            .zip(&hashes)
-            .map(|(v, h)| (v.id.as_str(), h.as_slice()))
-            .collect();
-        let usage = self.run_usage.take();
-        let changes = self.write(|tx| {
-            write_usage(tx, run_id, usage)?;
-            let known = load_known(tx, account_id, &listed)?;
-            let changes = diff(&known, listing);
-            let now = timefmt::now();
-            write_changes(tx, run_id, account_id, &now, &changes, listing, &hashes)?;
-            write_absences(tx, run_id, account_id, &now, &known, listing)?;
-            crate::faultpoint::hit("inside_db_transaction");
-            tx.execute(
-                "UPDATE sync_runs SET status = 'ok', finished_at = ?2, http_requests = ?3, vehicles_seen = ?4,
-                        changes = ?5 WHERE run_id = ?1",
-                params![run_id, now, http_requests, listing.len() as i64, changes.len() as i64],
-            )?;
-            tx.execute(
-                "UPDATE accounts SET state = 'ok', state_reason = NULL, last_sync_at = ?2 WHERE account_id = ?1",
-                params![account_id, now],
-            )?;
-            Ok(changes.len())
-        })?;
+        let run = FinishedRun {
+            run_id,
+            account_id,
+            started_at: None,
+            http_requests,
+            usage: self.run_usage.take(),
+            end: RunEnd::Listed {
+                listing: listing.clone(),
+            },
+        };
+        let now = timefmt::now();
+        let changes = self.write(|tx| finish_one(tx, &run, &now))?;
         crate::faultpoint::hit("after_db_commit");
         Ok(Applied {
             vehicles_seen: listing.len(),
             changes,
         })
+    }
+
+    /// Opens a pass: each account's run gets its `running` marker, all in one transaction (one
+    /// commit for the pass, not one per account). Returns (account_id, run_id) per account, in
+    /// order. A crash leaves the markers, closed as `aborted` at the next start.
+    pub fn begin_pass(
+        &mut self,
+        accounts: &[(String, String)],
+    ) -> Result<Vec<(i64, i64)>, DbError> {
+        let mut ids = Vec::with_capacity(accounts.len());
+        for (name, brand) in accounts {
+            ids.push(self.account_id(name, brand)?);
+        }
+        let now = timefmt::now();
+        self.write(|tx| {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO sync_runs (account_id, started_at, status) VALUES (?1, ?2, 'running')",
+            )?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                ins.execute(params![id, now])?;
+                out.push((*id, tx.last_insert_rowid()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Deletes the `running` markers of runs a stopped pass never started.
+    pub fn drop_unstarted_runs(&mut self, run_ids: &[i64]) -> Result<(), DbError> {
+        self.write(|tx| {
+            let mut del = tx
+                .prepare_cached("DELETE FROM sync_runs WHERE run_id = ?1 AND status = 'running'")?;
+            for id in run_ids {
+                del.execute([id])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Group commit: the finished runs of several accounts in one transaction, each inside its
+    /// own savepoint, so each run is all or nothing (a run whose writes fail is rolled back
+    /// alone and reported failed; the others commit). Returns, per run and in order, the changes
+    /// recorded or why it was not recorded. Nothing is reported recorded before the commit.
+    pub fn finish_runs(&mut self, runs: &[FinishedRun]) -> Vec<Result<usize, String>> {
+        let now = timefmt::now();
+        let path = self.path.clone();
+        let mut each = Vec::with_capacity(runs.len());
+        let committed = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                for run in runs {
+                    tx.execute_batch("SAVEPOINT run")?;
+                    match finish_one(&tx, run, &now) {
+                        Ok(n) => {
+                            tx.execute_batch("RELEASE run")?;
+                            each.push(Ok(n));
+                        }
+                        Err(e) => {
+                            tx.execute_batch("ROLLBACK TO run; RELEASE run")?;
+                            each.push(Err(format!("database {}: {e}", path.display())));
+                        }
+                    }
+                }
+                tx.commit()
+            });
+        match committed {
+            Ok(()) => {
+                crate::faultpoint::hit("after_db_commit");
+                each
+            }
+            Err(e) => {
+                let why = self.err(e).to_string();
+                runs.iter().map(|_| Err(why.clone())).collect()
+            }
+        }
     }
 
     /// Checkpoints the WAL when it has grown past `threshold` bytes (RESTART, then TRUNCATE if
@@ -472,6 +527,96 @@ impl Db {
     /// The connection, for read-only helpers and tests.
     pub fn conn(&self) -> &Connection {
         &self.conn
+    }
+}
+
+/// How one account's run ended, for [`Db::finish_runs`].
+#[derive(Debug, Clone)]
+pub enum RunEnd {
+    /// A complete listing: diffed and recorded.
+    Listed { listing: CompleteListing },
+    /// A failure: the run row and the account's state (`failing`, `needs_reauth`).
+    Failed {
+        kind: String,
+        message: String,
+        state: String,
+    },
+}
+
+/// One account's finished run.
+#[derive(Debug, Clone)]
+pub struct FinishedRun {
+    pub run_id: i64,
+    pub account_id: i64,
+    /// When the account's run really started (the pass wrote one marker time for all), or
+    /// `None` to keep the marker's.
+    pub started_at: Option<String>,
+    pub http_requests: u32,
+    /// What its requests saw (identity-provider requests, 429s, `X-RateLimit-*`).
+    pub usage: Option<crate::api::usage::Seen>,
+    pub end: RunEnd,
+}
+
+/// Writes one finished run inside the caller's transaction; returns the changes recorded.
+fn finish_one(
+    tx: &rusqlite::Transaction<'_>,
+    run: &FinishedRun,
+    now: &str,
+) -> rusqlite::Result<usize> {
+    let (run_id, account_id) = (run.run_id, run.account_id);
+    write_usage(tx, run_id, run.usage)?;
+    if let Some(started) = &run.started_at {
+        tx.prepare_cached("UPDATE sync_runs SET started_at = ?2 WHERE run_id = ?1")?
+            .execute(params![run_id, started])?;
+        tx.prepare_cached("UPDATE accounts SET last_attempt_at = ?2 WHERE account_id = ?1")?
+            .execute(params![account_id, started])?;
+    }
+    match &run.end {
+        RunEnd::Failed {
+            kind,
+            message,
+            state,
+        } => {
+            let message: String = message.chars().take(1000).collect();
+            tx.prepare_cached(
+                "UPDATE sync_runs SET status = 'failed', finished_at = ?2, error_kind = ?3, error_message = ?4,
+                        http_requests = ?5 WHERE run_id = ?1",
+            )?
+            .execute(params![run_id, now, kind, message, run.http_requests])?;
+            tx.prepare_cached(
+                "UPDATE accounts SET state = ?2, state_reason = ?3 WHERE account_id = ?1",
+            )?
+            .execute(params![account_id, state, format!("{kind}: {message}")])?;
+            Ok(0)
+        }
+        RunEnd::Listed { listing } => {
+            let hashes: Vec<Vec<u8>> = listing
+                .vehicles()
+                .iter()
+                .map(|v| data_hash(v.json()))
+                .collect();
+            let listed: std::collections::HashMap<&str, &[u8]> = listing
+                .vehicles()
+                .iter()
+                .zip(&hashes)
+                .map(|(v, h)| (v.id.as_str(), h.as_slice()))
+                .collect();
+            let known = load_known(tx, account_id, &listed)?;
+            let changes = diff(&known, listing);
+            write_changes(tx, run_id, account_id, now, &changes, listing, &hashes)?;
+            write_absences(tx, run_id, account_id, now, &known, listing)?;
+            crate::faultpoint::hit("inside_db_transaction");
+            tx.prepare_cached(
+                "UPDATE sync_runs SET status = 'ok', finished_at = ?2, http_requests = ?3, vehicles_seen = ?4,
+                        changes = ?5 WHERE run_id = ?1",
+            )?
+            .execute(params![run_id, now, run.http_requests, listing.len() as i64, changes.len() as i64])?;
+            tx.prepare_cached(
+                "UPDATE accounts SET state = 'ok', state_reason = NULL, last_sync_at = ?2 WHERE account_id = ?1",
+            )?
+            .execute(params![account_id, now])?;
+            Ok(changes.len())
+        }
     }
 }
 
@@ -765,6 +910,85 @@ mod tests {
             )
             .unwrap();
         assert_eq!(orphans, 0);
+    }
+
+    #[test]
+    fn a_group_commit_keeps_each_run_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("t.sqlite")).unwrap();
+        let ids = db
+            .begin_pass(&[
+                ("a".into(), "peugeot".into()),
+                ("b".into(), "peugeot".into()),
+            ])
+            .unwrap();
+        let listed = |run: (i64, i64), id: &str| FinishedRun {
+            run_id: run.1,
+            account_id: run.0,
+            started_at: Some("2026-01-01T00:00:00.000Z".into()),
+            http_requests: 1,
+            usage: None,
+            end: RunEnd::Listed {
+                listing: CompleteListing::assume_complete(&[
+                    serde_json::json!({"id": id, "vin": "VR3X"}),
+                ]),
+            },
+        };
+        // The second run names an account that does not exist: its vehicle row breaks a foreign
+        // key, so it is rolled back alone; the first and third commit.
+        let broken = FinishedRun {
+            account_id: 999,
+            ..listed(ids[1], "car-b")
+        };
+        let failed = FinishedRun {
+            end: RunEnd::Failed {
+                kind: "http_503".into(),
+                message: "gateway".into(),
+                state: "failing".into(),
+            },
+            ..listed(ids[1], "unused")
+        };
+        let results = db.finish_runs(&[listed(ids[0], "car-a"), broken, failed]);
+        assert_eq!(results[0], Ok(1));
+        assert!(
+            results[1]
+                .as_ref()
+                .is_err_and(|e| e.contains("FOREIGN KEY")),
+            "{results:?}"
+        );
+        assert_eq!(results[2], Ok(0));
+        let rows: Vec<(i64, String, String)> = db
+            .conn
+            .prepare("SELECT account_id, status, started_at FROM sync_runs ORDER BY run_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (1, "ok".to_owned(), "2026-01-01T00:00:00.000Z".to_owned()),
+                (
+                    2,
+                    "failed".to_owned(),
+                    "2026-01-01T00:00:00.000Z".to_owned()
+                ),
+            ]
+        );
+        let vehicles: i64 = db
+            .conn
+            .query_row("SELECT count(*) FROM vehicles", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(vehicles, 1, "only the committed run's vehicle");
+        // A pass stopped before an account's turn leaves no run for it.
+        let ids = db.begin_pass(&[("a".into(), "peugeot".into())]).unwrap();
+        db.drop_unstarted_runs(&[ids[0].1]).unwrap();
+        let n: i64 = db
+            .conn
+            .query_row("SELECT count(*) FROM sync_runs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::auth::{AuthError, TokenManager};
 use crate::config::Account;
 use crate::diff::CompleteListing;
 use crate::listing::{ListingBuilder, Step};
-use crate::store::{Db, DbError};
+use crate::store::{Db, FinishedRun, RunEnd};
 
 /// How one account's pass ended, for exit codes and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,44 +82,21 @@ fn auth_outcome(e: AuthError) -> Outcome {
 }
 
 impl Engine {
-    async fn db<T: Send + 'static>(
+    /// Runs one pass for one account whose run `ids` (account_id, run_id) the pass opened, or
+    /// the outcome of an account the pass could not open a run for. Never panics on bad input;
+    /// every failure is recorded, through `writer` (group commit); nothing is logged as done
+    /// before it is committed.
+    pub async fn sync_account(
         &self,
-        f: impl FnOnce(&mut Db) -> Result<T, DbError> + Send + 'static,
-    ) -> Result<T, DbError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = db.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("database task failed: {e}"))
-    }
-
-    /// Runs one pass for one account. Never panics on bad input; every failure is recorded.
-    pub async fn sync_account(&self, a: &Account) -> Outcome {
-        let (name, brand) = (a.name.clone(), a.brand.key().to_owned());
-        let ids = self
-            .db(move |db| {
-                let id = db.account_id(&name, &brand)?;
-                Ok((id, db.begin_run(id)?))
-            })
-            .await;
+        a: &Account,
+        ids: Result<(i64, i64), Outcome>,
+        writer: &RunWriter,
+    ) -> Outcome {
         let (account_id, run_id) = match ids {
             Ok(v) => v,
-            Err(e) if e.is_busy() => {
-                tracing::warn!(account = %a.name, "{e}");
-                return Outcome::Temporary {
-                    kind: "database_busy".into(),
-                    message: e.to_string(),
-                };
-            }
-            Err(e) => {
-                tracing::error!(account = %a.name, "{e}");
-                return Outcome::LocalIo {
-                    message: e.to_string(),
-                };
-            }
+            Err(o) => return o,
         };
+        let started_at = crate::timefmt::now();
         // This run's own tally: what other requests of the account saw before it is not its own.
         self.api.limits().usage.take(&a.name);
         let mut requests = 0u32;
@@ -128,27 +105,27 @@ impl Engine {
         let outcome = match fetched {
             Ok(listing) => {
                 let n = listing.len();
-                let r = self
-                    .db(move |db| {
-                        db.set_run_usage(usage);
-                        db.apply_listing(run_id, account_id, &listing, requests)
-                    })
-                    .await;
-                match r {
-                    Ok(applied) => {
-                        tracing::info!(account = %a.name, vehicles = n, changes = applied.changes, requests, "synced");
-                        return Outcome::Ok {
-                            vehicles: applied.vehicles_seen,
-                            changes: applied.changes,
-                        };
-                    }
-                    Err(e) => {
-                        tracing::error!(account = %a.name, "cannot record the listing: {e}");
-                        Outcome::LocalIo {
-                            message: e.to_string(),
+                let run = FinishedRun {
+                    run_id,
+                    account_id,
+                    started_at: Some(started_at),
+                    http_requests: requests,
+                    usage: Some(usage),
+                    end: RunEnd::Listed { listing },
+                };
+                return match writer.finish(run).await {
+                    Ok(changes) => {
+                        tracing::info!(account = %a.name, vehicles = n, changes, requests, "synced");
+                        Outcome::Ok {
+                            vehicles: n,
+                            changes,
                         }
                     }
-                }
+                    Err(message) => {
+                        tracing::error!(account = %a.name, "cannot record the listing: {message}");
+                        Outcome::LocalIo { message }
+                    }
+                };
             }
             Err(FetchError::Auth(e)) => auth_outcome(e),
             Err(FetchError::Api(e)) => Outcome::Temporary {
@@ -191,18 +168,21 @@ impl Engine {
         if !matches!(outcome, Outcome::NeedsReauth { .. }) {
             tracing::warn!(account = %a.name, kind = %kind, requests, "sync failed: {message}");
         }
-        let k = kind.clone();
-        if let Err(e) = self
-            .db(move |db| {
-                db.set_run_usage(usage);
-                db.finish_failed(run_id, account_id, &k, &message, requests, state)
-            })
-            .await
-        {
-            tracing::error!(account = %a.name, "cannot record the failed run: {e}");
-            return Outcome::LocalIo {
-                message: e.to_string(),
-            };
+        let run = FinishedRun {
+            run_id,
+            account_id,
+            started_at: Some(started_at),
+            http_requests: requests,
+            usage: Some(usage),
+            end: RunEnd::Failed {
+                kind,
+                message,
+                state: state.to_owned(),
+            },
+        };
+        if let Err(message) = writer.finish(run).await {
+            tracing::error!(account = %a.name, "cannot record the failed run: {message}");
+            return Outcome::LocalIo { message };
         }
         outcome
     }
@@ -306,5 +286,64 @@ impl Engine {
             }
             None => limits.unhinted_429(self.retry.cap),
         }
+    }
+}
+
+/// The group committer of a pass: accounts hand their finished runs to one writer task, which
+/// commits whatever has queued up meanwhile in one transaction ([`Db::finish_runs`]) and then
+/// answers each account. One commit serves many accounts when they finish together.
+#[derive(Clone)]
+pub struct RunWriter {
+    tx: tokio::sync::mpsc::UnboundedSender<(
+        FinishedRun,
+        tokio::sync::oneshot::Sender<Result<usize, String>>,
+    )>,
+}
+
+/// The most runs one transaction takes.
+const GROUP_MAX: usize = 256;
+
+impl RunWriter {
+    /// Starts the writer task for `db`; it ends when every [`RunWriter`] clone is dropped and
+    /// the queue is written.
+    pub fn start(db: Arc<Mutex<Db>>) -> (RunWriter, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+            FinishedRun,
+            tokio::sync::oneshot::Sender<Result<usize, String>>,
+        )>();
+        let task = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut group = vec![first];
+                while group.len() < GROUP_MAX {
+                    match rx.try_recv() {
+                        Ok(more) => group.push(more),
+                        Err(_) => break,
+                    }
+                }
+                let (runs, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                let db = db.clone();
+                let results = tokio::task::spawn_blocking(move || {
+                    let mut g = db.lock().unwrap_or_else(|e| e.into_inner());
+                    g.finish_runs(&runs)
+                })
+                .await
+                .unwrap_or_else(|e| panic!("database task failed: {e}"));
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+        });
+        (RunWriter { tx }, task)
+    }
+
+    /// Hands over a finished run and waits until it is committed (or refused).
+    pub async fn finish(&self, run: FinishedRun) -> Result<usize, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((run, reply))
+            .map_err(|_| "the run writer has stopped".to_owned())?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the run writer has stopped".to_owned()))
     }
 }
