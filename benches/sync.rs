@@ -624,7 +624,17 @@ async fn scenario9(rows: &mut Vec<String>, vehicles: usize) {
     );
     let db_path = dir.path().join("state/stellantis-sync.sqlite");
     let t = Instant::now();
-    let mut child = std::process::Command::new(BIN)
+    // `BENCH_HEAPTRACK=FILE` runs the daemon under heaptrack (a heap profile in FILE.zst; the
+    // RSS figures are then heaptrack's, not the daemon's).
+    let mut cmd = match std::env::var("BENCH_HEAPTRACK") {
+        Ok(out) => {
+            let mut c = std::process::Command::new("heaptrack");
+            c.args(["-o", &out]).arg(BIN);
+            c
+        }
+        Err(_) => std::process::Command::new(BIN),
+    };
+    let mut child = cmd
         .arg("--config")
         .arg(&cfg)
         .arg("run")
