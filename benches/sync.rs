@@ -730,7 +730,7 @@ fn main() {
             scenario3(&mut rows, if quick { 20_000 } else { 100_000 });
         }
         if want("scenario6") {
-            scenario6(&mut rows, if quick { 100 } else { 1000 }).await;
+            scenario6(&mut rows, if quick { 40 } else { 1000 }).await;
         }
         if want("scenario7") {
             scenario7(&mut rows, if quick { 2000 } else { 10_000 }).await;
@@ -739,7 +739,7 @@ fn main() {
             scenario8(&mut rows, if quick { 100 } else { 300 }, 48).await;
         }
         if want("scenario9") {
-            scenario9(&mut rows, if quick { 1000 } else { 10_000 }).await;
+            scenario9(&mut rows, if quick { 400 } else { 10_000 }).await;
         }
         if want("scenario4") {
             scenario4(&mut rows, if quick { &[1000] } else { &[1000, 10_000] }).await;
