@@ -77,6 +77,15 @@ async fn a_list_shifting_between_pages_with_the_same_total_removes_nothing_that_
         async move {
             let second = r.path_and_query.contains("pageToken=2");
             let next = Some("/connectedcar/v4/user/vehicles?pageToken=2".to_owned());
+            // The confirmation of a removal, in one page: the truth.
+            if r.path_and_query.contains("pageSize=60") {
+                let truth: &[&str] = if n == 0 {
+                    &["A", "B", "C", "D"]
+                } else {
+                    &["B", "C", "D", "E"]
+                };
+                return json_response(200, &page(Some(4), truth, None));
+            }
             let body = match (n, second) {
                 (0, false) => page(Some(4), &["A", "B"], next),
                 (0, true) => page(Some(4), &["C", "D"], None),
@@ -102,6 +111,51 @@ async fn a_list_shifting_between_pages_with_the_same_total_removes_nothing_that_
         env.count("SELECT count(*) FROM vehicles WHERE removed_at IS NULL"),
         4
     );
+}
+
+/// The recording pass of this session: the same vehicle hidden by a page shift in two listings in
+/// a row (each time one vehicle leaves before the cursor while another arrives) was recorded
+/// removed, then added again. A removal from listings of several pages is now confirmed by one
+/// listing in a single page (`pageSize=60`, one answer of the server); here the single page
+/// always tells the truth, the pages of 2 lie twice, and C is removed only when it really left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_vehicle_hidden_by_two_page_shifts_in_a_row_is_not_removed() {
+    let pass = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let p = pass.clone();
+    let fake = Fake::start(move |r| {
+        let n = p.load(std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let one_page = r.path_and_query.contains("pageSize=60");
+            let second = r.path_and_query.contains("pageToken=2");
+            let next = Some("/connectedcar/v4/user/vehicles?pageToken=2".to_owned());
+            let body = match (n, one_page, second) {
+                // The truth, in one page: E arrives in pass 1, C stays until pass 3.
+                (0, true, _) => page(Some(4), &["A", "B", "C", "D"], None),
+                (1 | 2, true, _) => page(Some(5), &["A", "B", "C", "D", "E"], None),
+                (_, true, _) => page(Some(4), &["A", "B", "D", "E"], None),
+                (0, false, false) => page(Some(4), &["A", "B"], next),
+                (0, false, true) => page(Some(4), &["C", "D"], None),
+                // From pass 1 the pages of 2 read A, B, D, E: in passes 1 and 2 a shift hides
+                // C (the same total, no duplicate); from pass 3 on, C really left.
+                (_, false, false) => page(Some(4), &["A", "B"], next),
+                (_, false, true) => page(Some(4), &["D", "E"], None),
+            };
+            json_response(200, &body)
+        }
+    })
+    .await;
+    let env = env_with_api(&fake, 2).await;
+    for n in 0..3 {
+        pass.store(n, std::sync::atomic::Ordering::SeqCst);
+        let out = env.once().await;
+        assert_code(&out, 0);
+    }
+    assert!(removed_ids(&env).is_empty(), "{:?}", removed_ids(&env));
+    for n in 3..5 {
+        pass.store(n, std::sync::atomic::Ordering::SeqCst);
+        assert_code(&env.once().await, 0);
+    }
+    assert_eq!(removed_ids(&env), vec!["C".to_owned()]);
 }
 
 /// Items 6 and 8: a 200 page without `total`, and a 404 with code 40400 but no message, are not

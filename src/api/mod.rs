@@ -107,6 +107,9 @@ pub struct ApiClient {
     page_size: u32,
 }
 
+/// The largest `pageSize` the API takes (1–60).
+pub const MAX_PAGE_SIZE: u32 = 60;
+
 impl ApiClient {
     pub fn new(http: reqwest::Client, base: Url, limits: Arc<Limits>, page_size: u32) -> ApiClient {
         ApiClient {
@@ -129,11 +132,15 @@ impl ApiClient {
 
     /// The URL of the first page of the vehicle list.
     pub fn first_page_url(&self, a: &Account) -> String {
+        self.first_page_url_sized(a, self.page_size)
+    }
+
+    /// The URL of the first page of the vehicle list with pages of `page_size`.
+    pub fn first_page_url_sized(&self, a: &Account, page_size: u32) -> String {
         let base = self.base.as_str().trim_end_matches('/');
         format!(
-            "{base}/user/vehicles?client_id={}&pageSize={}",
+            "{base}/user/vehicles?client_id={}&pageSize={page_size}",
             url::form_urlencoded::byte_serialize(a.client_id.as_bytes()).collect::<String>(),
-            self.page_size
         )
     }
 

@@ -415,6 +415,18 @@ impl Db {
         })
     }
 
+    /// The vehicles of an account recorded missing from its last listing (`vehicle_absences`).
+    pub fn missing_vehicles(&self, account_id: i64) -> Result<Vec<String>, DbError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT vehicle_id FROM vehicle_absences WHERE account_id = ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([account_id], |r| r.get(0))
+            .and_then(|r| r.collect::<rusqlite::Result<Vec<String>>>());
+        rows.map_err(|e| self.err(e))
+    }
+
     /// Deletes the `running` markers of runs a stopped pass never started.
     pub fn drop_unstarted_runs(&mut self, run_ids: &[i64]) -> Result<(), DbError> {
         self.write(|tx| {

@@ -100,7 +100,13 @@ impl Engine {
         // This run's own tally: what other requests of the account saw before it is not its own.
         self.api.limits().usage.take(&a.name);
         let mut requests = 0u32;
-        let fetched = self.fetch(a, &mut requests).await;
+        let fetched = match self.fetch(a, &mut requests, self.api.page_size()).await {
+            Ok(listing) => {
+                self.confirm_removals(a, account_id, listing, &mut requests)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         let usage = self.api.limits().usage.take(&a.name);
         let outcome = match fetched {
             Ok(listing) => {
@@ -187,7 +193,48 @@ impl Engine {
         outcome
     }
 
-    async fn fetch(&self, a: &Account, requests: &mut u32) -> Result<CompleteListing, FetchError> {
+    /// A listing of several pages (or an empty one) confirms the removal of a vehicle already
+    /// missing from the previous listing. Pages can shift between requests in a way no check
+    /// sees (a vehicle leaves before the cursor while another arrives: the same total, no
+    /// duplicate), and the same vehicle can sit at the shifting boundary twice in a row, so two
+    /// such listings prove nothing (issue 14's adversarial pass recorded a removal that never
+    /// happened). Before such a confirmation the list is fetched once more in one page
+    /// (`pageSize` 60, the API's largest), one answer of the server and so a consistent
+    /// snapshot, and that listing is the one recorded. An account with more vehicles than one
+    /// page holds gets a third listing instead.
+    async fn confirm_removals(
+        &self,
+        a: &Account,
+        account_id: i64,
+        listing: CompleteListing,
+        requests: &mut u32,
+    ) -> Result<CompleteListing, FetchError> {
+        if !listing.removals_need_confirmation() {
+            return Ok(listing);
+        }
+        let db = self.db.clone();
+        let missing = tokio::task::spawn_blocking(move || {
+            let g = db.lock().unwrap_or_else(|e| e.into_inner());
+            g.missing_vehicles(account_id)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("database task failed: {e}"))
+        .unwrap_or_default();
+        let present: std::collections::HashSet<&str> =
+            listing.vehicles().iter().map(|v| v.id.as_str()).collect();
+        if missing.iter().all(|m| present.contains(m.as_str())) {
+            return Ok(listing);
+        }
+        tracing::info!(account = %a.name, "a vehicle missing from two listings of several pages: listing once more in one page before recording it removed");
+        self.fetch(a, requests, crate::api::MAX_PAGE_SIZE).await
+    }
+
+    async fn fetch(
+        &self,
+        a: &Account,
+        requests: &mut u32,
+        page_size: u32,
+    ) -> Result<CompleteListing, FetchError> {
         let mut token = self
             .tokens
             .access_token(a)
@@ -195,8 +242,8 @@ impl Engine {
             .map_err(FetchError::Auth)?;
         crate::faultpoint::hit("after_token");
         let mut refreshed = false;
-        let mut url = self.api.first_page_url(a);
-        let mut listing = ListingBuilder::new(&url, self.api.page_size());
+        let mut url = self.api.first_page_url_sized(a, page_size);
+        let mut listing = ListingBuilder::new(&url, page_size);
         loop {
             let mut attempt = 0u32;
             let page = loop {
