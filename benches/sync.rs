@@ -304,25 +304,31 @@ fn scenario3(rows: &mut Vec<String>, vehicles: usize) {
     assert_eq!(c2, 0);
 }
 
-/// The first `n` users' vehicles under `[telemetry]` at the default intervals (the daily budget
-/// set out of the way, so that the intervals are the defaults), through one simulated day: the
-/// simulator's clock stands still and jumps a minute at a time; the runner polls what is due at
-/// each minute, as the daemon's loop does.
-async fn scenario6(rows: &mut Vec<String>, vehicles: usize) {
-    let users = vehicles.div_ceil(4);
-    let sim = sim::spawn(
+/// A simulator of `users` accounts with 4 vehicles each, no quota; its clock runs at
+/// `time_scale` (0: it moves only when the benchmark jumps it).
+async fn fleet_sim(users: usize, seed: u64, time_scale: f64) -> SimHandle {
+    sim::spawn(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         SimConfig {
             users,
             vehicle_counts: vec![4; users],
             burst_per_second: 0,
             daily_limit: 0,
-            seed: 6,
-            time_scale: 0.0,
+            seed,
+            time_scale,
             ..SimConfig::default()
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// The first `n` users' vehicles under `[telemetry]` at the default intervals (the daily budget
+/// set out of the way, so that the intervals are the defaults), through one simulated day: the
+/// simulator's clock stands still and jumps a minute at a time; the runner polls what is due at
+/// each minute, as the daemon's loop does.
+async fn scenario6(rows: &mut Vec<String>, vehicles: usize) {
+    let users = vehicles.div_ceil(4);
+    let sim = fleet_sim(users, 6, 0.0).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = load(&write_config_with(
         dir.path(),
@@ -366,12 +372,7 @@ async fn scenario6(rows: &mut Vec<String>, vehicles: usize) {
         let s = t
             .run_due(sim.now().timestamp(), CancellationToken::new())
             .await;
-        day.requests += s.requests;
-        day.statuses += s.statuses;
-        day.new_observations += s.new_observations;
-        day.unchanged += s.unchanged;
-        day.trips += s.trips;
-        day.failures += s.failures;
+        day.merge(s);
     }
     let cpu = cpu_seconds() - cpu0;
     let secs = wall.elapsed().as_secs_f64();
@@ -600,18 +601,7 @@ async fn scenario8(rows: &mut Vec<String>, accounts: usize, rate: u32) {
 /// vehicle run, and after.
 async fn scenario9(rows: &mut Vec<String>, vehicles: usize) {
     let users = vehicles.div_ceil(4);
-    let sim = sim::spawn(
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        SimConfig {
-            users,
-            vehicle_counts: vec![4; users],
-            burst_per_second: 0,
-            daily_limit: 0,
-            seed: 9,
-            ..SimConfig::default()
-        },
-    )
-    .unwrap();
+    let sim = fleet_sim(users, 9, 1.0).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config_with(
         dir.path(),

@@ -371,18 +371,12 @@ impl Db {
         listing: &CompleteListing,
         http_requests: u32,
     ) -> Result<Applied, DbError> {
-        let run = FinishedRun {
-            run_id,
-            account_id,
-            started_at: None,
-            http_requests,
-            usage: self.run_usage.take(),
-            end: RunEnd::Listed {
-                listing: listing.clone(),
-            },
-        };
+        let usage = self.run_usage.take();
         let now = timefmt::now();
-        let changes = self.write(|tx| finish_one(tx, &run, &now))?;
+        let changes = self.write(|tx| {
+            write_usage(tx, run_id, usage)?;
+            record_listing(tx, run_id, account_id, http_requests, listing, &now)
+        })?;
         crate::faultpoint::hit("after_db_commit");
         Ok(Applied {
             vehicles_seen: listing.len(),
@@ -602,34 +596,47 @@ fn finish_one(
             Ok(0)
         }
         RunEnd::Listed { listing } => {
-            let hashes: Vec<Vec<u8>> = listing
-                .vehicles()
-                .iter()
-                .map(|v| data_hash(v.json()))
-                .collect();
-            let listed: std::collections::HashMap<&str, &[u8]> = listing
-                .vehicles()
-                .iter()
-                .zip(&hashes)
-                .map(|(v, h)| (v.id.as_str(), h.as_slice()))
-                .collect();
-            let known = load_known(tx, account_id, &listed)?;
-            let changes = diff(&known, listing);
-            write_changes(tx, run_id, account_id, now, &changes, listing, &hashes)?;
-            write_absences(tx, run_id, account_id, now, &known, listing)?;
-            crate::faultpoint::hit("inside_db_transaction");
-            tx.prepare_cached(
-                "UPDATE sync_runs SET status = 'ok', finished_at = ?2, http_requests = ?3, vehicles_seen = ?4,
-                        changes = ?5 WHERE run_id = ?1",
-            )?
-            .execute(params![run_id, now, run.http_requests, listing.len() as i64, changes.len() as i64])?;
-            tx.prepare_cached(
-                "UPDATE accounts SET state = 'ok', state_reason = NULL, last_sync_at = ?2 WHERE account_id = ?1",
-            )?
-            .execute(params![account_id, now])?;
-            Ok(changes.len())
+            record_listing(tx, run_id, account_id, run.http_requests, listing, now)
         }
     }
+}
+
+/// A complete listing's part of a run: the diff against what is known, the changes, the
+/// vehicles' state, the run's success and the account's state. Returns the changes recorded.
+fn record_listing(
+    tx: &rusqlite::Transaction<'_>,
+    run_id: i64,
+    account_id: i64,
+    http_requests: u32,
+    listing: &CompleteListing,
+    now: &str,
+) -> rusqlite::Result<usize> {
+    let hashes: Vec<Vec<u8>> = listing
+        .vehicles()
+        .iter()
+        .map(|v| data_hash(v.json()))
+        .collect();
+    let listed: std::collections::HashMap<&str, &[u8]> = listing
+        .vehicles()
+        .iter()
+        .zip(&hashes)
+        .map(|(v, h)| (v.id.as_str(), h.as_slice()))
+        .collect();
+    let known = load_known(tx, account_id, &listed)?;
+    let changes = diff(&known, listing);
+    write_changes(tx, run_id, account_id, now, &changes, listing, &hashes)?;
+    write_absences(tx, run_id, account_id, now, &known, listing)?;
+    crate::faultpoint::hit("inside_db_transaction");
+    tx.prepare_cached(
+        "UPDATE sync_runs SET status = 'ok', finished_at = ?2, http_requests = ?3, vehicles_seen = ?4,
+                changes = ?5 WHERE run_id = ?1",
+    )?
+    .execute(params![run_id, now, http_requests, listing.len() as i64, changes.len() as i64])?;
+    tx.prepare_cached(
+        "UPDATE accounts SET state = 'ok', state_reason = NULL, last_sync_at = ?2 WHERE account_id = ?1",
+    )?
+    .execute(params![account_id, now])?;
+    Ok(changes.len())
 }
 
 fn write_usage(

@@ -108,18 +108,18 @@ impl Engine {
             Err(e) => Err(e),
         };
         let usage = self.api.limits().usage.take(&a.name);
+        let run = |end| FinishedRun {
+            run_id,
+            account_id,
+            started_at: Some(started_at.clone()),
+            http_requests: requests,
+            usage: Some(usage),
+            end,
+        };
         let outcome = match fetched {
             Ok(listing) => {
                 let n = listing.len();
-                let run = FinishedRun {
-                    run_id,
-                    account_id,
-                    started_at: Some(started_at),
-                    http_requests: requests,
-                    usage: Some(usage),
-                    end: RunEnd::Listed { listing },
-                };
-                return match writer.finish(run).await {
+                return match writer.finish(run(RunEnd::Listed { listing })).await {
                     Ok(changes) => {
                         tracing::info!(account = %a.name, vehicles = n, changes, requests, "synced");
                         Outcome::Ok {
@@ -174,19 +174,12 @@ impl Engine {
         if !matches!(outcome, Outcome::NeedsReauth { .. }) {
             tracing::warn!(account = %a.name, kind = %kind, requests, "sync failed: {message}");
         }
-        let run = FinishedRun {
-            run_id,
-            account_id,
-            started_at: Some(started_at),
-            http_requests: requests,
-            usage: Some(usage),
-            end: RunEnd::Failed {
-                kind,
-                message,
-                state: state.to_owned(),
-            },
+        let end = RunEnd::Failed {
+            kind,
+            message,
+            state: state.to_owned(),
         };
-        if let Err(message) = writer.finish(run).await {
+        if let Err(message) = writer.finish(run(end)).await {
             tracing::error!(account = %a.name, "cannot record the failed run: {message}");
             return Outcome::LocalIo { message };
         }

@@ -69,7 +69,8 @@ pub struct TelemetrySummary {
 }
 
 impl TelemetrySummary {
-    fn merge(&mut self, o: TelemetrySummary) {
+    /// Adds another round's counts to this one.
+    pub fn merge(&mut self, o: TelemetrySummary) {
         self.requests += o.requests;
         self.statuses += o.statuses;
         self.new_observations += o.new_observations;
