@@ -11,6 +11,9 @@ else as text; rows compare in order, so every query must order its rows complete
 :vin is replaced by the VIN with the most changes in both forms. Every canned query of
 docs/metadata.json must appear word for word as a SQLite form here.
 
+The Python reader of status bodies in docs/schema.md (the ```python block) is run too: every body
+must decode to JSON, and each observation's odometer must be the one its body gives.
+
 Needs the pinned packages (no download at run time):
     pip install duckdb==1.5.5 duckdb-extension-sqlite==1.5.5
 Exit status: 0 all identical, 1 a query failed or differs, 2 a module is missing."""
@@ -93,6 +96,49 @@ def sections(doc):
     return out
 
 
+def check_bodies(doc, db):
+    """Runs the ```python reader of schema.md over every status body; returns the failures."""
+    blocks = re.findall(r"```python\n(.+?)\n```", doc, re.S)
+    if len(blocks) != 1:
+        print(f"bodies: schema.md has {len(blocks)} python blocks, expected the one reader")
+        return 1
+    code = blocks[0].replace("file:stellantis-sync.sqlite?mode=ro", f"file:{db}?mode=ro")
+    ns = {}
+    exec(code, ns)
+    lite = ns["db"]
+    failed = 0
+    read = 0
+    for (body_id,) in lite.execute("SELECT body_id FROM status_bodies ORDER BY body_id"):
+        try:
+            json.loads(ns["body"](body_id))
+            read += 1
+        except Exception as e:  # any failure of the documented reader is a finding
+            print(f"bodies: body {body_id} cannot be read: {e!r}")
+            failed += 1
+            if failed > 5:
+                return failed
+    rows = lite.execute(
+        """SELECT b.body_id, s.odometer_km FROM vehicle_status s
+           JOIN status_bodies b ON b.account_id = s.account_id AND b.body_hash = s.body_hash
+           WHERE s.odometer_km IS NOT NULL ORDER BY s.status_id"""
+    ).fetchall()
+    for body_id, odometer in rows:
+        got = json.loads(ns["body"](body_id)).get("odometer", {}).get("mileage")
+        if got is None or not math.isclose(float(got), odometer, abs_tol=1e-6):
+            print(f"bodies: body {body_id} gives odometer {got}, its observation {odometer}")
+            failed += 1
+            break
+    deepest = lite.execute(
+        """WITH RECURSIVE up(id, depth) AS (
+               SELECT body_id, 0 FROM status_bodies
+               UNION ALL SELECT b.base_id, up.depth + 1 FROM up JOIN status_bodies b ON b.body_id = up.id
+               WHERE b.base_id IS NOT NULL)
+           SELECT max(depth) FROM up"""
+    ).fetchone()[0]
+    print(f"bodies: {read} read by the documented Python reader, {len(rows)} odometers match, deepest chain {deepest}")
+    return failed
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -148,6 +194,7 @@ def main():
                 print(f"{label}: DIFFERENT ({problem}) - {title}")
             else:
                 print(f"{label}: same rows={len(s_rows)} - {title}")
+    failed += check_bodies(doc, db)
     print(f"{len(queries)} queries, {failed} failed or different")
     sys.exit(1 if failed else 0)
 

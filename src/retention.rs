@@ -38,8 +38,9 @@ const KEEP_FILL: &str = "INSERT OR IGNORE INTO temp.retention_keep_ids
 
 /// One batch. Rows added after the snapshot (`status_id > ?3`) are checked directly, so a body
 /// that becomes referenced again meanwhile is kept; an older row's `last_fetched_ts` only ever
-/// moves while it is its vehicle's newest, which the snapshot already keeps. A base that other
-/// bodies are stored against (src/store/bodies.rs) stays until they are gone.
+/// moves while it is its vehicle's newest, which the snapshot already keeps. A body that other
+/// bodies are stored against (a base, or a link of a chain: src/store/bodies.rs) stays until
+/// they are gone.
 const DELETE_BATCH: &str = "DELETE FROM status_bodies WHERE body_id IN (
     SELECT b.body_id FROM status_bodies b
     WHERE b.first_fetched_ts < ?1
@@ -106,7 +107,7 @@ pub fn prune(
         }
         done.bodies += n as u64;
         done.batches += 1;
-        // Not "fewer than a batch, so done": a base whose last dependants this batch deleted
+        // Not "fewer than a batch, so done": a body whose last dependants this batch deleted
         // becomes deletable in the next one.
     }
     if done.bodies > 0 && vacuum_pages > 0 {
@@ -234,6 +235,42 @@ mod tests {
         }
         let p = prune(&db, Duration::from_secs(1_000), 100, 0, 60_000).unwrap();
         assert_eq!(p.bodies, 2, "{p:?}");
+        assert_eq!(bodies(db.lock().unwrap().conn()), ["new-base"]);
+    }
+
+    #[test]
+    fn a_chain_of_bodies_stays_while_its_newest_is_kept_and_goes_whole_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Mutex::new(Db::open(&dir.path().join("db.sqlite")).unwrap()));
+        {
+            let g = db.lock().unwrap();
+            let c = g.conn();
+            c.execute(
+                "INSERT INTO accounts (name, brand, created_at) VALUES ('a', 'peugeot', '2026-01-01T00:00:00.000Z')",
+                [],
+            )
+            .unwrap();
+            // base <- c1 <- c2 <- c3: each stored against the one before (src/store/bodies.rs).
+            add(c, "V1", "base", 100, 100);
+            add(c, "V1", "c1", 200, 200);
+            add(c, "V1", "c2", 300, 300);
+            add(c, "V1", "c3", 9_500, 9_500);
+            c.execute_batch(
+                "UPDATE status_bodies SET base_id = body_id - 1, body = x'78bb' WHERE body_hash LIKE 'c%'",
+            )
+            .unwrap();
+        }
+        // The recent body needs every body before it.
+        let p = prune(&db, Duration::from_secs(1_000), 100, 0, 10_000).unwrap();
+        assert_eq!(p.bodies, 0, "{p:?}");
+        // Once the chain's newest is old and no longer its vehicle's newest, the chain goes in one
+        // run, newest first, whatever the batch size.
+        {
+            let g = db.lock().unwrap();
+            add(g.conn(), "V1", "new-base", 50_000, 50_000);
+        }
+        let p = prune(&db, Duration::from_secs(1_000), 1, 0, 60_000).unwrap();
+        assert_eq!(p.bodies, 4, "{p:?}");
         assert_eq!(bodies(db.lock().unwrap().conn()), ["new-base"]);
     }
 }

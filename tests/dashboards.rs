@@ -288,6 +288,20 @@ fn every_documented_query_gives_the_same_rows_in_sqlite_and_duckdb() {
         .count();
     assert!(documented >= 17, "{documented} queries in docs/schema.md");
     assert_eq!(same, documented, "{report}");
+    // The documented Python reader of status bodies read every body, chains included.
+    if telemetry_in_this_build() {
+        let bodies = report
+            .lines()
+            .find_map(|l| l.strip_prefix("bodies: "))
+            .unwrap_or_else(|| panic!("no bodies line in\n{report}"));
+        let read: u64 = bodies.split(' ').next().unwrap().parse().unwrap();
+        assert!(read > 20, "{bodies}");
+        let deepest: u32 = bodies.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            deepest >= 2,
+            "bodies stored against bodies stored against others: {bodies}"
+        );
+    }
     let mut with_rows = vec!["Q1:", "Q2:", "Q4:", "Q5:", "Q8:", "Q14:", "Q15:", "Q17:"];
     if telemetry_in_this_build() {
         with_rows.extend(["Q11:", "Q13:", "Q16:"]);

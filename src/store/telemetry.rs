@@ -248,7 +248,13 @@ fn record_status(
             drive_ended: false,
         });
     }
-    store_body(tx, account_id, f, &hash)?;
+    store_body(
+        tx,
+        account_id,
+        f,
+        &hash,
+        latest.as_ref().map(|(_, h, _)| h.as_slice()),
+    )?;
     let o = &f.parsed.observation;
     let observed_ts = o.observed_ts.unwrap_or(f.fetched_ts);
     let before = Before {
@@ -300,13 +306,14 @@ fn record_status(
     })
 }
 
-/// Stores a body not yet in `status_bodies`, as a base or against the vehicle's base
-/// (src/store/bodies.rs).
+/// Stores a body not yet in `status_bodies`, as a base or as a zlib stream against the vehicle's
+/// latest body `previous` (the body of its newest observation; src/store/bodies.rs).
 fn store_body(
     tx: &Transaction<'_>,
     account_id: i64,
     f: &StatusFetch,
     hash: &[u8],
+    previous: Option<&[u8]>,
 ) -> rusqlite::Result<()> {
     let known = tx
         .prepare_cached("SELECT 1 FROM status_bodies WHERE account_id = ?1 AND body_hash = ?2")?
@@ -314,19 +321,14 @@ fn store_body(
     if known {
         return Ok(());
     }
-    let base: Option<bodies::Base> = tx
-        .prepare_cached(
-            "SELECT body_id, body, first_fetched_ts FROM status_bodies
-             WHERE account_id = ?1 AND vin = ?2 AND base_id IS NULL ORDER BY body_id DESC LIMIT 1",
-        )?
-        .query_row(params![account_id, f.vin], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
+    let anchor = match previous {
+        Some(h) => anchor(tx, account_id, &f.vin, h)?,
+        None => None,
+    };
     let (base_id, body): (Option<i64>, rusqlite::types::Value) =
-        match bodies::encode(base.as_ref(), &f.body, f.fetched_ts) {
+        match bodies::encode(anchor.as_ref(), &f.body, f.fetched_ts) {
             bodies::Stored::Base => (None, f.body.clone().into()),
-            bodies::Stored::Delta { base_id, blob } => (Some(base_id), blob.into()),
+            bodies::Stored::Delta { base_id, blob, .. } => (Some(base_id), blob.into()),
         };
     tx.prepare_cached(
         "INSERT INTO status_bodies (body_hash, account_id, vin, first_fetched_ts, base_id, body)
@@ -343,6 +345,92 @@ fn store_body(
     Ok(())
 }
 
+/// The vehicle's body `hash` as an anchor for its next body. `None` when it is not there or
+/// cannot be read (a damaged row): the next body then starts a new base instead of failing the
+/// write.
+fn anchor(
+    conn: &rusqlite::Connection,
+    account_id: i64,
+    vin: &str,
+    hash: &[u8],
+) -> rusqlite::Result<Option<bodies::Anchor>> {
+    let id: Option<i64> = conn
+        .prepare_cached(
+            "SELECT body_id FROM status_bodies WHERE account_id = ?1 AND body_hash = ?2 AND vin = ?3",
+        )?
+        .query_row(params![account_id, hash, vin], |r| r.get(0))
+        .optional()?;
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    match read_chain(conn, id) {
+        Ok(a) => Ok(Some(a)),
+        Err(BodyReadError::Sqlite(e)) => Err(e),
+        Err(BodyReadError::Body(e)) => {
+            tracing::warn!(error = %e, "a stored status body cannot be read; the vehicle's next body starts a new base");
+            Ok(None)
+        }
+    }
+}
+
+/// Longest chain a reader follows: [`bodies::MAX_CHAIN`] is what this version writes; the margin
+/// only guards against a loop in a damaged file.
+const MAX_WALK: usize = 64;
+
+/// Body `body_id` decoded, with its depth and base: the chain of `base_id`s is walked up to its
+/// base, then inflated down.
+fn read_chain(conn: &rusqlite::Connection, body_id: i64) -> Result<bodies::Anchor, BodyReadError> {
+    type Row = (i64, Option<i64>, rusqlite::types::Value, i64);
+    let mut chain: Vec<Row> = Vec::new();
+    let mut next = Some(body_id);
+    while let Some(id) = next {
+        if chain.len() >= MAX_WALK {
+            return Err(BodyReadError::Body(bodies::BodyError {
+                body_id,
+                reason: format!("more than {MAX_WALK} bodies between it and its base"),
+            }));
+        }
+        let row: Row = conn
+            .prepare_cached(
+                "SELECT body_id, base_id, body, first_fetched_ts FROM status_bodies WHERE body_id = ?1",
+            )?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        next = row.1;
+        chain.push(row);
+    }
+    let mut text: Option<String> = None;
+    let mut base: Option<bodies::Base> = None;
+    for (id, _, stored, ts) in chain.iter().rev() {
+        let bytes: &[u8] = match stored {
+            rusqlite::types::Value::Text(t) => t.as_bytes(),
+            rusqlite::types::Value::Blob(b) => b,
+            _ => {
+                return Err(BodyReadError::Body(bodies::BodyError {
+                    body_id: *id,
+                    reason: "neither text nor blob".into(),
+                }));
+            }
+        };
+        let t = bodies::decode(*id, bytes, text.as_deref())?;
+        if base.is_none() {
+            base = Some((*id, t.clone(), *ts));
+        }
+        text = Some(t);
+    }
+    match (text, base) {
+        (Some(text), Some(base)) => Ok(bodies::Anchor {
+            body_id,
+            text,
+            depth: u32::try_from(chain.len() - 1).unwrap_or(u32::MAX),
+            base,
+        }),
+        _ => Err(BodyReadError::Body(bodies::BodyError {
+            body_id,
+            reason: "no chain".into(),
+        })),
+    }
+}
+
 /// The JSON text of account `account_id`'s body `hash`, decoded from its stored form (`None` if
 /// there is none).
 pub fn status_body_text(
@@ -350,35 +438,17 @@ pub fn status_body_text(
     account_id: i64,
     hash: &[u8],
 ) -> Result<Option<String>, BodyReadError> {
-    let row: Option<(i64, Option<i64>, rusqlite::types::Value)> = conn
+    let id: Option<i64> = conn
         .query_row(
-            "SELECT body_id, base_id, body FROM status_bodies WHERE account_id = ?1 AND body_hash = ?2",
+            "SELECT body_id FROM status_bodies WHERE account_id = ?1 AND body_hash = ?2",
             params![account_id, hash],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| r.get(0),
         )
         .optional()?;
-    let Some((id, base_id, body)) = row else {
-        return Ok(None);
-    };
-    let bytes = match body {
-        rusqlite::types::Value::Text(t) => t.into_bytes(),
-        rusqlite::types::Value::Blob(b) => b,
-        _ => {
-            return Err(BodyReadError::Body(bodies::BodyError {
-                body_id: id,
-                reason: "neither text nor blob".into(),
-            }));
-        }
-    };
-    let base: Option<String> = match base_id {
-        None => None,
-        Some(b) => Some(conn.query_row(
-            "SELECT body FROM status_bodies WHERE body_id = ?1 AND base_id IS NULL",
-            [b],
-            |r| r.get(0),
-        )?),
-    };
-    Ok(Some(bodies::decode(id, &bytes, base.as_deref())?))
+    match id {
+        None => Ok(None),
+        Some(id) => Ok(Some(read_chain(conn, id)?.text)),
+    }
 }
 
 /// Why a stored body could not be read.
@@ -738,6 +808,19 @@ mod tests {
                 Some(text.as_str())
             );
         }
+        // Most bodies are stored against the body before them, in chains of at most MAX_CHAIN.
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM status_bodies d JOIN status_bodies p ON p.body_id = d.base_id
+                 WHERE p.base_id IS NOT NULL"
+            ),
+            29 - 29 / i64::from(bodies::MAX_CHAIN) - 1
+        );
+        let deepest = (1..=30)
+            .map(|id| read_chain(db.conn(), id).unwrap().depth)
+            .max();
+        assert_eq!(deepest, Some(bodies::MAX_CHAIN));
         // Another account's view of the same car keeps its own copy: moving or removing one
         // account never takes the other's bodies.
         let b = db.account_id("b", "peugeot").unwrap();
@@ -786,6 +869,63 @@ mod tests {
             ),
             2
         );
+    }
+
+    #[test]
+    fn a_damaged_body_in_the_chain_makes_the_next_body_a_base_not_a_failed_write() {
+        let (_d, mut db, a) = db();
+        let write = |db: &mut Db, i: i64| {
+            let f = fetch(
+                "VIN1",
+                1000 + i * 120,
+                long_body(&format!("2026-01-01T10:{:02}:00Z", i * 2), 40.0 + i as f64),
+            );
+            let hash = f.parsed.hash;
+            db.write_telemetry(
+                a,
+                &Batch {
+                    statuses: vec![f],
+                    ..Batch::default()
+                },
+                3600,
+            )
+            .map(|_| hash)
+        };
+        for i in 0..3 {
+            write(&mut db, i).unwrap();
+        }
+        db.conn()
+            .execute(
+                "UPDATE status_bodies SET body = x'78bb0000' WHERE body_id = 2",
+                [],
+            )
+            .unwrap();
+        let hash = write(&mut db, 3).unwrap();
+        let (base_id, text): (Option<i64>, String) = db
+            .conn()
+            .query_row(
+                "SELECT base_id, body FROM status_bodies WHERE body_hash = ?1",
+                [&hash[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(base_id, None);
+        assert_eq!(status_body_text(db.conn(), a, &hash).unwrap(), Some(text));
+        let e = read_chain(db.conn(), 3).unwrap_err();
+        assert!(e.to_string().starts_with("status body 2: "), "{e}");
+    }
+
+    #[test]
+    fn a_loop_of_base_ids_in_a_damaged_file_is_an_error_not_a_hang() {
+        let (_d, db, _a) = db();
+        db.conn()
+            .execute_batch(
+                "INSERT INTO status_bodies (body_id, body_hash, account_id, vin, first_fetched_ts, base_id, body)
+                 VALUES (1, x'01', 1, 'V', 0, 2, x'78bb'), (2, x'02', 1, 'V', 0, 1, x'78bb');",
+            )
+            .unwrap();
+        let e = read_chain(db.conn(), 1).unwrap_err();
+        assert!(e.to_string().contains("more than 64 bodies"), "{e}");
     }
 
     #[test]
