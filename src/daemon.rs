@@ -8,8 +8,8 @@
 //! overlap) is decided in one place.
 //!
 //! Stopping (SIGTERM/SIGINT, in the daemon and in `--once` alike): scheduling stops, the running
-//! pass gets `shutdown_timeout` to finish (a second signal cuts that short), then its API fetches
-//! are abandoned (database writes are whole transactions, so nothing committed is lost). A token
+//! pass and telemetry round get one `shutdown_timeout` together to finish (a second signal cuts
+//! that short), then their API fetches are abandoned (database writes are whole transactions, so nothing committed is lost). A token
 //! exchange that has been sent is NOT abandoned: it runs in a task of its own, and shutdown waits
 //! for every one to finish and be saved, whatever signal arrives ([`TokenManager::drain`]); records
 //! that could not be saved are written once more. Runs cut off are closed as `aborted`.
@@ -368,11 +368,13 @@ async fn finish(app: &App) {
     app.limits.save();
 }
 
-/// Waits for a pass to end on its own within `timeout` (a signal cuts the wait short), then
-/// abandons it: its API fetches stop, its token exchanges carry on (see [`finish`]).
+/// Waits for a pass to end on its own until `deadline` (`timeout` after the stop began; a signal
+/// cuts the wait short), then abandons it: its API fetches stop, its token exchanges carry on (see
+/// [`finish`]).
 async fn stop_pass(
     mut handle: tokio::task::JoinHandle<()>,
     stop: &CancellationToken,
+    deadline: tokio::time::Instant,
     timeout: Duration,
     rx: &mut mpsc::UnboundedReceiver<Event>,
 ) {
@@ -380,7 +382,7 @@ async fn stop_pass(
     let abort = handle.abort_handle();
     tokio::select! {
         _ = &mut handle => return,
-        () = tokio::time::sleep(timeout) => {
+        () = tokio::time::sleep_until(deadline) => {
             tracing::warn!("the running pass did not finish within {timeout:?}; abandoning its requests (its uncommitted work is rolled back)");
         }
         Some(Event::Signal(s)) = rx.recv() => {
@@ -423,7 +425,8 @@ pub async fn once(cfg: Config) -> u8 {
         Some(summary) = done_rx.recv() => Some(summary),
         Some(Event::Signal(sig)) = rx.recv() => {
             tracing::info!("received {}, stopping", sig.name());
-            stop_pass(handle, &stop, app.cfg.schedule.shutdown_timeout, &mut rx).await;
+            let timeout = app.cfg.schedule.shutdown_timeout;
+            stop_pass(handle, &stop, tokio::time::Instant::now() + timeout, timeout, &mut rx).await;
             done_rx.try_recv().ok()
         }
     };
@@ -814,23 +817,41 @@ impl Daemon<'_> {
         }
     }
 
+    /// Stops the telemetry round and the list pass together: both are cancelled at once and
+    /// share one `shutdown_timeout` (a second signal cuts the wait short), so a stop never takes
+    /// longer than one timeout, whatever is running.
     async fn on_shutdown(&mut self, sig: Sig, rx: &mut mpsc::UnboundedReceiver<Event>) {
         tracing::info!("received {}, shutting down", sig.name());
         notify::notify("STOPPING=1");
         self.queue.clear();
         let timeout = self.app.cfg.schedule.shutdown_timeout;
-        if let Some(r) = self.running.remove(&Job::TelemetryRound) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let round = self.running.remove(&Job::TelemetryRound);
+        let pass = self.running.remove(&Job::ListPass);
+        for r in round.iter().chain(pass.iter()) {
             r.stop.cancel();
-            let abort = r.handle.abort_handle();
-            if tokio::time::timeout(timeout, r.handle).await.is_err() {
-                tracing::warn!(
-                    "the telemetry round did not finish within {timeout:?}; abandoning it"
-                );
-                abort.abort();
-            }
         }
-        if let Some(Running { handle, stop }) = self.running.remove(&Job::ListPass) {
-            stop_pass(handle, &stop, timeout, rx).await;
+        let mut cut_short = false;
+        if let Some(mut r) = round {
+            tokio::select! {
+                _ = &mut r.handle => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("the telemetry round did not finish within {timeout:?}; abandoning it");
+                }
+                Some(Event::Signal(s)) = rx.recv() => {
+                    tracing::warn!("second signal ({}): abandoning the telemetry round now", s.name());
+                    cut_short = true;
+                }
+            }
+            r.handle.abort();
+        }
+        if let Some(Running { handle, stop }) = pass {
+            let deadline = if cut_short {
+                tokio::time::Instant::now()
+            } else {
+                deadline
+            };
+            stop_pass(handle, &stop, deadline, timeout, rx).await;
         }
         finish(&self.app).await;
     }

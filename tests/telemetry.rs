@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use stellantis_sync::sim::{SimConfig, SimHandle};
+use stellantis_sync::sim::{Faults, SimConfig, SimHandle};
 
 const STATUS: &str = "GET /connectedcar/v4/user/vehicles/{id}/status";
 
@@ -331,6 +331,78 @@ async fn the_daemon_polls_on_its_own_schedule() {
         2
     );
     assert_no_forbidden_endpoint(&env.sim);
+}
+
+/// A stop while both a telemetry round and a list pass hang on a slow API: both are cancelled at
+/// once and share one `shutdown_timeout` (it was one after the other, twice the timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_telemetry_round_and_a_pass_takes_one_shutdown_timeout() {
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts {
+            schedule: "*/2 * * * * *".into(),
+            telemetry: "active_interval = \"1s\"\nparked_interval = \"1s\"\ngap_limit = \"1d\"\ndaily_request_budget = 10000000\n".into(),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        text.replace("shutdown_timeout = \"2s\"", "shutdown_timeout = \"3s\"")
+            .replace(
+                "timeout = \"3s\"\nmax_retries",
+                "timeout = \"60s\"\nmax_retries",
+            ),
+    )
+    .unwrap();
+    let mut child = env.spawn_daemon(&[]);
+    wait_for(15, "first observations", || {
+        try_count(&env, "SELECT count(*) FROM vehicle_status") >= 2
+    })
+    .await;
+    env.sim.set_faults(Faults {
+        slow: 1.0,
+        slow_ms: 60_000,
+        ..Faults::default()
+    });
+    // A pass starts every 2 s and the round every second: both end up waiting on the API.
+    wait_for(10, "a pass hanging on the API", || {
+        try_count(
+            &env,
+            "SELECT count(*) FROM sync_runs WHERE status = 'running'",
+        ) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let started = std::time::Instant::now();
+    signal(&child, "TERM");
+    let out = tokio::time::timeout(Duration::from_secs(20), async {
+        let status = child.wait().await.unwrap();
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            tokio::io::AsyncReadExt::read_to_string(&mut e, &mut err)
+                .await
+                .unwrap();
+        }
+        (status, err)
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    let (status, log) = out;
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("the telemetry round did not finish within 3s")
+            && log.contains("the running pass did not finish within 3s"),
+        "both were running when the stop came:\n{log}"
+    );
+    assert!(
+        took < Duration::from_millis(5_500),
+        "one shutdown_timeout (3 s), not two: {took:?}"
+    );
+    env.sim.set_faults(Faults::default());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
