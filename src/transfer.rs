@@ -10,6 +10,10 @@
 //!   the copied ids above the target's highest id, keeping their order; every column declared
 //!   `REFERENCES` such a table is shifted by the same offset, and `account_id` takes the target's
 //!   id of the account. Each table's copied row count is checked against the source's.
+//! - The export file carries a SHA-256 of each table's rows (`transfer_checksum`, also never in
+//!   an analytics database): import recomputes them and refuses a file whose content changed
+//!   after export (a flipped byte in a stored body, an edited row), which SQLite's own checks
+//!   cannot see. A file without that table (made by an earlier build) imports with a warning.
 //! - Import refuses an account that already has any row in the target (apart from a bare
 //!   `accounts` row), so two histories never mix and no row is duplicated. Import takes the
 //!   target's instance lock (`daemon.lock`), so it refuses while a daemon runs there.
@@ -55,6 +59,125 @@ pub const ACCOUNT_TABLES: &[&str] = &[
 
 /// The table of an export file holding the token record (never in an analytics database).
 const TOKEN_TABLE: &str = "transfer_token";
+
+/// The table of an export file holding each copied table's row count and content digest.
+const CHECKSUM_TABLE: &str = "transfer_checksum";
+
+/// Row count and SHA-256 (hex) of every row of `schema.table`, in an order fixed by the rows'
+/// own values (all columns), so the digest depends on the content only. Each value is hashed
+/// with its type and length, so no two different rows hash alike by concatenation.
+fn digest(conn: &Connection, schema: &str, table: &str) -> rusqlite::Result<(i64, String)> {
+    use rusqlite::types::ValueRef;
+    use sha2::Digest as _;
+    let from = format!("{schema}.{}", quote(table));
+    let columns = conn
+        .prepare(&format!("SELECT * FROM {from}"))?
+        .column_count();
+    let order: Vec<String> = (1..=columns).map(|i| i.to_string()).collect();
+    let mut st = conn.prepare(&format!(
+        "SELECT * FROM {from} ORDER BY {}",
+        order.join(", ")
+    ))?;
+    let mut rows = st.query([])?;
+    let mut h = sha2::Sha256::new();
+    let mut count = 0i64;
+    while let Some(row) = rows.next()? {
+        count += 1;
+        for i in 0..columns {
+            match row.get_ref(i)? {
+                ValueRef::Null => h.update([0u8]),
+                ValueRef::Integer(v) => {
+                    h.update([1u8]);
+                    h.update(v.to_be_bytes());
+                }
+                ValueRef::Real(v) => {
+                    h.update([2u8]);
+                    h.update(v.to_bits().to_be_bytes());
+                }
+                ValueRef::Text(b) => {
+                    h.update([3u8]);
+                    h.update((b.len() as u64).to_be_bytes());
+                    h.update(b);
+                }
+                ValueRef::Blob(b) => {
+                    h.update([4u8]);
+                    h.update((b.len() as u64).to_be_bytes());
+                    h.update(b);
+                }
+            }
+        }
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((count, hex))
+}
+
+/// The tables an export file's checksum covers: every account table, and the token record.
+fn checksummed_tables(conn: &Connection, schema: &str) -> rusqlite::Result<Vec<String>> {
+    let mut tables: Vec<String> = ACCOUNT_TABLES.iter().map(|t| (*t).to_owned()).collect();
+    let has_token: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM {schema}.sqlite_schema WHERE type = 'table' AND name = ?1"),
+        [TOKEN_TABLE],
+        |r| r.get(0),
+    )?;
+    if has_token > 0 {
+        tables.push(TOKEN_TABLE.to_owned());
+    }
+    Ok(tables)
+}
+
+/// Writes the checksum table of the export file open as `main`.
+fn write_checksums(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!(
+        "CREATE TABLE main.{CHECKSUM_TABLE} (name TEXT PRIMARY KEY, rows INTEGER NOT NULL, sha256 TEXT NOT NULL)"
+    ))?;
+    for table in checksummed_tables(conn, "main")? {
+        let (rows, sha) = digest(conn, "main", &table)?;
+        conn.execute(
+            &format!("INSERT INTO main.{CHECKSUM_TABLE} (name, rows, sha256) VALUES (?1, ?2, ?3)"),
+            params![table, rows, sha],
+        )?;
+    }
+    Ok(())
+}
+
+/// Recomputes an export file's checksums: `Ok(false)` when it has none (an earlier build's
+/// file), an error naming the first table whose content changed.
+fn verify_checksums(conn: &Connection, path: &Path) -> Result<bool, TransferError> {
+    let has: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [CHECKSUM_TABLE],
+            |r| r.get(0),
+        )
+        .map_err(sql(path))?;
+    if has == 0 {
+        return Ok(false);
+    }
+    for table in checksummed_tables(conn, "main").map_err(sql(path))? {
+        let recorded: Option<(i64, String)> = conn
+            .query_row(
+                &format!("SELECT rows, sha256 FROM {CHECKSUM_TABLE} WHERE name = ?1"),
+                [&table],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql(path))?;
+        let found = digest(conn, "main", &table).map_err(sql(path))?;
+        let detail = match recorded {
+            None => format!("its checksum does not cover table {table}"),
+            Some(r) if r != found => format!(
+                "table {table} does not match the checksum written at export ({} rows recorded, {} found): the file changed after export",
+                r.0, found.0
+            ),
+            Some(_) => continue,
+        };
+        return Err(TransferError::Damaged {
+            path: path.to_owned(),
+            detail,
+        });
+    }
+    Ok(true)
+}
 
 /// Exit code of a refused transfer (sysexits `EX_DATAERR`): nothing was changed.
 pub const REFUSED: u8 = 65;
@@ -571,6 +694,7 @@ pub async fn export(
             )
             .map_err(sql(&tmp))?;
         }
+        write_checksums(conn).map_err(sql(&tmp))?;
         tx.commit().map_err(sql(&tmp))?;
         conn.execute_batch("DETACH DATABASE src")
             .map_err(sql(&tmp))?;
@@ -642,14 +766,24 @@ pub async fn export(
     Ok(counts)
 }
 
-/// `import-account FILE [--with-tokens]` with a loaded configuration; returns the account name
-/// and the rows copied.
+/// What an import did.
+#[derive(Debug)]
+pub struct Imported {
+    pub name: String,
+    pub counts: Counts,
+    /// The file holds a token record that was not imported (no `--with-tokens`).
+    pub token_left: bool,
+    /// The file's content checksum was verified (false: an earlier build's file without one).
+    pub checksummed: bool,
+}
+
+/// `import-account FILE [--with-tokens]` with a loaded configuration.
 pub async fn import(
     cfg: &Config,
     file: &Path,
     with_tokens: bool,
     shard: Option<(u32, u32)>,
-) -> Result<(String, Counts, bool), TransferError> {
+) -> Result<Imported, TransferError> {
     let _instance = lock(&cfg.state_dir)?;
     let probe = store::open_read_only(file)?;
     // A damaged file is the file's fault, and said so (not an error of the target database).
@@ -755,6 +889,8 @@ pub async fn import(
     } else {
         None
     };
+    // Last, after the checks that name a specific fault: content changed since export.
+    let checksummed = verify_checksums(&probe, file)?;
     drop(probe);
     let tokens = TokenStore::new(&cfg.state_dir);
     let _account_lock = if record.is_some() {
@@ -788,7 +924,12 @@ pub async fn import(
         return Err(sql(&cfg.database)(e));
     }
     let _ = conn.execute_batch("DETACH DATABASE src");
-    Ok((name, counts, has_token_table && record.is_none()))
+    Ok(Imported {
+        token_left: has_token_table && record.is_none(),
+        name,
+        counts,
+        checksummed,
+    })
 }
 
 /// The `export-account` command: loads the configuration, exports, prints what it did.
@@ -841,7 +982,18 @@ pub async fn import_cmd(
         }
     };
     match import(&cfg, file, with_tokens, shard).await {
-        Ok((name, counts, token_left)) => {
+        Ok(Imported {
+            name,
+            counts,
+            token_left,
+            checksummed,
+        }) => {
+            if !checksummed {
+                eprintln!(
+                    "stellantis-sync: import-account: warning: {} has no content checksum (an earlier build wrote it); only its structure was checked",
+                    file.display()
+                );
+            }
             println!(
                 "imported `{name}` from {} into {}{}: {}",
                 file.display(),
@@ -877,6 +1029,26 @@ pub async fn import_cmd(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The digest depends on the rows' values and types, not on their order on disk.
+    #[test]
+    fn the_content_digest_sees_values_and_types_not_row_order() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE a (x, y); INSERT INTO a VALUES (1, 'p'), (2, x'00'), (NULL, 2.5);
+             CREATE TABLE b (x, y); INSERT INTO b VALUES (NULL, 2.5), (2, x'00'), (1, 'p');
+             CREATE TABLE c (x, y); INSERT INTO c VALUES ('1', 'p'), (2, x'00'), (NULL, 2.5);
+             CREATE TABLE d (x, y); INSERT INTO d VALUES (1, 'p'), (2, x'01'), (NULL, 2.5);
+             CREATE TABLE e (x, y); INSERT INTO e VALUES (1, 'p'), (2, x'00');",
+        )
+        .unwrap();
+        let d = |t: &str| digest(&c, "main", t).unwrap();
+        assert_eq!(d("a"), d("b"));
+        assert_eq!(d("a").0, 3);
+        for other in ["c", "d", "e"] {
+            assert_ne!(d("a").1, d(other).1, "{other}");
+        }
+    }
 
     /// Every table of the migrated schema with an `account_id` column is covered, and the list
     /// is in an order where every referenced table comes first.

@@ -498,6 +498,28 @@ async fn an_account_moves_between_databases_and_back_without_losing_a_row() {
     assert_code(&o, 65);
     assert!(text(&o).contains("belongs to shard 0/2"), "{}", text(&o));
 
+    // One byte of a stored status body changed after export: SQLite's checks cannot see it;
+    // the export's checksum refuses the file, and B is unchanged.
+    {
+        let edit = "UPDATE status_bodies SET body = replace(body, '80', '81')
+         WHERE body_id = (SELECT min(body_id) FROM status_bodies WHERE base_id IS NULL)";
+        let doctored = work.path().join("doctored.sqlite");
+        std::fs::copy(&f1, &doctored).unwrap();
+        let n = rusqlite::Connection::open(&doctored)
+            .unwrap()
+            .execute(edit, [])
+            .unwrap();
+        assert_eq!(n, 1, "{edit}");
+        let o = run_with(&bcfg, &["import-account", doctored.to_str().unwrap()]).await;
+        assert_code(&o, 65);
+        assert!(
+            text(&o).contains("table status_bodies does not match the checksum written at export"),
+            "{}",
+            text(&o)
+        );
+        assert!(dump_account(&bdb, "user1").values().all(Vec::is_empty));
+    }
+
     // file -> B.
     let b_others = dump_others(&bdb, "user1");
     let o = run_with(&bcfg, &["import-account", f1s, "--with-tokens"]).await;
@@ -907,14 +929,36 @@ async fn a_move_that_fails_or_a_doctored_file_never_loses_or_misplaces_a_token()
         "{}",
         text(&o)
     );
-    // The genuine file still moves.
-    assert_code(
-        &run_with(
-            &bcfg,
-            &["import-account", g.to_str().unwrap(), "--with-tokens"],
-        )
-        .await,
-        0,
-    );
+    // Content changed after export, which SQLite's own checks cannot see: a vehicle's JSON, or
+    // one value of a run. The export's checksum refuses both.
+    for edit in [
+        "UPDATE vehicles SET data = json_set(data, '$.label', 'edited')
+         WHERE rowid = (SELECT min(rowid) FROM vehicles)",
+        "UPDATE sync_runs SET finished_at = finished_at || ' '
+         WHERE run_id = (SELECT max(run_id) FROM sync_runs)",
+    ] {
+        std::fs::copy(&g, &doctored).unwrap();
+        let n = rusqlite::Connection::open(&doctored)
+            .unwrap()
+            .execute(edit, [])
+            .unwrap();
+        assert_eq!(n, 1, "{edit}");
+        let o = run_with(&bcfg, &["import-account", doctored.to_str().unwrap()]).await;
+        assert_code(&o, 65);
+        assert!(
+            text(&o).contains("doctored.sqlite is damaged")
+                && text(&o).contains("does not match the checksum written at export"),
+            "{}",
+            text(&o)
+        );
+    }
+    // The genuine file still moves, its checksum verified (no warning).
+    let o = run_with(
+        &bcfg,
+        &["import-account", g.to_str().unwrap(), "--with-tokens"],
+    )
+    .await;
+    assert_code(&o, 0);
+    assert!(!text(&o).contains("no content checksum"), "{}", text(&o));
     assert!(bdir.path().join("state/tokens/user2.json").exists());
 }
