@@ -29,6 +29,44 @@ use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stellantis-sync");
 
+/// Where the figures come from: the commit (with `+changes` when the tree differs from it), the
+/// machine and the compiler, one line each.
+fn provenance() -> String {
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = run("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = run("git", &["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|s| !s.is_empty());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let kernel = run("uname", &["-sr"]).unwrap_or_default();
+    let rustc = run("rustc", &["--version"]).unwrap_or_else(|| "rustc unknown".into());
+    format!(
+        "- commit: {commit}{}\n- machine: {cores} × {model}, {mem_gib:.0} GiB, {kernel}\n- compiler: {rustc}, bench profile",
+        if dirty { " +changes" } else { "" }
+    )
+}
+
 fn cpu_seconds() -> f64 {
     // utime + stime of this process, in clock ticks (100 Hz on Linux).
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -736,9 +774,10 @@ fn main() {
         }
     });
     println!(
-        "\nstellantis-sync benchmark ({}; {} s)\n",
+        "\nstellantis-sync benchmark ({}; {} s)\n\n{}\n",
         if quick { "quick sizes" } else { "full sizes" },
-        started.elapsed().as_secs()
+        started.elapsed().as_secs(),
+        provenance()
     );
     for r in rows {
         println!("{r}");
