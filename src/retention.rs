@@ -37,8 +37,10 @@ const KEEP_FILL: &str = "INSERT OR IGNORE INTO temp.retention_keep_ids
                            WHERE s2.account_id = s.account_id AND s2.vin = s.vin)";
 
 /// One batch. Rows added after the snapshot (`status_id > ?3`) are checked directly, so a body
-/// that becomes referenced again meanwhile is kept; an older row's `last_fetched_ts` only ever
-/// moves while it is its vehicle's newest, which the snapshot already keeps. A body that other
+/// that becomes referenced again meanwhile is kept. An older row's `last_fetched_ts` moves
+/// while it is its vehicle's newest, which the snapshot already keeps, or when a server sends
+/// that older observation again: if that happens during a run its body may still go, and the
+/// writer stores it again the next time it is sent (src/store/telemetry.rs). A body that other
 /// bodies are stored against (a base, or a link of a chain: src/store/bodies.rs) stays until
 /// they are gone.
 const DELETE_BATCH: &str = "DELETE FROM status_bodies WHERE body_id IN (

@@ -233,13 +233,30 @@ fn record_status(
         )?
         .query_row(params![account_id, f.vin], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    // The vehicle's newest observation keeps its body (retention never prunes it), so an
-    // unchanged status only moves `last_fetched_ts`.
-    if let Some((id, h, _)) = &latest
-        && *h == hash
-    {
+    let o = &f.parsed.observation;
+    let observed_ts = o.observed_ts.unwrap_or(f.fetched_ts);
+    // The same observation as one already recorded only moves its `last_fetched_ts`: usually
+    // the newest (the API keeps returning the last report), or an older one a server sends
+    // again (its block times are older than the newest observation's), which must not become a
+    // new row at every poll either.
+    let same = match &latest {
+        Some((id, h, _)) if *h == hash => Some(*id),
+        _ => tx
+            .prepare_cached(
+                "SELECT status_id FROM vehicle_status
+                 WHERE vin = ?2 AND observed_ts = ?3 AND account_id = ?1 AND body_hash = ?4
+                 ORDER BY status_id DESC LIMIT 1",
+            )?
+            .query_row(params![account_id, f.vin, observed_ts, hash], |r| r.get(0))
+            .optional()?,
+    };
+    if let Some(id) = same {
         tx.prepare_cached("UPDATE vehicle_status SET last_fetched_ts = max(last_fetched_ts, ?2) WHERE status_id = ?1")?
             .execute(params![id, f.fetched_ts])?;
+        if latest.as_ref().is_some_and(|(l, _, _)| *l != id) {
+            // Not the newest: retention may have pruned its body; store it again if so.
+            store_body(tx, account_id, f, &hash, None)?;
+        }
         return Ok(StatusRecorded {
             vin: f.vin.clone(),
             new_observation: false,
@@ -255,8 +272,6 @@ fn record_status(
         &hash,
         latest.as_ref().map(|(_, h, _)| h.as_slice()),
     )?;
-    let o = &f.parsed.observation;
-    let observed_ts = o.observed_ts.unwrap_or(f.fetched_ts);
     let before = Before {
         last_ts: latest.map(|(_, _, t)| t),
         state: open_state(tx, account_id, &f.vin)?,
@@ -315,11 +330,14 @@ fn store_body(
     hash: &[u8],
     previous: Option<&[u8]>,
 ) -> rusqlite::Result<()> {
-    let known = tx
-        .prepare_cached("SELECT 1 FROM status_bodies WHERE account_id = ?1 AND body_hash = ?2")?
-        .exists(params![account_id, hash])?;
-    if known {
-        return Ok(());
+    let known: Option<i64> = tx
+        .prepare_cached(
+            "SELECT body_id FROM status_bodies WHERE account_id = ?1 AND body_hash = ?2",
+        )?
+        .query_row(params![account_id, hash], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = known {
+        return repair_if_damaged(tx, id, f, hash);
     }
     let anchor = match previous {
         Some(h) => anchor(tx, account_id, &f.vin, h)?,
@@ -342,6 +360,41 @@ fn store_body(
         base_id,
         body
     ])?;
+    Ok(())
+}
+
+/// A body fetched again is checked against its stored copy (this path is rare: a body equal to
+/// an older one). A stored copy that cannot be read, or reads as another body, is replaced by
+/// the text just fetched, as a base; the bodies stored against it read again too when the server
+/// sent the same bytes.
+fn repair_if_damaged(
+    tx: &Transaction<'_>,
+    body_id: i64,
+    f: &StatusFetch,
+    hash: &[u8],
+) -> rusqlite::Result<()> {
+    let problem = match read_chain(tx, body_id) {
+        Ok(a) => match crate::telemetry::status::parse(a.text.as_bytes()) {
+            Ok(p) if p.hash[..] == *hash => return Ok(()),
+            Ok(_) => "it reads as another body".to_owned(),
+            Err(e) => e.to_string(),
+        },
+        Err(BodyReadError::Sqlite(e)) => return Err(e),
+        Err(BodyReadError::Body(e)) => e.to_string(),
+    };
+    let stored = tx
+        .prepare_cached("UPDATE status_bodies SET base_id = NULL, body = ?2 WHERE body_id = ?1")?
+        .execute(params![body_id, f.body]);
+    match stored {
+        Ok(_) => tracing::warn!(
+            vin = %crate::redact::printable(&f.vin),
+            "stored status body {body_id} was damaged ({problem}); stored again from the body just fetched"
+        ),
+        Err(e) => tracing::warn!(
+            vin = %crate::redact::printable(&f.vin),
+            "stored status body {body_id} is damaged ({problem}) and could not be replaced: {e}"
+        ),
+    }
     Ok(())
 }
 
@@ -913,6 +966,105 @@ mod tests {
         assert_eq!(status_body_text(db.conn(), a, &hash).unwrap(), Some(text));
         let e = read_chain(db.conn(), 3).unwrap_err();
         assert!(e.to_string().starts_with("status body 2: "), "{e}");
+    }
+
+    fn write_one(db: &mut Db, a: i64, f: StatusFetch) -> StatusRecorded {
+        let mut r = db
+            .write_telemetry(
+                a,
+                &Batch {
+                    statuses: vec![f],
+                    ..Batch::default()
+                },
+                3600,
+            )
+            .unwrap();
+        r.pop().unwrap()
+    }
+
+    #[test]
+    fn an_older_observation_sent_again_and_again_is_one_row_not_one_per_poll() {
+        let (_d, mut d, a) = db();
+        let newest = long_body("2026-01-01T10:00:00Z", 50.0);
+        let stale = long_body("2020-01-01T10:00:00Z", 40.0);
+        assert!(write_one(&mut d, a, fetch("VIN1", 1000, newest)).new_observation);
+        // A server sends an older report, then keeps sending it.
+        assert!(write_one(&mut d, a, fetch("VIN1", 1120, stale.clone())).new_observation);
+        for i in 2..6 {
+            let r = write_one(&mut d, a, fetch("VIN1", 1000 + i * 120, stale.clone()));
+            assert!(!r.new_observation, "poll {i}");
+        }
+        assert_eq!(count(&d, "SELECT count(*) FROM vehicle_status"), 2);
+        assert_eq!(
+            count(
+                &d,
+                "SELECT last_fetched_ts FROM vehicle_status ORDER BY observed_ts LIMIT 1"
+            ),
+            1600
+        );
+    }
+
+    #[test]
+    fn the_cars_report_sent_again_after_a_body_without_block_times_is_not_a_new_row() {
+        // A body without block times is observed at its fetch time, later than the car's own
+        // report: the report sent again after it is still the same observation.
+        let (_d, mut d, a) = db();
+        let report = long_body("2026-01-01T10:00:00Z", 50.0);
+        write_one(&mut d, a, fetch("VIN1", 5000, report.clone()));
+        write_one(
+            &mut d,
+            a,
+            fetch("VIN1", 5120, json!({"note": "no block times"})),
+        );
+        for i in 2..5 {
+            let r = write_one(&mut d, a, fetch("VIN1", 5000 + i * 120, report.clone()));
+            assert!(!r.new_observation, "poll {i}");
+        }
+        assert_eq!(count(&d, "SELECT count(*) FROM vehicle_status"), 2);
+    }
+
+    #[test]
+    fn a_damaged_body_sent_again_is_stored_again_and_its_chain_reads_again() {
+        let (_d, mut d, a) = db();
+        let first = fetch("VIN1", 1000, long_body("2026-01-01T10:00:00Z", 50.0));
+        let second = fetch("VIN1", 1120, long_body("2026-01-01T10:02:00Z", 51.0));
+        let (h1, t1) = (first.parsed.hash, first.body.clone());
+        let (h2, t2) = (second.parsed.hash, second.body.clone());
+        write_one(&mut d, a, first.clone());
+        write_one(&mut d, a, second);
+        // The second is stored against the first (a base); the first's text is damaged, which
+        // breaks the second too.
+        let n = d
+            .conn()
+            .execute(
+                "UPDATE status_bodies SET body = '{\"damaged\":1}' WHERE body_hash = ?1 AND base_id IS NULL",
+                [&h1[..]],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(status_body_text(d.conn(), a, &h2).is_err());
+        // The server sends the first report again (not the newest observation): it is checked,
+        // found damaged and stored again; the chain reads again.
+        let r = write_one(&mut d, a, first);
+        assert!(!r.new_observation);
+        assert_eq!(status_body_text(d.conn(), a, &h1).unwrap(), Some(t1));
+        assert_eq!(status_body_text(d.conn(), a, &h2).unwrap(), Some(t2));
+        assert_eq!(count(&d, "SELECT count(*) FROM vehicle_status"), 2);
+        // A stream that cannot be inflated is replaced the same way.
+        let n = d
+            .conn()
+            .execute(
+                "UPDATE status_bodies SET body = x'78bb0000' WHERE body_hash = ?1",
+                [&h2[..]],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        let third = fetch("VIN1", 1240, long_body("2026-01-01T10:04:00Z", 52.0));
+        write_one(&mut d, a, third);
+        let again = fetch("VIN1", 1360, long_body("2026-01-01T10:02:00Z", 51.0));
+        assert_eq!(again.parsed.hash, h2);
+        write_one(&mut d, a, again);
+        assert!(status_body_text(d.conn(), a, &h2).unwrap().is_some());
     }
 
     #[test]
