@@ -368,6 +368,18 @@ async fn finish(app: &App) {
     app.limits.save();
 }
 
+/// The next SIGTERM or SIGINT while stopping; a SIGHUP (a log rotation's reload, say) does not
+/// cut a stop short, and other events are dropped: the daemon is going away.
+async fn next_stop_signal(rx: &mut mpsc::UnboundedReceiver<Event>) -> Sig {
+    loop {
+        match rx.recv().await {
+            Some(Event::Signal(s)) if s != Sig::Reload => return s,
+            Some(_) => {}
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
 /// Waits for a pass to end on its own until `deadline` (`timeout` after the stop began; a signal
 /// cuts the wait short), then abandons it: its API fetches stop, its token exchanges carry on (see
 /// [`finish`]).
@@ -385,7 +397,7 @@ async fn stop_pass(
         () = tokio::time::sleep_until(deadline) => {
             tracing::warn!("the running pass did not finish within {timeout:?}; abandoning its requests (its uncommitted work is rolled back)");
         }
-        Some(Event::Signal(s)) = rx.recv() => {
+        s = next_stop_signal(rx) => {
             tracing::warn!("second signal ({}): abandoning the running pass now (committed data is safe; token exchanges in flight still finish)", s.name());
         }
     }
@@ -838,7 +850,7 @@ impl Daemon<'_> {
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!("the telemetry round did not finish within {timeout:?}; abandoning it");
                 }
-                Some(Event::Signal(s)) = rx.recv() => {
+                s = next_stop_signal(rx) => {
                     tracing::warn!("second signal ({}): abandoning the telemetry round now", s.name());
                     cut_short = true;
                 }

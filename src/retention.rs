@@ -6,8 +6,10 @@
 //! write transaction each, so the daemon's own writes interleave (what to keep is computed once
 //! per run into a TEMP table: at 1,000,000 observations that takes about 0.7 s, and a batch of
 //! 1,000 deletions then about 0.1 s). A body still referenced by the
-//! newest `vehicle_status` row of its vehicle, or by any row fetched within the limit, is never
-//! deleted (the newest observation stays explainable). Freed pages go back to the file system
+//! newest `vehicle_status` row of its vehicle, or by any row fetched within the limit when the
+//! run started, is never deleted (the newest observation stays explainable); an older
+//! observation that a server sends again during a run may lose its body, which the writer
+//! stores again the next time it is sent. Freed pages go back to the file system
 //! with `PRAGMA incremental_vacuum` when the database uses `auto_vacuum = INCREMENTAL` (new
 //! databases do; an older one needs a one-time `VACUUM`, see README "Operating it").
 

@@ -153,7 +153,18 @@ fn verify_checksums(conn: &Connection, path: &Path) -> Result<bool, TransferErro
     if has == 0 {
         return Ok(false);
     }
-    for table in checksummed_tables(conn, "main").map_err(sql(path))? {
+    let tables = checksummed_tables(conn, "main").map_err(sql(path))?;
+    let recorded_names: Vec<String> = conn
+        .prepare(&format!("SELECT name FROM {CHECKSUM_TABLE} ORDER BY name"))
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .map_err(sql(path))?;
+    if let Some(gone) = recorded_names.iter().find(|n| !tables.contains(n)) {
+        return Err(TransferError::Damaged {
+            path: path.to_owned(),
+            detail: format!("table {gone}, covered by its checksum, is missing"),
+        });
+    }
+    for table in tables {
         let recorded: Option<(i64, String)> = conn
             .query_row(
                 &format!("SELECT rows, sha256 FROM {CHECKSUM_TABLE} WHERE name = ?1"),
@@ -1029,6 +1040,56 @@ pub async fn import_cmd(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file's checksums: verified as written; a file without them is an earlier build's; a
+    /// table added or dropped after export, or a changed row, is refused naming the table.
+    #[test]
+    fn checksums_verify_and_name_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.sqlite");
+        let db = Db::open(&path).unwrap();
+        let c = db.conn();
+        c.execute_batch(&format!(
+            "INSERT INTO accounts (name, brand, created_at) VALUES ('a', 'peugeot', '2026-01-01T00:00:00.000Z');
+             CREATE TABLE {TOKEN_TABLE} (account TEXT PRIMARY KEY, record TEXT NOT NULL);
+             INSERT INTO {TOKEN_TABLE} VALUES ('a', '{{}}');"
+        ))
+        .unwrap();
+        write_checksums(c).unwrap();
+        assert!(verify_checksums(c, &path).unwrap());
+        let refused = |c: &Connection| verify_checksums(c, &path).unwrap_err().to_string();
+        c.execute(
+            &format!("UPDATE {TOKEN_TABLE} SET record = '{{\"x\":1}}'"),
+            [],
+        )
+        .unwrap();
+        assert!(
+            refused(c).contains("table transfer_token does not match"),
+            "{}",
+            refused(c)
+        );
+        c.execute_batch(&format!("DROP TABLE {TOKEN_TABLE}"))
+            .unwrap();
+        assert!(
+            refused(c).contains("table transfer_token, covered by its checksum, is missing"),
+            "{}",
+            refused(c)
+        );
+        c.execute_batch(&format!(
+            "CREATE TABLE {TOKEN_TABLE} (account TEXT PRIMARY KEY, record TEXT NOT NULL);
+             INSERT INTO {TOKEN_TABLE} VALUES ('a', '{{}}');
+             DELETE FROM {CHECKSUM_TABLE} WHERE name = '{TOKEN_TABLE}';"
+        ))
+        .unwrap();
+        assert!(
+            refused(c).contains("its checksum does not cover table transfer_token"),
+            "{}",
+            refused(c)
+        );
+        c.execute_batch(&format!("DROP TABLE {CHECKSUM_TABLE}"))
+            .unwrap();
+        assert!(!verify_checksums(c, &path).unwrap());
+    }
 
     /// The digest depends on the rows' values and types, not on their order on disk.
     #[test]

@@ -334,7 +334,8 @@ async fn the_daemon_polls_on_its_own_schedule() {
 }
 
 /// A stop while both a telemetry round and a list pass hang on a slow API: both are cancelled at
-/// once and share one `shutdown_timeout` (it was one after the other, twice the timeout).
+/// once and share one `shutdown_timeout` (it was one after the other, twice the timeout); a
+/// SIGHUP meanwhile does not abandon them early.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_during_a_telemetry_round_and_a_pass_takes_one_shutdown_timeout() {
     let env = Env::new(
@@ -378,6 +379,9 @@ async fn a_stop_during_a_telemetry_round_and_a_pass_takes_one_shutdown_timeout()
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let started = std::time::Instant::now();
     signal(&child, "TERM");
+    // A reload (a log rotation's SIGHUP) during the stop does not cut it short.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, "HUP");
     let out = tokio::time::timeout(Duration::from_secs(20), async {
         let status = child.wait().await.unwrap();
         let mut err = String::new();

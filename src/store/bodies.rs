@@ -5,7 +5,7 @@
 //! they were 90 % of the database. So one body of a vehicle is kept as its JSON text (a *base*,
 //! `base_id IS NULL`), and the vehicle's later bodies are stored as zlib streams (RFC 1950) whose
 //! preset dictionary (FDICT) is the text of an earlier body, the one `base_id` names: usually the
-//! vehicle's previous body (consecutive bodies share the most), about 140 bytes instead of about
+//! vehicle's previous body (consecutive bodies share the most), about 150 bytes instead of about
 //! 2,900. A chain of such bodies is at most [`MAX_CHAIN`] long: the body after it is stored
 //! against the base again (about 220 bytes), so reading any body inflates at most
 //! [`MAX_CHAIN`] streams. The stream format is plain zlib, so any reader decodes it; in Python:

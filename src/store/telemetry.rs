@@ -390,10 +390,17 @@ fn repair_if_damaged(
             vin = %crate::redact::printable(&f.vin),
             "stored status body {body_id} was damaged ({problem}); stored again from the body just fetched"
         ),
-        Err(e) => tracing::warn!(
-            vin = %crate::redact::printable(&f.vin),
-            "stored status body {body_id} is damaged ({problem}) and could not be replaced: {e}"
-        ),
+        // A constraint refusing the text (a CHECK of a damaged schema) leaves the row as it
+        // was; any other error (disk full, I/O) fails the write as every other error does.
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            tracing::warn!(
+                vin = %crate::redact::printable(&f.vin),
+                "stored status body {body_id} is damaged ({problem}) and could not be replaced: {e}"
+            );
+        }
+        Err(e) => return Err(e),
     }
     Ok(())
 }
@@ -443,11 +450,18 @@ fn read_chain(conn: &rusqlite::Connection, body_id: i64) -> Result<bodies::Ancho
                 reason: format!("more than {MAX_WALK} bodies between it and its base"),
             }));
         }
-        let row: Row = conn
+        let row: Option<Row> = conn
             .prepare_cached(
                 "SELECT body_id, base_id, body, first_fetched_ts FROM status_bodies WHERE body_id = ?1",
             )?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        let Some(row) = row else {
+            return Err(BodyReadError::Body(bodies::BodyError {
+                body_id,
+                reason: format!("body {id} of its chain is missing"),
+            }));
+        };
         next = row.1;
         chain.push(row);
     }
@@ -1009,15 +1023,21 @@ mod tests {
         // A body without block times is observed at its fetch time, later than the car's own
         // report: the report sent again after it is still the same observation.
         let (_d, mut d, a) = db();
+        let at = status::ts("2026-01-01T10:00:00Z").unwrap();
         let report = long_body("2026-01-01T10:00:00Z", 50.0);
-        write_one(&mut d, a, fetch("VIN1", 5000, report.clone()));
+        write_one(&mut d, a, fetch("VIN1", at + 60, report.clone()));
         write_one(
             &mut d,
             a,
-            fetch("VIN1", 5120, json!({"note": "no block times"})),
+            fetch("VIN1", at + 180, json!({"note": "no block times"})),
+        );
+        assert_eq!(
+            count(&d, "SELECT max(observed_ts) FROM vehicle_status"),
+            at + 180,
+            "the body without block times is the newest observation"
         );
         for i in 2..5 {
-            let r = write_one(&mut d, a, fetch("VIN1", 5000 + i * 120, report.clone()));
+            let r = write_one(&mut d, a, fetch("VIN1", at + 60 + i * 120, report.clone()));
             assert!(!r.new_observation, "poll {i}");
         }
         assert_eq!(count(&d, "SELECT count(*) FROM vehicle_status"), 2);
