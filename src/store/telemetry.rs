@@ -1098,6 +1098,22 @@ mod tests {
             .unwrap();
         let e = read_chain(db.conn(), 1).unwrap_err();
         assert!(e.to_string().contains("more than 64 bodies"), "{e}");
+        // A link that is gone (foreign keys were off when it went) is a body error too, so the
+        // writer starts a new base instead of failing the account's write.
+        db.conn()
+            .execute_batch(
+                "PRAGMA foreign_keys = OFF;
+                 INSERT INTO status_bodies (body_id, body_hash, account_id, vin, first_fetched_ts, base_id, body)
+                 VALUES (3, x'03', 1, 'V', 0, 99, x'78bb');
+                 PRAGMA foreign_keys = ON;",
+            )
+            .unwrap();
+        let e = read_chain(db.conn(), 3).unwrap_err();
+        assert!(matches!(e, BodyReadError::Body(_)), "{e}");
+        assert!(
+            e.to_string().contains("body 99 of its chain is missing"),
+            "{e}"
+        );
     }
 
     #[test]
