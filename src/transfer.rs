@@ -264,6 +264,10 @@ pub enum TransferError {
     },
     #[error("{path} holds no token record (export it with --with-tokens --remove)")]
     NoToken { path: PathBuf },
+    #[error("account {name:?} has no token record ({path} does not exist); nothing was exported")]
+    NoStoredToken { name: String, path: PathBuf },
+    #[error("{path} does not exist; nothing was imported")]
+    NoFile { path: PathBuf },
     #[error(
         "{path} names its account {name:?}, which is not a valid account name (letters, digits, `-`, `_`, `.`, `@`; at most 64; not starting with `.`); nothing was imported"
     )]
@@ -661,6 +665,12 @@ pub async fn export(
     }
     let tokens = TokenStore::new(&cfg.state_dir);
     let (_account_lock, record) = if with_tokens {
+        if !tokens.path(name).exists() {
+            return Err(TransferError::NoStoredToken {
+                name: name.to_owned(),
+                path: tokens.path(name),
+            });
+        }
         let l = tokens.lock(name, Duration::from_secs(10)).await?;
         let record = tokens.load(name)?.ok_or_else(|| TransferError::NoToken {
             path: tokens.path(name),
@@ -796,6 +806,11 @@ pub async fn import(
     shard: Option<(u32, u32)>,
 ) -> Result<Imported, TransferError> {
     let _instance = lock(&cfg.state_dir)?;
+    if !file.exists() {
+        return Err(TransferError::NoFile {
+            path: file.to_owned(),
+        });
+    }
     let probe = store::open_read_only(file)?;
     // A damaged file is the file's fault, and said so (not an error of the target database).
     let check: String = probe
@@ -808,6 +823,17 @@ pub async fn import(
         });
     }
     check_version(&probe, "main", file)?;
+    // Every table an export holds, even empty: a file without one is not whole.
+    let present = tables_with_account_id(&probe, "main").map_err(sql(file))?;
+    if let Some(gone) = ACCOUNT_TABLES
+        .iter()
+        .find(|t| !present.iter().any(|p| p == *t))
+    {
+        return Err(TransferError::Damaged {
+            path: file.to_owned(),
+            detail: format!("table {gone} is missing"),
+        });
+    }
     let accounts: i64 = probe
         .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))
         .map_err(sql(file))?;
@@ -884,10 +910,11 @@ pub async fn import(
         let json = json.ok_or_else(|| TransferError::NoToken {
             path: file.to_owned(),
         })?;
-        let record: TokenRecord = serde_json::from_str(&json).map_err(|e| TransferError::Io {
-            path: file.to_owned(),
-            source: std::io::Error::other(format!("token record: {e}")),
-        })?;
+        let record: TokenRecord =
+            serde_json::from_str(&json).map_err(|e| TransferError::Damaged {
+                path: file.to_owned(),
+                detail: format!("its token record cannot be read: {e}"),
+            })?;
         // The store saves a record under the account it names: it must be this one.
         if record.account != name {
             return Err(TransferError::ForeignToken {

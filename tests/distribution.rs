@@ -952,6 +952,36 @@ async fn a_move_that_fails_or_a_doctored_file_never_loses_or_misplaces_a_token()
             text(&o)
         );
     }
+    // A token record that does not parse, a table gone, no file at all: refused (65), never
+    // the "could not write" of 74.
+    for (edit, says) in [
+        (
+            "UPDATE transfer_token SET record = '{' || record",
+            "its token record cannot be read",
+        ),
+        ("DROP TABLE trips", "table trips is missing"),
+    ] {
+        std::fs::copy(&g, &doctored).unwrap();
+        rusqlite::Connection::open(&doctored)
+            .unwrap()
+            .execute_batch(edit)
+            .unwrap();
+        let o = run_with(
+            &bcfg,
+            &[
+                "import-account",
+                doctored.to_str().unwrap(),
+                "--with-tokens",
+            ],
+        )
+        .await;
+        assert_code(&o, 65);
+        assert!(text(&o).contains(says), "{edit}: {}", text(&o));
+    }
+    let nowhere = work.path().join("nowhere.sqlite");
+    let o = run_with(&bcfg, &["import-account", nowhere.to_str().unwrap()]).await;
+    assert_code(&o, 65);
+    assert!(text(&o).contains("does not exist"), "{}", text(&o));
     // The genuine file still moves, its checksum verified (no warning).
     let o = run_with(
         &bcfg,
@@ -960,5 +990,24 @@ async fn a_move_that_fails_or_a_doctored_file_never_loses_or_misplaces_a_token()
     .await;
     assert_code(&o, 0);
     assert!(!text(&o).contains("no content checksum"), "{}", text(&o));
+    // Moving an account whose token record is gone: refused (65), nothing exported.
+    std::fs::remove_file(a.state_dir().join("tokens/user1.json")).unwrap();
+    let h = work.path().join("user1-no-token.sqlite");
+    let o = a
+        .run(
+            &[
+                "export-account",
+                "user1",
+                "--to",
+                h.to_str().unwrap(),
+                "--with-tokens",
+                "--remove",
+            ],
+            &[],
+        )
+        .await;
+    assert_code(&o, 65);
+    assert!(text(&o).contains("has no token record"), "{}", text(&o));
+    assert!(!h.exists());
     assert!(bdir.path().join("state/tokens/user2.json").exists());
 }

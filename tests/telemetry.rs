@@ -333,6 +333,51 @@ async fn the_daemon_polls_on_its_own_schedule() {
     assert_no_forbidden_endpoint(&env.sim);
 }
 
+/// A large account's round is written as it goes (every 16 vehicles, or 2 s after a vehicle
+/// finished), not in one transaction at its end: a SIGKILL mid-round keeps what was fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_accounts_round_is_written_as_it_goes() {
+    let env = Env::new(
+        SimConfig {
+            users: 1,
+            vehicle_counts: vec![40],
+            ..SimConfig::default()
+        },
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts {
+            telemetry: "max_concurrent_vehicles = 4\ndaily_request_budget = 10000000\n".into(),
+            ..Opts::idle()
+        },
+    )
+    .await;
+    // Every request takes 250 ms: the first round of 40 vehicles takes about 10 s.
+    env.sim.set_faults(Faults {
+        slow: 1.0,
+        slow_ms: 250,
+        ..Faults::default()
+    });
+    let mut child = env.spawn_daemon(&[]);
+    wait_for(30, "the first observations", || {
+        try_count(&env, "SELECT count(*) FROM vehicle_status") >= 1
+    })
+    .await;
+    let rows = try_count(&env, "SELECT count(*) FROM vehicle_status");
+    let polled = status_requests(&env.sim);
+    assert!(
+        rows < 40 && polled < 40,
+        "the round was still going: {rows} rows, {polled} status requests"
+    );
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    env.sim.set_faults(Faults::default());
+    assert!(env.count("SELECT count(*) FROM vehicle_status") >= rows);
+    let ok: String = env
+        .db()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
 /// A stop while both a telemetry round and a list pass hang on a slow API: both are cancelled at
 /// once and share one `shutdown_timeout` (it was one after the other, twice the timeout); a
 /// SIGHUP meanwhile does not abandon them early.

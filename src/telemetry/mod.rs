@@ -394,6 +394,38 @@ struct TelemetryAccount {
     stretch: f64,
 }
 
+/// Vehicles whose requests have finished and are not yet written; written every
+/// [`Finished::EVERY`] vehicles or [`Finished::AFTER`] after the first of them finished.
+#[derive(Default)]
+struct Finished {
+    results: Vec<(usize, VehicleResult)>,
+    first: Option<std::time::Instant>,
+}
+
+impl Finished {
+    const EVERY: usize = 16;
+    const AFTER: Duration = Duration::from_secs(2);
+
+    fn take(&mut self, r: Result<(usize, VehicleResult), tokio::task::JoinError>) {
+        match r {
+            Ok(done) => {
+                self.first.get_or_insert_with(std::time::Instant::now);
+                self.results.push(done);
+            }
+            Err(e) => tracing::error!("a vehicle's telemetry task failed: {e}"),
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.results.len() >= Self::EVERY || self.first.is_some_and(|t| t.elapsed() >= Self::AFTER)
+    }
+
+    fn drain(&mut self) -> Vec<(usize, VehicleResult)> {
+        self.first = None;
+        std::mem::take(&mut self.results)
+    }
+}
+
 impl TelemetryAccount {
     async fn poll(
         self,
@@ -416,13 +448,14 @@ impl TelemetryAccount {
         let token = Arc::new(tokio::sync::Mutex::new(token));
         let mut set = tokio::task::JoinSet::new();
         let mut plans = Vec::new();
+        let mut done = Finished::default();
         for (i, w) in work.into_iter().enumerate() {
             let permit = tokio::select! {
                 p = sem.clone().acquire_owned() => p,
                 () = stop.cancelled() => break,
             };
             let Ok(permit) = permit else { break };
-            let (this, token) = (this.clone(), token.clone());
+            let (task, token) = (this.clone(), token.clone());
             let (vehicle, due, bookmark) = (
                 w.vehicle.clone(),
                 w.due.clone(),
@@ -431,125 +464,52 @@ impl TelemetryAccount {
                     .and_then(|b| b.bookmark.clone()),
             );
             set.spawn(async move {
-                let r = this.vehicle(now, &vehicle, &due, bookmark, &token).await;
+                let r = task.vehicle(now, &vehicle, &due, bookmark, &token).await;
                 drop(permit);
                 (i, r)
             });
             plans.push(w);
+            // What has finished meanwhile is written as the round goes on, so a crash loses at
+            // most the last few vehicles' answers, not a large account's whole round.
+            while let Some(r) = set.try_join_next() {
+                done.take(r);
+            }
+            if done.due() {
+                this.write(&plans, done.drain(), now, &mut summary).await;
+            }
         }
-        let mut results: Vec<Option<VehicleResult>> = (0..plans.len()).map(|_| None).collect();
         while let Some(r) = set.join_next().await {
-            match r {
-                Ok((i, res)) => results[i] = Some(res),
-                Err(e) => tracing::error!("a vehicle's telemetry task failed: {e}"),
+            done.take(r);
+            if done.due() {
+                this.write(&plans, done.drain(), now, &mut summary).await;
             }
         }
-        // One transaction for the account's round.
-        let iv = this.settings.intervals;
+        this.write(&plans, done.drain(), now, &mut summary).await;
+        summary
+    }
+
+    /// Records finished vehicles' results in one transaction: their observations, trips, alerts,
+    /// maintenance and the poller's bookkeeping.
+    async fn write(
+        &self,
+        plans: &[Work],
+        results: Vec<(usize, VehicleResult)>,
+        now: i64,
+        summary: &mut TelemetrySummary,
+    ) {
+        if results.is_empty() {
+            return;
+        }
         let mut batch = Batch::default();
-        for (w, r) in plans.iter().zip(results) {
-            let Some(r) = r else { continue };
-            let vin = w.vehicle.vin.clone();
-            summary.requests += r.requests;
-            // The state after this round: the new observation's, else the stored one.
-            let prev = w.state;
-            let state = r
-                .status
-                .as_ref()
-                .map(|f| {
-                    let o = &f.parsed.observation;
-                    derive_state(o)
-                })
-                .or(prev);
-            let drive_ended =
-                prev == Some(State::Driving) && state.is_some_and(|s| s != State::Driving);
-            // A car that reported within the last minutes is awake (it just parked, and may be
-            // plugged in next): it keeps the short interval.
-            let awake = r
-                .status
-                .as_ref()
-                .and_then(|f| f.parsed.observation.observed_ts)
-                .is_some_and(|t| (0..schedule::AWAKE_SECS).contains(&(now - t)));
-            let active = awake || state.is_some_and(State::is_active);
-            let mut books = w.books.clone();
-            for (ep, outcome, reason) in &r.outcomes {
-                let b = books.entry(*ep).or_default();
-                b.last_attempt_ts = Some(now);
-                match outcome {
-                    Outcome::Ok => {
-                        b.last_success_ts = Some(now);
-                        b.unavailable_since_ts = None;
-                        b.unavailable_reason = None;
-                        b.consecutive_failures = 0;
-                    }
-                    Outcome::Unavailable => {
-                        b.unavailable_since_ts = b.unavailable_since_ts.or(Some(now));
-                        b.unavailable_reason = reason.clone();
-                        summary.unavailable += 1;
-                    }
-                    Outcome::Failed => {
-                        b.consecutive_failures += 1;
-                        summary.failures += 1;
-                    }
-                }
-                b.next_due_ts = Some(schedule::next_due(
-                    *ep,
-                    *outcome,
-                    now,
-                    active,
-                    &iv,
-                    this.stretch,
-                ));
-                if *ep == Endpoint::Trips && r.new_bookmark.is_some() {
-                    b.bookmark = r.new_bookmark.clone();
-                }
-            }
-            if drive_ended {
-                // The trip is worth fetching now (next round), not at the safety interval.
-                let b = books.entry(Endpoint::Trips).or_default();
-                if b.unavailable_since_ts.is_none() {
-                    b.next_due_ts = Some(now);
-                }
-            }
-            // A state change to active brings the next status poll forward.
-            if let Some(b) = books.get_mut(&Endpoint::Status)
-                && let Some(d) = b.next_due_ts
-                && b.unavailable_since_ts.is_none()
-            {
-                b.next_due_ts = Some(schedule::status_due_after_change(
-                    d,
-                    now,
-                    active,
-                    &iv,
-                    this.stretch,
-                ));
-            }
-            for (ep, b) in books {
-                if w.books.get(&ep) != Some(&b) {
-                    if let Some(d) = b.next_due_ts {
-                        summary.next_due = Some(summary.next_due.map_or(d, |n| n.min(d)));
-                    }
-                    batch.books.push((vin.clone(), ep, b));
-                }
-            }
-            if let Some(f) = r.status {
-                batch.statuses.push(f);
-            }
-            if let Some(t) = r.trips {
-                summary.trips += t.len();
-                batch.trips.push((vin.clone(), t));
-            }
-            if let Some(a) = r.alerts {
-                batch.alerts.push((vin.clone(), a));
-            }
-            if let Some((ts, d, km)) = r.maintenance {
-                batch.maintenance.push((vin.clone(), ts, d, km));
+        for (i, r) in results {
+            if let Some(w) = plans.get(i) {
+                self.add_result(&mut batch, summary, w, r, now);
             }
         }
-        summary.statuses = batch.statuses.len();
-        let account_id = this.account_id;
-        let gap = this.settings.gap_limit;
-        let db = this.engine.db.clone();
+        summary.statuses += batch.statuses.len();
+        let account_id = self.account_id;
+        let gap = self.settings.gap_limit;
+        let db = self.engine.db.clone();
         let written = tokio::task::spawn_blocking(move || {
             let mut g = db.lock().unwrap_or_else(|e| e.into_inner());
             g.write_telemetry(account_id, &batch, gap)
@@ -567,16 +527,123 @@ impl TelemetryAccount {
                     for e in r.events {
                         summary
                             .events
-                            .push((this.account.name.clone(), r.vin.clone(), e));
+                            .push((self.account.name.clone(), r.vin.clone(), e));
                     }
                 }
             }
             Err(e) => {
-                tracing::error!(account = %this.account.name, "telemetry: cannot record: {e}");
+                tracing::error!(account = %self.account.name, "telemetry: cannot record: {e}");
                 summary.local_io = Some(e.to_string());
             }
         }
-        summary
+    }
+
+    /// Adds one vehicle's result to `batch`: what it fetched and its endpoints' next due times.
+    fn add_result(
+        &self,
+        batch: &mut Batch,
+        summary: &mut TelemetrySummary,
+        w: &Work,
+        r: VehicleResult,
+        now: i64,
+    ) {
+        let iv = self.settings.intervals;
+        let vin = w.vehicle.vin.clone();
+        summary.requests += r.requests;
+        // The state after this round: the new observation's, else the stored one.
+        let prev = w.state;
+        let state = r
+            .status
+            .as_ref()
+            .map(|f| {
+                let o = &f.parsed.observation;
+                derive_state(o)
+            })
+            .or(prev);
+        let drive_ended =
+            prev == Some(State::Driving) && state.is_some_and(|s| s != State::Driving);
+        // A car that reported within the last minutes is awake (it just parked, and may be
+        // plugged in next): it keeps the short interval.
+        let awake = r
+            .status
+            .as_ref()
+            .and_then(|f| f.parsed.observation.observed_ts)
+            .is_some_and(|t| (0..schedule::AWAKE_SECS).contains(&(now - t)));
+        let active = awake || state.is_some_and(State::is_active);
+        let mut books = w.books.clone();
+        for (ep, outcome, reason) in &r.outcomes {
+            let b = books.entry(*ep).or_default();
+            b.last_attempt_ts = Some(now);
+            match outcome {
+                Outcome::Ok => {
+                    b.last_success_ts = Some(now);
+                    b.unavailable_since_ts = None;
+                    b.unavailable_reason = None;
+                    b.consecutive_failures = 0;
+                }
+                Outcome::Unavailable => {
+                    b.unavailable_since_ts = b.unavailable_since_ts.or(Some(now));
+                    b.unavailable_reason = reason.clone();
+                    summary.unavailable += 1;
+                }
+                Outcome::Failed => {
+                    b.consecutive_failures += 1;
+                    summary.failures += 1;
+                }
+            }
+            b.next_due_ts = Some(schedule::next_due(
+                *ep,
+                *outcome,
+                now,
+                active,
+                &iv,
+                self.stretch,
+            ));
+            if *ep == Endpoint::Trips && r.new_bookmark.is_some() {
+                b.bookmark = r.new_bookmark.clone();
+            }
+        }
+        if drive_ended {
+            // The trip is worth fetching now (next round), not at the safety interval.
+            let b = books.entry(Endpoint::Trips).or_default();
+            if b.unavailable_since_ts.is_none() {
+                b.next_due_ts = Some(now);
+            }
+        }
+        // A state change to active brings the next status poll forward.
+        if let Some(b) = books.get_mut(&Endpoint::Status)
+            && let Some(d) = b.next_due_ts
+            && b.unavailable_since_ts.is_none()
+        {
+            b.next_due_ts = Some(schedule::status_due_after_change(
+                d,
+                now,
+                active,
+                &iv,
+                self.stretch,
+            ));
+        }
+        for (ep, b) in books {
+            if w.books.get(&ep) != Some(&b) {
+                if let Some(d) = b.next_due_ts {
+                    summary.next_due = Some(summary.next_due.map_or(d, |n| n.min(d)));
+                }
+                batch.books.push((vin.clone(), ep, b));
+            }
+        }
+        if let Some(f) = r.status {
+            batch.statuses.push(f);
+        }
+        if let Some(t) = r.trips {
+            summary.trips += t.len();
+            batch.trips.push((vin.clone(), t));
+        }
+        if let Some(a) = r.alerts {
+            batch.alerts.push((vin.clone(), a));
+        }
+        if let Some((ts, d, km)) = r.maintenance {
+            batch.maintenance.push((vin.clone(), ts, d, km));
+        }
     }
 
     /// A request with the account's token; one refresh and retry after a 401.
