@@ -2,8 +2,9 @@
 //! `vehicle_states`, `charging_sessions`, `trips`, `vehicle_alerts`, `maintenance`,
 //! `telemetry_endpoints`).
 //!
-//! One [`Batch`] per account and poll round is one transaction: each distinct body once; a
-//! status equal to the vehicle's latest only moves `last_fetched_ts`; a new observation adds a
+//! One [`Batch`] (an account's vehicles finished in a poll round) is one transaction: each
+//! distinct body once; a status equal to an observation already recorded (usually the
+//! vehicle's latest) only moves its `last_fetched_ts`; a new observation adds a
 //! `vehicle_status` row and the state and session changes `telemetry::derive` decides from what
 //! the database holds (so a restart continues where the last run stopped); trips and alerts are
 //! upserted, maintenance gets a row only when a value changes; the poller's bookkeeping is
@@ -58,7 +59,7 @@ pub struct StatusRecorded {
     pub drive_ended: bool,
 }
 
-/// Everything one account's poll round writes, in one transaction.
+/// What some of one account's vehicles, finished in a poll round, write, in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub statuses: Vec<StatusFetch>,
@@ -715,7 +716,7 @@ impl Db {
         run().map_err(|e| self.err(e))
     }
 
-    /// Writes one account's poll round in one transaction; what each status did, in order.
+    /// Writes a batch of one account's round in one transaction; what each status did, in order.
     pub fn write_telemetry(
         &mut self,
         account_id: i64,

@@ -4,8 +4,9 @@
 //!
 //! [`Telemetry`] is the runner the daemon uses: [`Telemetry::run_due`] polls what is due (per
 //! vehicle and endpoint, from `schedule`, with the bookkeeping persisted in
-//! `telemetry_endpoints`), at most `max_concurrent_vehicles` vehicles at a time, and writes each
-//! account's round in one transaction (`store::telemetry`). [`Telemetry::run_once_pass`] is the
+//! `telemetry_endpoints`), at most `max_concurrent_vehicles` vehicles at a time, and writes an
+//! account's finished vehicles as the round goes, one transaction per 16 vehicles or 2 s
+//! (`store::telemetry`), so a crash loses at most the last few answers. [`Telemetry::run_once_pass`] is the
 //! `--once` variant: a status poll of every current vehicle, the rest when due. The daemon runs
 //! `run_due` as its `Job::TelemetryRound` (see `jobs`), one round at a time. The vehicles are those the list pass recorded
 //! as current (`vehicles.removed_at IS NULL`, with a VIN): one that leaves the list is no longer
