@@ -9,7 +9,8 @@
 //!
 //! Stopping (SIGTERM/SIGINT, in the daemon and in `--once` alike): scheduling stops, the running
 //! pass and telemetry round get one `shutdown_timeout` together to finish (a second signal cuts
-//! that short), then their API fetches are abandoned (database writes are whole transactions, so nothing committed is lost). A token
+//! that short), then their API fetches are abandoned (database writes are whole transactions,
+//! so nothing committed is lost). A token
 //! exchange that has been sent is NOT abandoned: it runs in a task of its own, and shutdown waits
 //! for every one to finish and be saved, whatever signal arrives ([`TokenManager::drain`]); records
 //! that could not be saved are written once more. Runs cut off are closed as `aborted`.
@@ -211,13 +212,7 @@ pub async fn run_pass(
         .iter()
         .map(|a| (a.name.clone(), a.brand.key().to_owned()))
         .collect();
-    let db = engine.db.clone();
-    let opened = tokio::task::spawn_blocking(move || {
-        let mut g = db.lock().unwrap_or_else(|e| e.into_inner());
-        g.begin_pass(&names)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("database task failed: {e}"));
+    let opened = crate::store::with_db(&engine.db, move |db| db.begin_pass(&names)).await;
     let (writer, written) = crate::sync::RunWriter::start(engine.db.clone());
     let sem = Arc::new(Semaphore::new(max_concurrent.max(1)));
     let mut set = tokio::task::JoinSet::new();
@@ -380,29 +375,34 @@ async fn next_stop_signal(rx: &mut mpsc::UnboundedReceiver<Event>) -> Sig {
     }
 }
 
-/// Waits for a pass to end on its own until `deadline` (`timeout` after the stop began; a signal
-/// cuts the wait short), then abandons it: its API fetches stop, its token exchanges carry on (see
-/// [`finish`]).
-async fn stop_pass(
+/// Stops a job: cancels it, waits for it to end on its own until `deadline` (`timeout` after
+/// the stop began; a second SIGTERM or SIGINT cuts the wait short), then abandons it: its API
+/// fetches stop, its token exchanges carry on (see [`finish`]). `what` names it in the log;
+/// returns whether a signal cut the wait short.
+async fn stop_job(
     mut handle: tokio::task::JoinHandle<()>,
     stop: &CancellationToken,
+    what: &str,
     deadline: tokio::time::Instant,
     timeout: Duration,
     rx: &mut mpsc::UnboundedReceiver<Event>,
-) {
+) -> bool {
     stop.cancel();
     let abort = handle.abort_handle();
-    tokio::select! {
-        _ = &mut handle => return,
+    let cut_short = tokio::select! {
+        _ = &mut handle => return false,
         () = tokio::time::sleep_until(deadline) => {
-            tracing::warn!("the running pass did not finish within {timeout:?}; abandoning its requests (its uncommitted work is rolled back)");
+            tracing::warn!("{what} did not finish within {timeout:?}; abandoning its requests (its uncommitted work is rolled back)");
+            false
         }
         s = next_stop_signal(rx) => {
-            tracing::warn!("second signal ({}): abandoning the running pass now (committed data is safe; token exchanges in flight still finish)", s.name());
+            tracing::warn!("second signal ({}): abandoning {what} now (committed data is safe; token exchanges in flight still finish)", s.name());
+            true
         }
-    }
+    };
     abort.abort();
     let _ = handle.await;
+    cut_short
 }
 
 /// `--once`: one pass over every account; returns the exit code. SIGTERM/SIGINT stop it like the
@@ -438,7 +438,8 @@ pub async fn once(cfg: Config) -> u8 {
         Some(Event::Signal(sig)) = rx.recv() => {
             tracing::info!("received {}, stopping", sig.name());
             let timeout = app.cfg.schedule.shutdown_timeout;
-            stop_pass(handle, &stop, tokio::time::Instant::now() + timeout, timeout, &mut rx).await;
+            let deadline = tokio::time::Instant::now() + timeout;
+            stop_job(handle, &stop, "the running pass", deadline, timeout, &mut rx).await;
             done_rx.try_recv().ok()
         }
     };
@@ -837,33 +838,21 @@ impl Daemon<'_> {
         notify::notify("STOPPING=1");
         self.queue.clear();
         let timeout = self.app.cfg.schedule.shutdown_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let mut deadline = tokio::time::Instant::now() + timeout;
         let round = self.running.remove(&Job::TelemetryRound);
         let pass = self.running.remove(&Job::ListPass);
+        // Both stop starting work now; then each is waited for until the one deadline.
         for r in round.iter().chain(pass.iter()) {
             r.stop.cancel();
         }
-        let mut cut_short = false;
-        if let Some(mut r) = round {
-            tokio::select! {
-                _ = &mut r.handle => {}
-                () = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!("the telemetry round did not finish within {timeout:?}; abandoning it");
-                }
-                s = next_stop_signal(rx) => {
-                    tracing::warn!("second signal ({}): abandoning the telemetry round now", s.name());
-                    cut_short = true;
-                }
+        if let Some(Running { handle, stop }) = round {
+            let what = "the telemetry round";
+            if stop_job(handle, &stop, what, deadline, timeout, rx).await {
+                deadline = tokio::time::Instant::now();
             }
-            r.handle.abort();
         }
         if let Some(Running { handle, stop }) = pass {
-            let deadline = if cut_short {
-                tokio::time::Instant::now()
-            } else {
-                deadline
-            };
-            stop_pass(handle, &stop, deadline, timeout, rx).await;
+            stop_job(handle, &stop, "the running pass", deadline, timeout, rx).await;
         }
         finish(&self.app).await;
     }

@@ -159,6 +159,18 @@ mod tests {
         .unwrap();
     }
 
+    /// A fresh database with the account `a` (id 1) the rows of these tests belong to.
+    fn with_account(dir: &std::path::Path) -> Db {
+        let db = Db::open(&dir.join("db.sqlite")).unwrap();
+        db.conn()
+            .execute(
+                "INSERT INTO accounts (name, brand, created_at) VALUES ('a', 'peugeot', '2026-01-01T00:00:00.000Z')",
+                [],
+            )
+            .unwrap();
+        db
+    }
+
     fn bodies(c: &rusqlite::Connection) -> Vec<String> {
         let mut st = c
             .prepare("SELECT body_hash FROM status_bodies ORDER BY 1")
@@ -172,13 +184,8 @@ mod tests {
     #[test]
     fn old_bodies_go_but_the_newest_recent_and_re_referenced_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let db = with_account(dir.path());
         let c = db.conn();
-        c.execute(
-            "INSERT INTO accounts (name, brand, created_at) VALUES ('a', 'peugeot', '2026-01-01T00:00:00.000Z')",
-            [],
-        )
-        .unwrap();
         // Now is 10,000; the limit keeps what was fetched from 9,000 on.
         add(c, "V1", "v1-old", 100, 100);
         add(c, "V1", "v1-old-refetched", 200, 9_500);
@@ -209,15 +216,10 @@ mod tests {
     #[test]
     fn a_base_stays_while_a_body_stored_against_it_stays_and_goes_after() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Mutex::new(Db::open(&dir.path().join("db.sqlite")).unwrap()));
+        let db = Arc::new(Mutex::new(with_account(dir.path())));
         {
             let g = db.lock().unwrap();
             let c = g.conn();
-            c.execute(
-                "INSERT INTO accounts (name, brand, created_at) VALUES ('a', 'peugeot', '2026-01-01T00:00:00.000Z')",
-                [],
-            )
-            .unwrap();
             add(c, "V1", "base", 100, 100);
             add(c, "V1", "delta-old", 200, 200);
             add(c, "V1", "delta-recent", 9_500, 9_500);
@@ -245,15 +247,10 @@ mod tests {
     #[test]
     fn a_chain_of_bodies_stays_while_its_newest_is_kept_and_goes_whole_after() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Mutex::new(Db::open(&dir.path().join("db.sqlite")).unwrap()));
+        let db = Arc::new(Mutex::new(with_account(dir.path())));
         {
             let g = db.lock().unwrap();
             let c = g.conn();
-            c.execute(
-                "INSERT INTO accounts (name, brand, created_at) VALUES ('a', 'peugeot', '2026-01-01T00:00:00.000Z')",
-                [],
-            )
-            .unwrap();
             // base <- c1 <- c2 <- c3: each stored against the one before (src/store/bodies.rs).
             add(c, "V1", "base", 100, 100);
             add(c, "V1", "c1", 200, 200);

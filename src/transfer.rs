@@ -111,15 +111,20 @@ fn digest(conn: &Connection, schema: &str, table: &str) -> rusqlite::Result<(i64
     Ok((count, hex))
 }
 
+/// Whether the database open as `main` has the table `name`.
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
 /// The tables an export file's checksum covers: every account table, and the token record.
-fn checksummed_tables(conn: &Connection, schema: &str) -> rusqlite::Result<Vec<String>> {
+fn checksummed_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut tables: Vec<String> = ACCOUNT_TABLES.iter().map(|t| (*t).to_owned()).collect();
-    let has_token: i64 = conn.query_row(
-        &format!("SELECT count(*) FROM {schema}.sqlite_schema WHERE type = 'table' AND name = ?1"),
-        [TOKEN_TABLE],
-        |r| r.get(0),
-    )?;
-    if has_token > 0 {
+    if has_table(conn, TOKEN_TABLE)? {
         tables.push(TOKEN_TABLE.to_owned());
     }
     Ok(tables)
@@ -130,7 +135,7 @@ fn write_checksums(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(&format!(
         "CREATE TABLE main.{CHECKSUM_TABLE} (name TEXT PRIMARY KEY, rows INTEGER NOT NULL, sha256 TEXT NOT NULL)"
     ))?;
-    for table in checksummed_tables(conn, "main")? {
+    for table in checksummed_tables(conn)? {
         let (rows, sha) = digest(conn, "main", &table)?;
         conn.execute(
             &format!("INSERT INTO main.{CHECKSUM_TABLE} (name, rows, sha256) VALUES (?1, ?2, ?3)"),
@@ -143,17 +148,10 @@ fn write_checksums(conn: &Connection) -> rusqlite::Result<()> {
 /// Recomputes an export file's checksums: `Ok(false)` when it has none (an earlier build's
 /// file), an error naming the first table whose content changed.
 fn verify_checksums(conn: &Connection, path: &Path) -> Result<bool, TransferError> {
-    let has: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-            [CHECKSUM_TABLE],
-            |r| r.get(0),
-        )
-        .map_err(sql(path))?;
-    if has == 0 {
+    if !has_table(conn, CHECKSUM_TABLE).map_err(sql(path))? {
         return Ok(false);
     }
-    let tables = checksummed_tables(conn, "main").map_err(sql(path))?;
+    let tables = checksummed_tables(conn).map_err(sql(path))?;
     let recorded_names: Vec<String> = conn
         .prepare(&format!("SELECT name FROM {CHECKSUM_TABLE} ORDER BY name"))
         .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
@@ -848,7 +846,7 @@ pub async fn import(
         .map_err(sql(file))?;
     // Every row belongs to the exported account: the copy takes only its rows, and a file with
     // others is not an export (nothing would say what was left behind).
-    for table in tables_with_account_id(&probe, "main").map_err(sql(file))? {
+    for table in present {
         let rows: i64 = probe
             .query_row(
                 &format!(
@@ -885,14 +883,7 @@ pub async fn import(
             });
         }
     }
-    let has_token_table: bool = probe
-        .query_row(
-            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-            [TOKEN_TABLE],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(sql(file))?
-        > 0;
+    let has_token_table = has_table(&probe, TOKEN_TABLE).map_err(sql(file))?;
     let record: Option<TokenRecord> = if with_tokens {
         if !has_token_table {
             return Err(TransferError::NoToken {

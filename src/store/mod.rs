@@ -847,6 +847,21 @@ fn write_absences(
     Ok(())
 }
 
+/// Runs `f` on the shared database from async code: on a blocking thread, under the lock (a
+/// panic elsewhere that poisoned it does not stop the writes). A panic inside `f` is re-raised.
+pub async fn with_db<T: Send + 'static>(
+    db: &std::sync::Arc<std::sync::Mutex<Db>>,
+    f: impl FnOnce(&mut Db) -> T + Send + 'static,
+) -> T {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = db.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("database task failed: {e}"))
+}
+
 /// Opens a database read-only (for `status` and other readers).
 pub fn open_read_only(path: &Path) -> Result<Connection, DbError> {
     let conn = Connection::open_with_flags(

@@ -205,14 +205,9 @@ impl Engine {
         if !listing.removals_need_confirmation() {
             return Ok(listing);
         }
-        let db = self.db.clone();
-        let missing = tokio::task::spawn_blocking(move || {
-            let g = db.lock().unwrap_or_else(|e| e.into_inner());
-            g.missing_vehicles(account_id)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("database task failed: {e}"))
-        .unwrap_or_default();
+        let missing = crate::store::with_db(&self.db, move |db| db.missing_vehicles(account_id))
+            .await
+            .unwrap_or_default();
         let present: std::collections::HashSet<&str> =
             listing.vehicles().iter().map(|v| v.id.as_str()).collect();
         if missing.iter().all(|m| present.contains(m.as_str())) {
@@ -361,13 +356,7 @@ impl RunWriter {
                     }
                 }
                 let (runs, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-                let db = db.clone();
-                let results = tokio::task::spawn_blocking(move || {
-                    let mut g = db.lock().unwrap_or_else(|e| e.into_inner());
-                    g.finish_runs(&runs)
-                })
-                .await
-                .unwrap_or_else(|e| panic!("database task failed: {e}"));
+                let results = crate::store::with_db(&db, move |db| db.finish_runs(&runs)).await;
                 for (reply, r) in replies.into_iter().zip(results) {
                     let _ = reply.send(r);
                 }

@@ -6,11 +6,11 @@
 //! vehicle and endpoint, from `schedule`, with the bookkeeping persisted in
 //! `telemetry_endpoints`), at most `max_concurrent_vehicles` vehicles at a time, and writes an
 //! account's finished vehicles as the round goes, one transaction per 16 vehicles or 2 s
-//! (`store::telemetry`), so a crash loses at most the last few answers. [`Telemetry::run_once_pass`] is the
-//! `--once` variant: a status poll of every current vehicle, the rest when due. The daemon runs
-//! `run_due` as its `Job::TelemetryRound` (see `jobs`), one round at a time. The vehicles are those the list pass recorded
-//! as current (`vehicles.removed_at IS NULL`, with a VIN): one that leaves the list is no longer
-//! polled. A vehicle's failure never fails its account: 403/404 mark the endpoint unavailable
+//! (`store::telemetry`), so a crash loses at most the last few answers.
+//! [`Telemetry::run_once_pass`] is the `--once` variant: a status poll of every current vehicle,
+//! the rest when due. The daemon runs `run_due` as its `Job::TelemetryRound` (see `jobs`), one
+//! round at a time. The vehicles are those the list pass recorded as current
+//! (`vehicles.removed_at IS NULL`, with a VIN): one that leaves the list is no longer polled. A vehicle's failure never fails its account: 403/404 mark the endpoint unavailable
 //! (backed off), other failures retry at the next interval; only a database write error is
 //! reported as such.
 //!
@@ -202,13 +202,7 @@ impl Telemetry {
         &self,
         f: impl FnOnce(&mut Db) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, DbError> {
-        let db = self.engine.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = db.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("database task failed: {e}"))
+        crate::store::with_db(&self.engine.db, f).await
     }
 
     /// Polls every endpoint that is due at `now` (Unix seconds).
@@ -510,13 +504,10 @@ impl TelemetryAccount {
         summary.statuses += batch.statuses.len();
         let account_id = self.account_id;
         let gap = self.settings.gap_limit;
-        let db = self.engine.db.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut g = db.lock().unwrap_or_else(|e| e.into_inner());
-            g.write_telemetry(account_id, &batch, gap)
+        let written = crate::store::with_db(&self.engine.db, move |db| {
+            db.write_telemetry(account_id, &batch, gap)
         })
-        .await
-        .unwrap_or_else(|e| panic!("database task failed: {e}"));
+        .await;
         match written {
             Ok(recorded) => {
                 for r in recorded {
