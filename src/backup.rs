@@ -5,10 +5,16 @@
 //! backup API restarts whenever another connection commits, so under a busy writer it may never
 //! finish; `VACUUM INTO` does not care.) The copy is written under a temporary name next to its
 //! destination, checked with `PRAGMA integrity_check`, fsynced, renamed into place and the
-//! directory fsynced: a crash leaves either no backup or a complete, checked one.
+//! directory fsynced: a crash leaves either no backup or a complete, checked one. The temporary
+//! file is owned by its writer's lock ([`crate::fsutil::OwnedTemp`]): every failure removes it
+//! and its `-journal`, and the next backup into that directory removes what a killed one left.
 //!
-//! Scheduled backups go to `[backup] dir` as `stellantis-sync-YYYYMMDDTHHMMSSZ.sqlite`; only the
-//! newest `keep` such files are kept. The last backup is recorded in `state_dir/backup.json`
+//! Scheduled backups go to `[backup] dir` as `stellantis-sync-NNNNNN-YYYYMMDDTHHMMSSZ.sqlite`:
+//! a sequence number one past the highest in the directory, then the time. Only the newest
+//! `keep` are kept, newest by sequence number: a clock stepped back or forward never makes a
+//! stale copy look new (names of earlier builds, without a sequence, count as older than every
+//! numbered one, and among themselves by time and collision counter). Backups into one
+//! directory take its lock (`.stellantis-sync-backup.lock`) for naming, copying and rotation. The last backup is recorded in `state_dir/backup.json`
 //! (time, file, size, duration) for `status` and the metrics. Before a schema migration of a
 //! database that already holds a schema, [`before_migration`] copies it next to the database as
 //! `<file>.pre-schema-<version>-<time>.sqlite`.
@@ -18,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+
+use crate::fsutil::OwnedTemp;
 
 /// The file name prefix of scheduled and `backup`-command copies in the backup directory.
 pub const FILE_PREFIX: &str = "stellantis-sync-";
@@ -75,7 +83,9 @@ pub fn backup_to(db: &Path, dest: &Path) -> Result<BackupRecord, BackupError> {
     copy_with(&conn, db, dest)
 }
 
-/// `VACUUM INTO` from `conn` (the database at `db`) to `dest`, then check, fsync, rename.
+/// `VACUUM INTO` from `conn` (the database at `db`) to `dest`, then check, fsync, rename. The
+/// copy is built in a lock-owned temporary file ([`crate::fsutil::OwnedTemp`]), which every
+/// failure removes (with its `-journal`) and which a later backup removes after a kill.
 fn copy_with(
     conn: &rusqlite::Connection,
     db: &Path,
@@ -92,41 +102,22 @@ fn copy_with(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| write_err(db, dest, e))?;
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "backup".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
+    // The empty file exists (and is locked) before SQLite writes into it: VACUUM INTO takes an
+    // empty file as a new one.
+    let tmp = OwnedTemp::beside(dest).map_err(|e| write_err(db, dest, e))?;
     let tmp_text = tmp
+        .path()
         .to_str()
-        .ok_or_else(|| write_err(db, dest, "the path is not UTF-8"))?;
-    let journal = PathBuf::from(format!("{}-journal", tmp.display()));
-    if let Err(e) = conn.execute("VACUUM INTO ?1", [tmp_text]) {
-        let _ = std::fs::remove_file(&tmp);
-        let _ = std::fs::remove_file(&journal);
-        return Err(write_err(db, dest, e));
-    }
-    let _ = std::fs::remove_file(&journal);
-    if let Err(e) = check(&tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(BackupError::Corrupt {
-            dest: dest.to_owned(),
-            detail: e,
-        });
-    }
-    let finish = || -> std::io::Result<u64> {
-        let f = std::fs::File::open(&tmp)?;
-        f.sync_all()?;
-        let bytes = f.metadata()?.len();
-        std::fs::rename(&tmp, dest)?;
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(bytes)
-    };
-    let bytes = finish().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        write_err(db, dest, e)
+        .ok_or_else(|| write_err(db, dest, "the path is not UTF-8"))?
+        .to_owned();
+    conn.execute("VACUUM INTO ?1", [&tmp_text])
+        .map_err(|e| write_err(db, dest, e))?;
+    let _ = std::fs::remove_file(crate::fsutil::with_suffix(tmp.path(), "-journal"));
+    check(tmp.path()).map_err(|detail| BackupError::Corrupt {
+        dest: dest.to_owned(),
+        detail,
     })?;
+    let bytes = tmp.persist(dest).map_err(|e| write_err(db, dest, e))?;
     Ok(BackupRecord {
         path: dest.to_owned(),
         finished_at: crate::timefmt::now(),
@@ -160,8 +151,97 @@ fn stamp() -> String {
     chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string()
 }
 
-/// A new backup in `dir` (named by the time), then the oldest beyond `keep` removed. Records it
-/// in `state_dir/backup.json`.
+/// Where a backup stands among the others in its directory: its sequence number first (it only
+/// grows, whatever the clock does), then the time its name encodes, then the collision counter
+/// of an earlier build's name. Copies named by earlier builds have sequence 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BackupKey {
+    pub seq: u64,
+    pub stamp: u64,
+    pub collision: u64,
+}
+
+/// `YYYYMMDDTHHMMSSZ` as the number YYYYMMDDHHMMSS, when it is one.
+fn parse_stamp(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    let ok = b.len() == 16
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z';
+    ok.then(|| format!("{}{}", &s[..8], &s[9..15]).parse().ok())
+        .flatten()
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
+}
+
+/// The key of one of our backups' names, or `None` for any other name. This build writes
+/// `stellantis-sync-NNNNNN-YYYYMMDDTHHMMSSZ.sqlite` (sequence, then time); earlier builds wrote
+/// `stellantis-sync-YYYYMMDDTHHMMSSZ[-N].sqlite`. Nothing else is ours (an operator's
+/// `stellantis-sync-archive.sqlite`, or the database itself, never is).
+pub fn backup_key(name: &str) -> Option<BackupKey> {
+    let rest = name.strip_prefix(FILE_PREFIX)?.strip_suffix(".sqlite")?;
+    if let Some((seq, time)) = rest.split_once('-')
+        && let (Some(seq), Some(stamp)) = (parse_number(seq), parse_stamp(time))
+    {
+        return Some(BackupKey {
+            seq,
+            stamp,
+            collision: 0,
+        });
+    }
+    let (time, n) = match rest.split_once('-') {
+        Some((s, n)) => (s, Some(n)),
+        None => (rest, None),
+    };
+    let stamp = parse_stamp(time)?;
+    let collision = match n {
+        Some(n) => parse_number(n)?,
+        None => 0,
+    };
+    Some(BackupKey {
+        seq: 0,
+        stamp,
+        collision,
+    })
+}
+
+/// Whether `name` is one of our backups ([`backup_key`]).
+pub fn is_backup_name(name: &str) -> bool {
+    backup_key(name).is_some()
+}
+
+/// Our backups in `dir`, oldest first by [`BackupKey`].
+fn backups_in(dir: &Path) -> Vec<(BackupKey, PathBuf)> {
+    let mut files: Vec<(BackupKey, PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let key = backup_key(e.file_name().to_str()?)?;
+                    Some((key, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// The name of the next backup in `dir`: one past the highest sequence number there.
+fn next_name(dir: &Path) -> PathBuf {
+    let seq = backups_in(dir).last().map_or(0, |(k, _)| k.seq) + 1;
+    dir.join(format!("{FILE_PREFIX}{seq:06}-{}.sqlite", stamp()))
+}
+
+/// The lock file that serialises backups into one directory (naming, copying, rotation).
+const DIR_LOCK: &str = ".stellantis-sync-backup.lock";
+
+/// A new backup in `dir` (named by its sequence number and the time), then the oldest beyond
+/// `keep` removed. Records it in `state_dir/backup.json`.
 pub fn backup_into_dir(
     db: &Path,
     dir: &Path,
@@ -169,68 +249,42 @@ pub fn backup_into_dir(
     state_dir: &Path,
     kind: &str,
 ) -> Result<BackupRecord, BackupError> {
+    std::fs::create_dir_all(dir).map_err(|e| write_err(db, dir, e))?;
+    // Two backups at once (the schedule and the command) would pick the same sequence number.
+    let lock_path = dir.join(DIR_LOCK);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| write_err(db, &lock_path, e))?;
     remove_stale_temporaries(dir);
-    let mut dest = dir.join(format!("{FILE_PREFIX}{}.sqlite", stamp()));
-    let mut n = 1;
-    while dest.exists() {
-        n += 1;
-        dest = dir.join(format!("{FILE_PREFIX}{}-{n}.sqlite", stamp()));
-    }
+    let dest = next_name(dir);
     let mut rec = backup_to(db, &dest)?;
     rec.kind = kind.into();
     record(state_dir, &rec);
     for old in prune(dir, keep, &rec.path, db) {
         tracing::info!(file = %old.display(), "old backup removed (keep = {keep})");
     }
+    drop(lock);
     Ok(rec)
 }
 
-/// Whether `name` is one of our backups: `stellantis-sync-YYYYMMDDTHHMMSSZ[-N].sqlite`, exactly
-/// (an operator's `stellantis-sync-archive.sqlite`, or the database itself, never is).
-pub fn is_backup_name(name: &str) -> bool {
-    let Some(rest) = name
-        .strip_prefix(FILE_PREFIX)
-        .and_then(|r| r.strip_suffix(".sqlite"))
-    else {
-        return false;
-    };
-    let (stamp, n) = match rest.split_once('-') {
-        Some((s, n)) => (s, Some(n)),
-        None => (rest, None),
-    };
-    let b = stamp.as_bytes();
-    let stamp_ok = b.len() == 16
-        && b[..8].iter().all(u8::is_ascii_digit)
-        && b[8] == b'T'
-        && b[9..15].iter().all(u8::is_ascii_digit)
-        && b[15] == b'Z';
-    stamp_ok && n.is_none_or(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
-}
-
 /// Removes the oldest backups in `dir` beyond `keep` (at least 1); returns what it removed. Only
-/// files named as ours ([`is_backup_name`]) count; the copy just written (`newest`) is always
-/// kept, whatever its name says (after the clock was set back it sorts first), and so is the
-/// database itself.
+/// files named as ours ([`backup_key`]) count, ordered by sequence number (then time), never by
+/// the clock alone; the copy just written (`newest`) is always kept, and so is the database
+/// itself.
 pub fn prune(dir: &Path, keep: usize, newest: &Path, db: &Path) -> Vec<PathBuf> {
     let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => a == b,
     };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(is_backup_name)
-                        && !same(p, newest)
-                        && !same(p, db)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
+    let files: Vec<PathBuf> = backups_in(dir)
+        .into_iter()
+        .map(|(_, p)| p)
+        .filter(|p| !same(p, newest) && !same(p, db))
+        .collect();
     let excess = files.len().saturating_sub(keep.max(1) - 1);
     let mut removed = Vec::new();
     for f in files.into_iter().take(excess) {
@@ -241,30 +295,13 @@ pub fn prune(dir: &Path, keep: usize, newest: &Path, db: &Path) -> Vec<PathBuf> 
     removed
 }
 
-/// Removes what an interrupted copy left in `dir` (`.NAME.tmp-PID` and its `-journal`) when the
-/// process PID is gone: a killed `backup` command must not leave a partial copy for ever.
+/// Removes what an interrupted copy left in `dir` (`.stellantis-sync-….tmp-…` and its
+/// `-journal`) once no live writer holds it: ownership is the writer's lock on the file, not a
+/// PID in its name (a container's PID 1 is always "alive"). The PID-named leftovers of earlier
+/// builds are removed too.
 pub fn remove_stale_temporaries(dir: &Path) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(&format!(".{FILE_PREFIX}"))
-            .and_then(|r| r.rsplit_once(".tmp-"))
-            .map(|(_, p)| p.trim_end_matches("-journal").to_owned())
-        else {
-            continue;
-        };
-        let alive = pid
-            .parse::<u32>()
-            .is_ok_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
-        if !alive
-            && pid.bytes().all(|b| b.is_ascii_digit())
-            && std::fs::remove_file(e.path()).is_ok()
-        {
-            tracing::info!(file = %e.path().display(), "removed what an interrupted backup left");
-        }
+    for f in crate::fsutil::sweep(dir, FILE_PREFIX, true) {
+        tracing::info!(file = %f.display(), "removed what an interrupted backup left");
     }
 }
 
@@ -310,6 +347,13 @@ pub fn before_migration(
     version: u32,
 ) -> Result<PathBuf, BackupError> {
     let dest = pre_migration_path(db, version);
+    if let (Some(dir), Some(name)) = (dest.parent(), db.file_name()) {
+        crate::fsutil::sweep(
+            dir,
+            &format!("{}.pre-schema-", name.to_string_lossy()),
+            true,
+        );
+    }
     copy_with(conn, db, &dest)?;
     Ok(dest)
 }
@@ -346,12 +390,21 @@ pub async fn command(cfg: &crate::config::Config, to: Option<PathBuf>) -> u8 {
     let (dir, keep) = (cfg.ops.backup_dir.clone(), cfg.ops.backup_keep);
     let job = tokio::task::spawn_blocking(move || match to {
         Some(p) if p.is_dir() => {
-            let dest = p.join(format!("{FILE_PREFIX}{}.sqlite", stamp()));
+            remove_stale_temporaries(&p);
+            let dest = next_name(&p);
             let rec = backup_to(&db, &dest)?;
             record(&state_dir, &rec);
             Ok(rec)
         }
         Some(p) => {
+            if let (Some(dir), Some(name)) = (p.parent(), p.file_name()) {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                crate::fsutil::sweep(dir, &name.to_string_lossy(), false);
+            }
             let rec = backup_to(&db, &p)?;
             record(&state_dir, &rec);
             Ok(rec)
@@ -447,6 +500,7 @@ mod tests {
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != DIR_LOCK)
             .collect();
         names.sort();
         assert_eq!(names.len(), 6, "{names:?}");
@@ -478,22 +532,148 @@ mod tests {
         assert_eq!(last_backup(dir.path()).map(|r| r.path), Some(rec.path));
     }
 
+    /// What a killed backup left is removed by the next one, whatever PID its name carries
+    /// (PID 1, a container's main process, is always alive): only a copy whose writer still
+    /// holds its lock stays.
     #[test]
     fn what_a_killed_backup_left_is_removed_by_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let db = sample_db(dir.path());
         let bdir = dir.path().join("backups");
         std::fs::create_dir_all(&bdir).unwrap();
+        let pid1 = bdir.join(format!(".{FILE_PREFIX}20200101T000000Z.sqlite.tmp-1"));
+        let pid1_journal = crate::fsutil::with_suffix(&pid1, "-journal");
         // PID 4194304 is above Linux's pid_max: never alive.
         let dead = bdir.join(format!(".{FILE_PREFIX}20200101T000000Z.sqlite.tmp-4194304"));
-        let dead_journal = PathBuf::from(format!("{}-journal", dead.display()));
-        let mine = bdir.join(format!(".{FILE_PREFIX}x.sqlite.tmp-{}", std::process::id()));
-        for f in [&dead, &dead_journal, &mine] {
+        // A copy killed with this build's names: its lock went with the process.
+        let killed = bdir.join(format!(
+            ".{FILE_PREFIX}000007-20200101T000000Z.sqlite.tmp-0123456789abcdef"
+        ));
+        let killed_journal = crate::fsutil::with_suffix(&killed, "-journal");
+        for f in [&pid1, &pid1_journal, &dead, &killed, &killed_journal] {
             std::fs::write(f, b"partial").unwrap();
         }
+        let live = OwnedTemp::beside(&bdir.join(format!("{FILE_PREFIX}x.sqlite"))).unwrap();
         backup_into_dir(&db, &bdir, 5, dir.path(), "manual").unwrap();
-        assert!(!dead.exists() && !dead_journal.exists());
-        assert!(mine.exists(), "a live process's copy in progress stays");
+        let mut left: Vec<String> = std::fs::read_dir(&bdir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        left.sort();
+        let live_name = live
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(left, vec![live_name], "only a live writer's copy stays");
+        drop(live);
+    }
+
+    /// Issue 23, case 7: two backups in one second (`…Z.sqlite`, `…Z-2.sqlite`, and `…Z-10.sqlite`
+    /// of an earlier build) are ordered by their time and counter, not as text (`-` sorts
+    /// before `.`, `-10` before `-2`); numbered copies in order of their sequence number.
+    #[test]
+    fn rotation_orders_copies_of_one_second_by_their_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sample_db(dir.path());
+        let bdir = dir.path().join("backups");
+        std::fs::create_dir_all(&bdir).unwrap();
+        let name = |s: &str| bdir.join(format!("{FILE_PREFIX}{s}.sqlite"));
+        for s in [
+            "20200101T000000Z",
+            "20200101T000000Z-2",
+            "20200101T000000Z-10",
+        ] {
+            std::fs::write(name(s), b"x").unwrap();
+        }
+        let newest = name("20200101T000001Z");
+        std::fs::write(&newest, b"x").unwrap();
+        let removed = prune(&bdir, 3, &newest, &db);
+        assert_eq!(removed, vec![name("20200101T000000Z")]);
+        // This build's copies, three in a row with keep = 2: the last two stay.
+        let recs: Vec<BackupRecord> = (0..3)
+            .map(|_| backup_into_dir(&db, &bdir, 2, dir.path(), "manual").unwrap())
+            .collect();
+        assert!(!recs[0].path.exists());
+        assert!(recs[1].path.exists() && recs[2].path.exists());
+        let seqs: Vec<u64> = recs
+            .iter()
+            .map(|r| {
+                backup_key(&r.path.file_name().unwrap().to_string_lossy())
+                    .unwrap()
+                    .seq
+            })
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+    }
+
+    /// Issue 23, case 8: after the clock was set back, each new backup deleted the one before
+    /// it (its name sorted first) while the stale copies stayed. Now the sequence number
+    /// decides: with keep = 3, three copies named in "the future" and then two new ones, the
+    /// two new ones and the newest of the old stay. And a clock stepped forward then back
+    /// again keeps the order of the sequence.
+    #[test]
+    fn rotation_survives_the_clock_stepping_back_and_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sample_db(dir.path());
+        let bdir = dir.path().join("backups");
+        std::fs::create_dir_all(&bdir).unwrap();
+        let ahead = ["20990101T000000Z", "20990101T000100Z", "20990101T000200Z"];
+        for s in ahead {
+            std::fs::write(bdir.join(format!("{FILE_PREFIX}{s}.sqlite")), b"x").unwrap();
+        }
+        let first = backup_into_dir(&db, &bdir, 3, dir.path(), "manual").unwrap();
+        let second = backup_into_dir(&db, &bdir, 3, dir.path(), "manual").unwrap();
+        assert!(first.path.exists(), "the new copy before was deleted");
+        assert!(second.path.exists());
+        assert!(
+            bdir.join(format!("{FILE_PREFIX}{}.sqlite", ahead[2]))
+                .exists()
+        );
+        assert!(
+            !bdir
+                .join(format!("{FILE_PREFIX}{}.sqlite", ahead[0]))
+                .exists()
+        );
+        assert_eq!(backups_in(&bdir).len(), 3);
+        // A numbered copy taken while the clock was a century ahead, then copies at the right
+        // time: the sequence orders them.
+        let far = bdir.join(format!("{FILE_PREFIX}000099-21990101T000000Z.sqlite"));
+        std::fs::write(&far, b"x").unwrap();
+        let third = backup_into_dir(&db, &bdir, 2, dir.path(), "manual").unwrap();
+        assert!(third.path.exists() && far.exists());
+        assert_eq!(
+            backup_key(&third.path.file_name().unwrap().to_string_lossy())
+                .unwrap()
+                .seq,
+            100
+        );
+        assert_eq!(backups_in(&bdir).len(), 2);
+    }
+
+    #[test]
+    fn backup_names_are_parsed_strictly() {
+        for ours in [
+            "stellantis-sync-20261129T021500Z.sqlite",
+            "stellantis-sync-20261129T021500Z-2.sqlite",
+            "stellantis-sync-000001-20261129T021500Z.sqlite",
+            "stellantis-sync-1234567-20261129T021500Z.sqlite",
+        ] {
+            assert!(is_backup_name(ours), "{ours}");
+        }
+        for theirs in [
+            "stellantis-sync-home.sqlite",
+            "stellantis-sync-20261129T021500Z-old.sqlite",
+            "stellantis-sync--20261129T021500Z.sqlite",
+            "stellantis-sync-000001-20261129T0215Z.sqlite",
+            "stellantis-sync-20261129T021500Z-.sqlite",
+            ".stellantis-sync-000001-20261129T021500Z.sqlite.tmp-1",
+        ] {
+            assert!(!is_backup_name(theirs), "{theirs}");
+        }
     }
 
     #[test]
