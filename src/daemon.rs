@@ -146,7 +146,7 @@ pub fn build(cfg: Config, prev: Option<&App>) -> Result<App, StartError> {
                     reason: e.to_string(),
                 })?;
             }
-            let mut db = Db::open(&cfg.database)?;
+            let mut db = Db::open_for(&cfg)?;
             // We hold the instance lock: a run still `running` belongs to a process that died.
             db.close_abandoned_runs("the process running it ended before it finished")?;
             Arc::new(Mutex::new(db))

@@ -72,11 +72,16 @@ pub fn run(cli: Cli) -> u8 {
             Some(Command::Status) => match load(&cli.config, config::Checks::Full, shard) {
                 Ok(cfg) => {
                     print!("{}", status::render(&cfg));
+                    if let Some((i, n)) = shard {
+                        for line in shard::misplaced_lines(&shard::misplaced(&cfg, i, n), i, n) {
+                            println!("warning: {line}");
+                        }
+                    }
                     exit::OK
                 }
                 Err(code) => code,
             },
-            Some(Command::Login(args)) => login(&cli.config, args).await,
+            Some(Command::Login(args)) => login(&cli.config, args, shard).await,
             Some(Command::ExportAccount(a)) => {
                 transfer::export_cmd(&cli.config, &a.name, &a.to, a.with_tokens, a.remove).await
             }
@@ -84,14 +89,19 @@ pub fn run(cli: Cli) -> u8 {
                 transfer::import_cmd(&cli.config, &a.file, a.with_tokens, shard).await
             }
             Some(Command::Backup(args)) => {
-                match load(&cli.config, config::Checks::ValuesOnly, None) {
+                // With --shard, into the shard's own backup directory, as its schedule does.
+                match load(&cli.config, config::Checks::ValuesOnly, shard) {
                     Ok(cfg) => backup::command(&cfg, args.to).await,
                     Err(code) => code,
                 }
             }
             Some(Command::Run) | None => match load(&cli.config, config::Checks::Full, shard) {
-                Ok(cfg) if once => daemon::once(cfg).await,
+                Ok(cfg) if once => {
+                    serve_shard(&cfg, shard);
+                    daemon::once(cfg).await
+                }
                 Ok(cfg) => {
+                    serve_shard(&cfg, shard);
                     let hooks = daemon::Hooks {
                         shard,
                         ..daemon::Hooks::default()
@@ -109,19 +119,23 @@ pub fn run(cli: Cli) -> u8 {
 fn check_global_flags(cli: &Cli) -> Result<(), String> {
     let name = match &cli.command {
         None | Some(Command::Run) => return Ok(()),
-        Some(Command::CheckConfig) | Some(Command::Status) | Some(Command::ImportAccount(_)) => {
-            // `--shard` narrows what they show (import: refuses another shard's account);
-            // `--once` means nothing to them.
+        Some(Command::CheckConfig)
+        | Some(Command::Status)
+        | Some(Command::ImportAccount(_))
+        | Some(Command::Login(_))
+        | Some(Command::Backup(_))
+        | Some(Command::ExportAccount(_)) => {
+            // `--shard` says which instance's files they work on, as the unit has it (status:
+            // its accounts; import: refuses another shard's account; login: only its own
+            // accounts; backup: its backup directory; export: any account held here, misplaced
+            // ones included). `--once` means nothing to them.
             if cli.once {
                 return Err("--once only applies to `run` (e.g. `stellantis-sync --once`)".into());
             }
             return Ok(());
         }
-        Some(Command::Login(_)) => "login",
-        Some(Command::Backup(_)) => "backup",
         Some(Command::Demo(_)) => "demo",
         Some(Command::Simulate(_)) => "simulate",
-        Some(Command::ExportAccount(_)) => "export-account",
     };
     if cli.once {
         return Err(format!(
@@ -130,7 +144,7 @@ fn check_global_flags(cli: &Cli) -> Result<(), String> {
     }
     if cli.shard.is_some() {
         return Err(format!(
-            "--shard only applies to `run`, `status`, `check-config` and `import-account`, not to `{name}`"
+            "--shard applies to the commands that work on one instance's files, not to `{name}`"
         ));
     }
     Ok(())
@@ -154,6 +168,19 @@ fn load(
     Ok(cfg)
 }
 
+/// An instance serving `--shard I/N`: its state directory records the shard (so that an import
+/// there without `--shard` is checked against it), and it says which accounts it holds that
+/// belong elsewhere.
+fn serve_shard(cfg: &config::Config, shard: Option<(u32, u32)>) {
+    let Some((i, n)) = shard else {
+        return;
+    };
+    shard::record(&cfg.state_dir, i, n);
+    for line in shard::misplaced_lines(&shard::misplaced(cfg, i, n), i, n) {
+        tracing::warn!("{line}");
+    }
+}
+
 #[allow(clippy::print_stdout, clippy::print_stderr)] // the command line's own output
 fn check_config(path: &std::path::Path, shard: Option<(u32, u32)>) -> u8 {
     match load(path, config::Checks::Full, shard) {
@@ -174,11 +201,21 @@ fn check_config(path: &std::path::Path, shard: Option<(u32, u32)>) -> u8 {
 }
 
 #[allow(clippy::print_stdout, clippy::print_stderr)] // the command line's own output
-async fn login(path: &std::path::Path, args: cli::LoginArgs) -> u8 {
-    let cfg = match load(path, config::Checks::Full, None) {
+async fn login(path: &std::path::Path, args: cli::LoginArgs, shard: Option<(u32, u32)>) -> u8 {
+    let cfg = match load(path, config::Checks::Full, shard) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Some((i, n)) = shard {
+        let belongs = shard::shard_of(&args.account, n);
+        if belongs != i && !cfg.accounts.iter().any(|a| a.name == args.account) {
+            eprintln!(
+                "stellantis-sync: `{}` belongs to shard {belongs}/{n}, not {i}/{n}: sign it in with shard {belongs}'s state directory and database and `--shard {belongs}/{n}`",
+                args.account
+            );
+            return exit::CONFIG;
+        }
+    }
     let Some(account) = cfg
         .accounts
         .iter()

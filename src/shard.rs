@@ -9,6 +9,15 @@
 //!   the accounts that land on the new shard N (about 1/(N+1) of them); every other account
 //!   keeps its shard, so its history stays in one database. Moving the few that change is
 //!   `export-account` / `import-account` (see `src/transfer.rs`).
+//!
+//! A state directory remembers the shard its last `--shard` run served (`state_dir/shard`,
+//! `I/N`): `import-account` without `--shard` checks an account against it, so a file imported
+//! into the wrong instance's directory is refused instead of sitting there unused. An instance
+//! reports the accounts its state directory holds (a token record, or history in its database)
+//! that do not belong to its shard, with the commands that move them ([`misplaced`]): after N
+//! changed, the old instance must say what it still holds.
+
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 
@@ -53,6 +62,107 @@ pub fn keep(cfg: &mut Config, i: u32, n: u32) {
     cfg.api.rate.burst = share(cfg.api.rate.burst.get());
     cfg.telemetry.daily_request_budget = (cfg.telemetry.daily_request_budget / u64::from(n)).max(1);
     cfg.ops.backup_dir = cfg.ops.backup_dir.join(format!("shard-{i}"));
+}
+
+fn record_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("shard")
+}
+
+/// Records that this state directory serves shard `i` of `n` (written by `run` and `--once`
+/// with `--shard`; a failure is logged, never fatal).
+pub fn record(state_dir: &Path, i: u32, n: u32) {
+    if recorded(state_dir) == Some((i, n)) {
+        return;
+    }
+    let text = format!("{i}/{n}\n");
+    let written = std::fs::create_dir_all(state_dir).and_then(|()| {
+        crate::fsutil::write_atomic(&record_path(state_dir), text.as_bytes(), 0o644, true)
+    });
+    if let Err(e) = written {
+        tracing::warn!(
+            "cannot record the shard in {}: {e}",
+            record_path(state_dir).display()
+        );
+    }
+}
+
+/// The shard this state directory's last `--shard` run served, if it recorded one.
+pub fn recorded(state_dir: &Path) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string(record_path(state_dir)).ok()?;
+    let (i, n) = text.trim().split_once('/')?;
+    let (i, n): (u32, u32) = (i.parse().ok()?, n.parse().ok()?);
+    (i < n).then_some((i, n))
+}
+
+/// An account held by a state directory that belongs to another shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misplaced {
+    pub name: String,
+    /// The shard it belongs to.
+    pub belongs: u32,
+    /// It has a token record here (else only history in the database).
+    pub token: bool,
+}
+
+/// The accounts `cfg`'s state directory and database hold (a token record, or at least one run
+/// in the database) that do not belong to shard `i` of `n`.
+pub fn misplaced(cfg: &Config, i: u32, n: u32) -> Vec<Misplaced> {
+    let mut names: std::collections::BTreeMap<String, bool> = std::collections::BTreeMap::new();
+    let store = crate::auth::store::TokenStore::new(&cfg.state_dir);
+    if let Ok(rd) = std::fs::read_dir(store.dir()) {
+        for e in rd.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            if let Some(name) = file.strip_suffix(".json")
+                && crate::config::valid_name(name)
+                && e.file_type().is_ok_and(|t| t.is_file())
+            {
+                names.insert(name.to_owned(), true);
+            }
+        }
+    }
+    if cfg.database.exists()
+        && let Ok(conn) = crate::store::open_read_only(&cfg.database)
+        && let Ok(mut st) = conn.prepare(
+            "SELECT name FROM accounts a WHERE EXISTS (SELECT 1 FROM sync_runs r WHERE r.account_id = a.account_id)",
+        )
+        && let Ok(rows) = st.query_map([], |r| r.get::<_, String>(0))
+    {
+        for name in rows.flatten() {
+            names.entry(name).or_insert(false);
+        }
+    }
+    names
+        .into_iter()
+        .filter_map(|(name, token)| {
+            let belongs = shard_of(&name, n);
+            (belongs != i).then_some(Misplaced {
+                name,
+                belongs,
+                token,
+            })
+        })
+        .collect()
+}
+
+/// One line per misplaced account: what it is and the two commands that move it.
+pub fn misplaced_lines(found: &[Misplaced], i: u32, n: u32) -> Vec<String> {
+    found
+        .iter()
+        .map(|m| {
+            format!(
+                "account `{}` is held here ({}) but belongs to shard {}/{n}, not {i}/{n}: nothing syncs it{}. With both instances stopped, move it: here `stellantis-sync --shard {i}/{n} export-account {} --to FILE --remove{}`, then with shard {}'s state directory and database `stellantis-sync --shard {}/{n} import-account FILE{}` (docs/fleet.md)",
+                m.name,
+                if m.token { "a token record" } else { "history only" },
+                m.belongs,
+                if m.token { " and its refresh-token chain ages toward its end" } else { "" },
+                m.name,
+                if m.token { " --with-tokens" } else { "" },
+                m.belongs,
+                m.belongs,
+                if m.token { " --with-tokens" } else { "" },
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -26,13 +26,12 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::auth::store::{StoreError, TokenRecord, TokenStore};
+use crate::auth::store::{StoreError, TokenRecord, TokenStore, fingerprint};
 use crate::config::{self, Checks, Config};
 use crate::daemon::{self, StartError};
 use crate::exit;
@@ -198,7 +197,7 @@ pub enum TransferError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("database {path}: {source}")]
+    #[error("database {path}: {source}{}", crate::store::diagnose(path, source))]
     Sqlite {
         path: PathBuf,
         #[source]
@@ -292,17 +291,53 @@ pub enum TransferError {
     )]
     TokensNeedRemove,
     #[error(
-        "{path} already exists: `{name}` has a token record in the target; remove it or import without --with-tokens"
+        "`{name}` already has a live refresh token in this instance ({path}); importing the one in {file} would put two chains in one place. To keep this instance's, import without --with-tokens (the file's token is then erased); to keep the file's, remove {path} first (that chain is then abandoned) and import again"
     )]
-    TokenExists { path: PathBuf, name: String },
+    TokenExists {
+        path: PathBuf,
+        name: String,
+        file: PathBuf,
+    },
     #[error(
-        "`{name}` belongs to shard {belongs}/{count}, not to this instance's --shard {index}/{count}"
+        "{path} holds `{name}`'s live refresh token and this instance has none for it: import it with --with-tokens, so that the token moves with the history (importing only the history would strand the chain in the file)"
+    )]
+    WouldStrand { path: PathBuf, name: String },
+    #[error(
+        "{path} was already imported (into {database}, state directory {state_dir}, at {at}): it is spent and holds no token; delete it. To move `{name}` again, export it from there"
+    )]
+    Spent {
+        path: PathBuf,
+        name: String,
+        at: String,
+        database: String,
+        state_dir: String,
+    },
+    #[error(
+        "{path} was claimed at {at} by an import of `{name}` into {database} (state directory {state_dir}), so its token may live there now; it cannot be imported anywhere else. Run the same import-account command with that state directory to finish it (an interrupted import is finished, never repeated); if that state directory is gone for good, see docs/fleet.md"
+    )]
+    ClaimedElsewhere {
+        path: PathBuf,
+        name: String,
+        at: String,
+        database: String,
+        state_dir: String,
+    },
+    #[error(
+        "{path} cannot be written ({reason}); an import marks the file it takes a token from, so that the token moves only once: make the file writable by this user, where it is, and import again"
+    )]
+    FileNotWritable { path: PathBuf, reason: String },
+    #[error(
+        "`{name}` belongs to shard {belongs}/{count}, not to this instance's {index}/{count}{}; nothing was imported. Import it into shard {belongs}: `stellantis-sync --shard {belongs}/{count} import-account {} --with-tokens`, with that instance's state directory and database",
+        if *recorded { " (the shard its last run recorded in the state directory)" } else { "" },
+        file.display()
     )]
     WrongShard {
         name: String,
+        file: PathBuf,
         belongs: u32,
         index: u32,
         count: u32,
+        recorded: bool,
     },
     #[error("copying {table} of `{name}`: {read} rows read but {written} written")]
     Mismatch {
@@ -323,6 +358,7 @@ impl TransferError {
             | TransferError::Sqlite { .. }
             | TransferError::Io { .. }
             | TransferError::Tokens(_)
+            | TransferError::FileNotWritable { .. }
             | TransferError::StateDir { .. } => exit::IOERR,
             TransferError::Uncovered { .. } | TransferError::Mismatch { .. } => exit::SOFTWARE,
             _ => REFUSED,
@@ -437,8 +473,14 @@ fn quote(ident: &str) -> String {
 }
 
 /// Copies every row of account `name` from the attached schema `src` into `main`, inside the
-/// caller's transaction. `main_path` names the target in errors.
-fn copy_account(conn: &Connection, name: &str, main_path: &Path) -> Result<Counts, TransferError> {
+/// caller's transaction. `src_path` names the source in errors about what it holds, `main_path`
+/// the file being written (a full disk is the target's, not the source's).
+fn copy_account(
+    conn: &Connection,
+    name: &str,
+    src_path: &Path,
+    main_path: &Path,
+) -> Result<Counts, TransferError> {
     let e = sql(main_path);
     let old: i64 = conn
         .query_row(
@@ -449,7 +491,7 @@ fn copy_account(conn: &Connection, name: &str, main_path: &Path) -> Result<Count
         .optional()
         .map_err(&e)?
         .ok_or_else(|| TransferError::NoAccount {
-            path: main_path.to_owned(),
+            path: src_path.to_owned(),
             name: name.to_owned(),
         })?;
     let existing: Option<i64> = conn
@@ -634,7 +676,24 @@ fn summary(counts: &Counts) -> String {
         .join(", ")
 }
 
+/// The bootstrap tokens a record has seen or had refused: never to be presented again, in the
+/// state directory it leaves nor in the one it enters.
+fn spent_bootstraps(record: &TokenRecord) -> Vec<&str> {
+    record
+        .bootstrap_sha256
+        .iter()
+        .chain(&record.refused_sha256)
+        .map(String::as_str)
+        .collect()
+}
+
 /// `export-account NAME --to FILE [--with-tokens] [--remove]` with a loaded configuration.
+///
+/// The file is built in a lock-owned temporary file next to `to` (no journal, no WAL: nothing
+/// else beside it ever holds its pages), listed in the token store while it is written, and
+/// renamed into place when complete; every failure removes it, and the next export, import or
+/// start removes what a killed one left. Errors name the file that failed: the export file for
+/// its writes, the database for its reads.
 pub async fn export(
     cfg: &Config,
     name: &str,
@@ -662,6 +721,7 @@ pub async fn export(
         });
     }
     let tokens = TokenStore::new(&cfg.state_dir);
+    tokens.sweep_temporaries();
     let (_account_lock, record) = if with_tokens {
         if !tokens.path(name).exists() {
             return Err(TransferError::NoStoredToken {
@@ -677,79 +737,39 @@ pub async fn export(
     } else {
         (None, None)
     };
-    let file_name = to
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "export".into());
-    let tmp = to.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    // Created 0600 before SQLite opens it: the file may hold a token and always holds history.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    let result = (|| {
-        let db = Db::open(&tmp)?;
-        let conn = db.conn();
-        attach(conn, &cfg.database, &tmp)?;
-        check_version(conn, "src", &cfg.database)?;
-        check_coverage(conn, "src", &cfg.database)?;
-        let tx = conn.unchecked_transaction().map_err(sql(&tmp))?;
-        let counts = copy_account(conn, name, &cfg.database)?;
-        if let Some(record) = &record {
-            let json = serde_json::to_string(record).map_err(|e| TransferError::Io {
-                path: tmp.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            conn.execute_batch(&format!(
-                "CREATE TABLE main.{TOKEN_TABLE} (account TEXT PRIMARY KEY, record TEXT NOT NULL)"
-            ))
-            .map_err(sql(&tmp))?;
-            conn.execute(
-                &format!("INSERT INTO main.{TOKEN_TABLE} (account, record) VALUES (?1, ?2)"),
-                params![name, json],
-            )
-            .map_err(sql(&tmp))?;
-        }
-        write_checksums(conn).map_err(sql(&tmp))?;
-        tx.commit().map_err(sql(&tmp))?;
-        conn.execute_batch("DETACH DATABASE src")
-            .map_err(sql(&tmp))?;
-        // One self-contained file: no -wal or -shm beside it.
-        conn.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
-            .map_err(sql(&tmp))?;
-        drop(db);
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&tmp))?;
-        Ok::<_, TransferError>(counts)
-    })();
-    let counts = match result {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    if to.exists() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(TransferError::Exists {
-            path: to.to_owned(),
-        });
+    let dir = to
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Some(file) = to.file_name() {
+        crate::fsutil::sweep(dir, &file.to_string_lossy(), true);
     }
-    if let Err(e) = std::fs::rename(&tmp, to) {
-        // The temporary file may hold the token record: never leave it behind.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(to)(e));
-    }
-    sync_dir(to)?;
+    // Created 0600 and locked before SQLite opens it: the file may hold a token and always
+    // holds history.
+    let tmp = crate::fsutil::OwnedTemp::beside(to).map_err(io(to))?;
+    let tmp_path = tmp.path().to_owned();
+    tokens.note_temporary(&tmp_path)?;
+    let written = write_export(cfg, name, to, &tmp_path, record.as_ref());
+    let persisted = written.and_then(|counts| {
+        tmp.persist(to)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => TransferError::Exists {
+                    path: to.to_owned(),
+                },
+                _ => io(to)(e),
+            })
+            .map(|_| counts)
+    });
+    // Renamed or removed (persist and drop remove it on every failure).
+    tokens.forget_temporary(&tmp_path);
+    let counts = persisted?;
     if remove {
         // The token leaves first (one token lives in one place: the export file now); if the
         // history cannot be removed, the token goes back and the export file is deleted, so
         // nothing has changed.
-        if with_tokens {
+        if let Some(record) = &record {
+            // This state directory must never present the bootstrap token again either.
+            tokens.mark_bootstraps_used(&spent_bootstraps(record))?;
             let path = tokens.path(name);
             std::fs::remove_file(&path).map_err(io(&path))?;
             sync_dir(&path)?;
@@ -761,7 +781,7 @@ pub async fn export(
                     source: std::io::Error::other("database is locked (failure point)"),
                 });
             }
-            let db = Db::open(&cfg.database)?;
+            let db = Db::open_for(cfg)?;
             let conn = db.conn();
             let tx = conn.unchecked_transaction().map_err(sql(&cfg.database))?;
             delete_account(conn, name, &cfg.database)?;
@@ -785,18 +805,226 @@ pub async fn export(
     Ok(counts)
 }
 
+/// Writes the export of `name` (and its token record) into the temporary file `tmp`, which
+/// becomes `to`.
+fn write_export(
+    cfg: &Config,
+    name: &str,
+    to: &Path,
+    tmp: &Path,
+    record: Option<&TokenRecord>,
+) -> Result<Counts, TransferError> {
+    let db = Db::open_with(tmp, store::Mode::Export).map_err(|e| match e {
+        DbError::Sqlite { source, .. } => sql(to)(source),
+        other => other.into(),
+    })?;
+    let conn = db.conn();
+    attach(conn, &cfg.database, &cfg.database)?;
+    check_version(conn, "src", &cfg.database)?;
+    check_coverage(conn, "src", &cfg.database)?;
+    let tx = conn.unchecked_transaction().map_err(sql(to))?;
+    let counts = copy_account(conn, name, &cfg.database, to)?;
+    if let Some(record) = record {
+        let json = serde_json::to_string(record).map_err(|e| TransferError::Io {
+            path: to.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        conn.execute_batch(&format!(
+            "CREATE TABLE main.{TOKEN_TABLE} (account TEXT PRIMARY KEY, record TEXT NOT NULL)"
+        ))
+        .map_err(sql(to))?;
+        conn.execute(
+            &format!("INSERT INTO main.{TOKEN_TABLE} (account, record) VALUES (?1, ?2)"),
+            params![name, json],
+        )
+        .map_err(sql(to))?;
+    }
+    write_checksums(conn).map_err(sql(to))?;
+    crate::faultpoint::hit("export_written");
+    tx.commit().map_err(sql(to))?;
+    conn.execute_batch("DETACH DATABASE src").map_err(sql(to))?;
+    Ok(counts)
+}
+
+/// The table of an export file recording its import (never in an analytics database): the
+/// state directory that claimed it (by its random id, `tokens/.instance-id`) before importing,
+/// and when that import finished. A claimed file can only be imported (or finished) there; a
+/// finished one is spent and holds no token.
+const STATE_TABLE: &str = "transfer_state";
+
+/// An export file's claim by an import.
+#[derive(Debug, Clone)]
+struct Claim {
+    instance: String,
+    state_dir: String,
+    database: String,
+    claimed_at: String,
+    spent_at: Option<String>,
+}
+
+fn read_claim(conn: &Connection, path: &Path) -> Result<Option<Claim>, TransferError> {
+    if !has_table(conn, STATE_TABLE).map_err(sql(path))? {
+        return Ok(None);
+    }
+    conn.query_row(
+        &format!(
+            "SELECT instance, state_dir, database, claimed_at, spent_at FROM {STATE_TABLE} LIMIT 1"
+        ),
+        [],
+        |r| {
+            Ok(Claim {
+                instance: r.get(0)?,
+                state_dir: r.get(1)?,
+                database: r.get(2)?,
+                claimed_at: r.get(3)?,
+                spent_at: r.get(4)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(|e| TransferError::Damaged {
+        path: path.to_owned(),
+        detail: format!("its table {STATE_TABLE} cannot be read: {e}"),
+    })
+}
+
+/// Opens an export file to write its claim or erase its token: rollback journal, fully synced.
+fn open_for_update(file: &Path) -> Result<Connection, TransferError> {
+    let unwritable = |e: rusqlite::Error| TransferError::FileNotWritable {
+        path: file.to_owned(),
+        reason: e.to_string(),
+    };
+    let c = Connection::open_with_flags(
+        file,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(unwritable)?;
+    c.busy_timeout(Duration::from_secs(10))
+        .map_err(unwritable)?;
+    c.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+        .map_err(unwritable)?;
+    c.execute_batch("PRAGMA synchronous = FULL; PRAGMA secure_delete = ON;")
+        .map_err(unwritable)?;
+    Ok(c)
+}
+
+/// Writes `claim` into the export file (or, with `None`, takes the claim back), durably.
+fn write_claim(file: &Path, claim: Option<&Claim>) -> Result<(), TransferError> {
+    let c = open_for_update(file)?;
+    let unwritable = |e: rusqlite::Error| TransferError::FileNotWritable {
+        path: file.to_owned(),
+        reason: e.to_string(),
+    };
+    let tx = c.unchecked_transaction().map_err(unwritable)?;
+    tx.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {STATE_TABLE} (instance TEXT NOT NULL, state_dir TEXT NOT NULL,
+             database TEXT NOT NULL, claimed_at TEXT NOT NULL, spent_at TEXT);
+         DELETE FROM {STATE_TABLE};"
+    ))
+    .map_err(unwritable)?;
+    if let Some(k) = claim {
+        tx.execute(
+            &format!(
+                "INSERT INTO {STATE_TABLE} (instance, state_dir, database, claimed_at, spent_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)"
+            ),
+            params![
+                k.instance,
+                k.state_dir,
+                k.database,
+                k.claimed_at,
+                k.spent_at
+            ],
+        )
+        .map_err(unwritable)?;
+    }
+    tx.commit().map_err(unwritable)
+}
+
+/// Erases the token record from an imported export file (its pages overwritten with zeros,
+/// `secure_delete`) and marks the file spent.
+fn spend_file(file: &Path) -> Result<(), TransferError> {
+    let c = open_for_update(file)?;
+    let unwritable = |e: rusqlite::Error| TransferError::FileNotWritable {
+        path: file.to_owned(),
+        reason: e.to_string(),
+    };
+    let tx = c.unchecked_transaction().map_err(unwritable)?;
+    if has_table(&tx, TOKEN_TABLE).map_err(unwritable)? {
+        tx.execute_batch(&format!(
+            "DELETE FROM {TOKEN_TABLE}; DROP TABLE {TOKEN_TABLE};"
+        ))
+        .map_err(unwritable)?;
+        if has_table(&tx, CHECKSUM_TABLE).map_err(unwritable)? {
+            tx.execute(
+                &format!("DELETE FROM {CHECKSUM_TABLE} WHERE name = ?1"),
+                [TOKEN_TABLE],
+            )
+            .map_err(unwritable)?;
+        }
+    }
+    tx.execute(
+        &format!("UPDATE {STATE_TABLE} SET spent_at = ?1"),
+        [crate::timefmt::now()],
+    )
+    .map_err(unwritable)?;
+    tx.commit().map_err(unwritable)
+}
+
+/// Whether `main` holds history of `name` (any row beyond a bare `accounts` row).
+fn has_history(conn: &Connection, name: &str, path: &Path) -> Result<bool, TransferError> {
+    for table in &ACCOUNT_TABLES[1..] {
+        let rows: i64 = conn
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM main.{} WHERE account_id = (SELECT account_id FROM main.accounts WHERE name = ?1)",
+                    quote(table)
+                ),
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(sql(path))?;
+        if rows > 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// What an import did.
 #[derive(Debug)]
 pub struct Imported {
     pub name: String,
     pub counts: Counts,
-    /// The file holds a token record that was not imported (no `--with-tokens`).
-    pub token_left: bool,
     /// The file's content checksum was verified (false: an earlier build's file without one).
     pub checksummed: bool,
+    /// The file held a token record; it was erased from the file (the file is spent).
+    pub token_erased: bool,
+    /// The file's token record was saved in this instance's token store.
+    pub token_imported: bool,
+    /// A record without a refresh token (`needs_reauth`) was replaced by the file's.
+    pub replaced_reauth: bool,
+    /// An earlier import of this file here had committed; this run only finished the file.
+    pub finished_earlier: bool,
+    /// Erasing the token from the file failed after the import (why): delete the file.
+    pub file_not_spent: Option<String>,
+}
+
+/// The shard an import checks the account against: `--shard` when given, else the shard this
+/// state directory's last `--shard` run recorded.
+fn import_shard(cfg: &Config, shard: Option<(u32, u32)>) -> Option<(u32, u32, bool)> {
+    match shard {
+        Some((i, n)) => Some((i, n, false)),
+        None => crate::shard::recorded(&cfg.state_dir).map(|(i, n)| (i, n, true)),
+    }
 }
 
 /// `import-account FILE [--with-tokens]` with a loaded configuration.
+///
+/// A file that holds a token record is single-use: the import first claims it (this state
+/// directory's id written into it, durably), then copies the history and saves the token, then
+/// erases the token from the file and marks it spent. A spent file, or one claimed by another
+/// state directory, is refused; one claimed here (an import that was interrupted) is finished.
 pub async fn import(
     cfg: &Config,
     file: &Path,
@@ -804,6 +1032,8 @@ pub async fn import(
     shard: Option<(u32, u32)>,
 ) -> Result<Imported, TransferError> {
     let _instance = lock(&cfg.state_dir)?;
+    let tokens = TokenStore::new(&cfg.state_dir);
+    tokens.sweep_temporaries();
     if !file.exists() {
         return Err(TransferError::NoFile {
             path: file.to_owned(),
@@ -872,24 +1102,43 @@ pub async fn import(
             name,
         });
     }
-    if let Some((index, count)) = shard {
+    // Used already, or being used by another state directory: whatever else is true of it.
+    let claim = read_claim(&probe, file)?;
+    let me = tokens.instance_id()?;
+    if let Some(c) = &claim {
+        if let Some(at) = &c.spent_at {
+            return Err(TransferError::Spent {
+                path: file.to_owned(),
+                name,
+                at: at.clone(),
+                database: c.database.clone(),
+                state_dir: c.state_dir.clone(),
+            });
+        }
+        if c.instance != me {
+            return Err(TransferError::ClaimedElsewhere {
+                path: file.to_owned(),
+                name,
+                at: c.claimed_at.clone(),
+                database: c.database.clone(),
+                state_dir: c.state_dir.clone(),
+            });
+        }
+    }
+    if let Some((index, count, recorded)) = import_shard(cfg, shard) {
         let belongs = crate::shard::shard_of(&name, count);
         if belongs != index {
             return Err(TransferError::WrongShard {
                 name,
+                file: file.to_owned(),
                 belongs,
                 index,
                 count,
+                recorded,
             });
         }
     }
-    let has_token_table = has_table(&probe, TOKEN_TABLE).map_err(sql(file))?;
-    let record: Option<TokenRecord> = if with_tokens {
-        if !has_token_table {
-            return Err(TransferError::NoToken {
-                path: file.to_owned(),
-            });
-        }
+    let file_record: Option<TokenRecord> = if has_table(&probe, TOKEN_TABLE).map_err(sql(file))? {
         let json: Option<String> = probe
             .query_row(
                 &format!("SELECT record FROM {TOKEN_TABLE} WHERE account = ?1"),
@@ -918,46 +1167,143 @@ pub async fn import(
     } else {
         None
     };
+    if with_tokens && file_record.is_none() {
+        return Err(TransferError::NoToken {
+            path: file.to_owned(),
+        });
+    }
     // Last, after the checks that name a specific fault: content changed since export.
     let checksummed = verify_checksums(&probe, file)?;
     drop(probe);
-    let tokens = TokenStore::new(&cfg.state_dir);
-    let _account_lock = if record.is_some() {
+
+    // What this state directory holds for the account already.
+    let _account_lock = if file_record.is_some() {
         tokens.prepare()?;
-        let l = tokens.lock(&name, Duration::from_secs(10)).await?;
-        let path = tokens.path(&name);
-        if path.exists() {
-            return Err(TransferError::TokenExists { path, name });
-        }
-        Some(l)
+        Some(tokens.lock(&name, Duration::from_secs(10)).await?)
     } else {
         None
     };
+    let existing = tokens.load(&name)?;
+    let live_here = existing.as_ref().and_then(|r| r.refresh_token.as_ref());
+    let file_token = file_record.as_ref().and_then(|r| r.refresh_token.as_ref());
+    let same_chain =
+        matches!((live_here, file_token), (Some(a), Some(b)) if fingerprint(a) == fingerprint(b));
+    let take_token = with_tokens && file_record.is_some();
+    if file_record.is_some() {
+        if take_token && live_here.is_some() && !same_chain {
+            return Err(TransferError::TokenExists {
+                path: tokens.path(&name),
+                name,
+                file: file.to_owned(),
+            });
+        }
+        if !take_token && live_here.is_none() {
+            return Err(TransferError::WouldStrand {
+                path: file.to_owned(),
+                name,
+            });
+        }
+    }
+    let replaced_reauth = take_token && existing.is_some() && live_here.is_none();
+
     if let Some(parent) = cfg.database.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
-    let db = Db::open(&cfg.database)?;
+    let db = Db::open_for(cfg)?;
     let conn = db.conn();
     check_coverage(conn, "main", &cfg.database)?;
-    attach(conn, file, &cfg.database)?;
-    let tx = conn.unchecked_transaction().map_err(sql(&cfg.database))?;
-    let counts = copy_account(conn, &name, &cfg.database)?;
-    // The token is durable before the rows commit; if the commit fails, it is taken back.
-    if let Some(record) = &record {
-        tokens.save(record)?;
-    }
-    if let Err(e) = tx.commit() {
-        if record.is_some() {
-            let _ = std::fs::remove_file(tokens.path(&name));
+    let token_erased = file_record.is_some();
+    if claim.is_some() && has_history(conn, &name, &cfg.database)? {
+        // Claimed here, and the history is here: an earlier import committed and was cut off
+        // before it spent the file. Finish it (the token, saved before that commit, stays).
+        drop(db);
+        if take_token
+            && live_here.is_none()
+            && let Some(r) = &file_record
+        {
+            tokens.save(r)?;
         }
-        return Err(sql(&cfg.database)(e));
+        let file_not_spent = spend_file(file).err().map(|e| e.to_string());
+        return Ok(Imported {
+            name,
+            counts: Vec::new(),
+            checksummed,
+            token_erased: token_erased && file_not_spent.is_none(),
+            token_imported: false,
+            replaced_reauth: false,
+            finished_earlier: true,
+            file_not_spent,
+        });
     }
-    let _ = conn.execute_batch("DETACH DATABASE src");
+    if let Some(record) = &file_record {
+        write_claim(
+            file,
+            Some(&Claim {
+                instance: me,
+                state_dir: cfg.state_dir.display().to_string(),
+                database: cfg.database.display().to_string(),
+                claimed_at: crate::timefmt::now(),
+                spent_at: None,
+            }),
+        )?;
+        // The bootstrap tokens the chain has seen are spent here too, wherever it came from.
+        tokens.mark_bootstraps_used(&spent_bootstraps(record))?;
+    }
+    let imported = (|| {
+        attach(conn, file, &cfg.database)?;
+        let tx = conn.unchecked_transaction().map_err(sql(&cfg.database))?;
+        let counts = copy_account(conn, &name, file, &cfg.database)?;
+        // The token is durable before the rows commit; if the commit fails, it is taken back.
+        if take_token && let Some(record) = &file_record {
+            tokens.save(record)?;
+        }
+        crate::faultpoint::hit("import_token_saved");
+        if let Err(e) = tx.commit() {
+            if take_token {
+                match &existing {
+                    Some(old) => tokens.save(old)?,
+                    None => {
+                        let _ = std::fs::remove_file(tokens.path(&name));
+                    }
+                }
+            }
+            return Err(sql(&cfg.database)(e));
+        }
+        let _ = conn.execute_batch("DETACH DATABASE src");
+        Ok::<_, TransferError>(counts)
+    })();
+    let counts = match imported {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = conn.execute_batch("DETACH DATABASE src");
+            drop(db);
+            // Nothing moved (the token is not in this store): the file may go elsewhere again.
+            let holds = |r: Option<TokenRecord>| {
+                matches!((r.and_then(|r| r.refresh_token), file_token),
+                    (Some(a), Some(b)) if fingerprint(&a) == fingerprint(b))
+            };
+            if file_record.is_some() && !holds(tokens.load(&name).ok().flatten()) {
+                let _ = write_claim(file, None);
+            }
+            return Err(e);
+        }
+    };
+    drop(db);
+    crate::faultpoint::hit("import_committed");
+    let file_not_spent = if file_record.is_some() {
+        spend_file(file).err().map(|e| e.to_string())
+    } else {
+        None
+    };
     Ok(Imported {
-        token_left: has_token_table && record.is_none(),
         name,
         counts,
         checksummed,
+        token_erased: token_erased && file_not_spent.is_none(),
+        token_imported: take_token,
+        replaced_reauth,
+        finished_earlier: false,
+        file_not_spent,
     })
 }
 
@@ -986,6 +1332,13 @@ pub async fn export_cmd(
                 if remove { ", removed here" } else { "" },
                 summary(&counts)
             );
+            if with_tokens {
+                println!(
+                    "note: {} now holds `{name}`'s live refresh token and can be imported once: run `stellantis-sync import-account {} --with-tokens` on the instance that takes the account over (it erases the token from the file). Do not copy the file: a copy holds the same token, and two instances using one token revoke each other",
+                    to.display(),
+                    to.display()
+                );
+            }
             exit::OK
         }
         Err(e) => {
@@ -996,7 +1349,8 @@ pub async fn export_cmd(
 }
 
 /// The `import-account` command: loads the configuration, imports, prints what it did.
-/// With `--shard I/N`, an account of another shard is refused.
+/// With `--shard I/N` (or the shard this state directory last ran as), an account of another
+/// shard is refused.
 pub async fn import_cmd(
     config: &Path,
     file: &Path,
@@ -1011,36 +1365,51 @@ pub async fn import_cmd(
         }
     };
     match import(&cfg, file, with_tokens, shard).await {
-        Ok(Imported {
-            name,
-            counts,
-            token_left,
-            checksummed,
-        }) => {
-            if !checksummed {
+        Ok(done) => {
+            let name = &done.name;
+            if !done.checksummed {
                 eprintln!(
                     "stellantis-sync: import-account: warning: {} has no content checksum (an earlier build wrote it); only its structure was checked",
                     file.display()
                 );
             }
-            println!(
-                "imported `{name}` from {} into {}{}: {}",
-                file.display(),
-                cfg.database.display(),
-                if with_tokens {
-                    " with its token record"
-                } else {
-                    ""
-                },
-                summary(&counts)
-            );
-            if token_left {
+            if done.finished_earlier {
                 println!(
-                    "note: {} holds `{name}`'s token record, not imported (no --with-tokens): the account needs `stellantis-sync login --account {name}`",
+                    "`{name}` from {} was already imported into {} by an import that was cut off before it finished; finished it now",
+                    file.display(),
+                    cfg.database.display()
+                );
+            } else {
+                println!(
+                    "imported `{name}` from {} into {}{}: {}",
+                    file.display(),
+                    cfg.database.display(),
+                    if done.token_imported {
+                        " with its token record"
+                    } else {
+                        ""
+                    },
+                    summary(&done.counts)
+                );
+            }
+            if done.replaced_reauth {
+                println!(
+                    "note: the record without a refresh token (needs_reauth) this instance had for `{name}` was replaced by the imported one: no login needed"
+                );
+            }
+            if done.token_erased {
+                println!(
+                    "note: {} is spent: its token was erased and it can no longer be imported anywhere (it holds a copy of the history only); delete it",
                     file.display()
                 );
             }
-            if !cfg.accounts.iter().any(|a| a.name == name) {
+            if let Some(why) = &done.file_not_spent {
+                eprintln!(
+                    "stellantis-sync: import-account: warning: the import is complete, but the token could not be erased from {} ({why}): delete the file now (it is marked as claimed here, so no other instance imports it)",
+                    file.display()
+                );
+            }
+            if !cfg.accounts.iter().any(|a| &a.name == name) {
                 println!(
                     "note: `{name}` is not in {}; add an [[accounts]] entry so this instance syncs it",
                     config.display()

@@ -528,10 +528,20 @@ async fn an_account_moves_between_databases_and_back_without_losing_a_row() {
     assert_eq!(dump_others(&bdb, "user1"), b_others);
     assert_eq!(stored_record(&bstate, "user1"), token_before);
     assert_eq!(mode(&bstate.join("tokens/user1.json")), 0o600);
-    // A second import would duplicate every row: refused.
+    // The file is spent: its token erased, a second import refused (it would also duplicate
+    // every row).
+    assert!(text(&o).contains("is spent"), "{}", text(&o));
+    let rt = token_before["refresh_token"].as_str().unwrap();
+    assert!(
+        !std::fs::read(&f1)
+            .unwrap()
+            .windows(rt.len())
+            .any(|w| w == rt.as_bytes()),
+        "the imported file still holds the refresh token"
+    );
     let o = run_with(&bcfg, &["import-account", f1s]).await;
     assert_code(&o, 65);
-    assert!(text(&o).contains("already holds history"), "{}", text(&o));
+    assert!(text(&o).contains("already imported"), "{}", text(&o));
     assert_eq!(dump_account(&bdb, "user1"), orig);
 
     // B -> file -> A.

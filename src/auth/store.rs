@@ -10,6 +10,13 @@
 //! (`tokens/.ballast`, 64 KiB) and, when a save fails for lack of space, deletes it and tries
 //! again; the ballast is put back when space allows.
 //!
+//! An export file being written outside the store (`transfer`) may hold a token until it is
+//! complete: its temporary path is listed in `tokens/transfer-temporaries` while it is written,
+//! and [`TokenStore::sweep_temporaries`] (run by [`TokenStore::prepare`], every export and every
+//! import) removes the listed files whose writer is gone, wherever they are. `tokens/.instance-id`
+//! is a random id of this state directory, which an import writes into the export file it
+//! claims, so that no other state directory can import it.
+//!
 //! Cross-process single flight: `tokens/<name>.lock` is locked exclusively (`File::lock`) by
 //! whoever refreshes that account — the daemon, a `--once` run or `login`. Pending logins live in
 //! `tokens/pending-login/<name>.json`: account names cannot contain `/`, so no account's file can
@@ -158,7 +165,111 @@ impl TokenStore {
             }
         }
         self.restore_ballast();
+        self.sweep_temporaries();
         Ok(())
+    }
+
+    fn temporaries(&self) -> PathBuf {
+        self.dir.join("transfer-temporaries")
+    }
+
+    /// Runs `f` on the list of temporary export files, under that list's lock, and writes
+    /// back what it returns. The list is one path per line.
+    fn edit_temporaries(
+        &self,
+        f: impl FnOnce(Vec<PathBuf>) -> Vec<PathBuf>,
+    ) -> Result<(), StoreError> {
+        use std::io::{Read as _, Seek as _};
+        let path = self.temporaries();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| self.io(&self.dir, e))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode_0600()
+            .open(&path)
+            .map_err(|e| self.io(&path, e))?;
+        file.lock().map_err(|e| self.io(&path, e))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .map_err(|e| self.io(&path, e))?;
+        let list = f(text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect());
+        let mut out = String::new();
+        for p in list {
+            out.push_str(&p.to_string_lossy());
+            out.push('\n');
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(out.as_bytes()))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| self.io(&path, e))
+    }
+
+    /// Lists a temporary export file (before anything is written into it), so that a later
+    /// run removes it if its writer dies.
+    pub fn note_temporary(&self, tmp: &Path) -> Result<(), StoreError> {
+        self.edit_temporaries(|mut list| {
+            list.push(tmp.to_owned());
+            list
+        })
+    }
+
+    /// Takes a temporary export file off the list (it was renamed or removed).
+    pub fn forget_temporary(&self, tmp: &Path) {
+        let _ = self.edit_temporaries(|list| list.into_iter().filter(|p| p != tmp).collect());
+    }
+
+    /// Removes the listed temporary export files (and SQLite's companions) whose writer is
+    /// gone, and takes them off the list; the files of live writers stay listed.
+    pub fn sweep_temporaries(&self) {
+        if !self.temporaries().exists() {
+            return;
+        }
+        let _ = self.edit_temporaries(|list| {
+            list.into_iter()
+                .filter(|p| {
+                    let exists = p.exists()
+                        || crate::fsutil::SQLITE_COMPANIONS
+                            .iter()
+                            .any(|c| crate::fsutil::with_suffix(p, c).exists());
+                    if exists && crate::fsutil::sweep_one(p) {
+                        tracing::warn!(file = %p.display(), "removed what an interrupted export left (it may have held a token)");
+                    }
+                    // Still there: its writer is alive.
+                    p.exists()
+                })
+                .collect()
+        });
+    }
+
+    /// The random id of this state directory (created on first use).
+    pub fn instance_id(&self) -> Result<String, StoreError> {
+        let path = self.dir.join(".instance-id");
+        if let Ok(id) = std::fs::read_to_string(&path) {
+            let id = id.trim();
+            if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(id.to_owned());
+            }
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| self.io(&self.dir, e))?;
+        let id = format!("{:032x}", rand::random::<u128>());
+        crate::fsutil::write_atomic(&path, id.as_bytes(), 0o600, true)
+            .map_err(|e| self.io(&path, e))?;
+        Ok(id)
     }
 
     fn ballast(&self) -> PathBuf {
@@ -187,13 +298,25 @@ impl TokenStore {
     /// Records, durably, that the bootstrap token with this fingerprint was presented and
     /// answered (accepted or refused).
     pub fn mark_bootstrap_used(&self, fp: &str) -> Result<(), StoreError> {
+        self.mark_bootstraps_used(&[fp])
+    }
+
+    /// Records, durably, bootstrap tokens never to present again: those a record has seen or
+    /// had refused, when the record arrives from (or leaves for) another state directory. The
+    /// register stays behind when an account moves, so it must travel with the record.
+    pub fn mark_bootstraps_used(&self, fps: &[&str]) -> Result<(), StoreError> {
         let path = self.dir.join("bootstrap-used");
         let mut text = std::fs::read_to_string(&path).unwrap_or_default();
-        if text.lines().any(|l| l.trim() == fp) {
+        let before = text.len();
+        for fp in fps {
+            if !text.lines().any(|l| l.trim() == *fp) {
+                text.push_str(fp);
+                text.push('\n');
+            }
+        }
+        if text.len() == before {
             return Ok(());
         }
-        text.push_str(fp);
-        text.push('\n');
         crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600, true)
             .map_err(|e| self.io(&path, e))
     }

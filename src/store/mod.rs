@@ -10,7 +10,11 @@
 //! `foreign_keys=ON`, `busy_timeout` (a checkpointing reader never surfaces as an error),
 //! `journal_size_limit`. Every write transaction is `BEGIN IMMEDIATE`, so a busy database waits
 //! on the busy timeout instead of failing at lock upgrade. After each pass the WAL is
-//! checkpointed when it has grown, so a long reader cannot make it grow without bound.
+//! checkpointed when it has grown, so a long reader cannot make it grow without bound. In
+//! Litestream mode (`external_checkpointing`, [`Checkpoints::External`]) no connection of this
+//! program checkpoints at all: [`Db::open_for`] sets `wal_autocheckpoint = 0` as the connection's
+//! first statement, before migrations, the closing of dead runs, an import or the removal of an
+//! exported account write anything (a checkpoint behind Litestream's back breaks its replica).
 //!
 //! Migrations are plain SQL files in `migrations/`, embedded in the binary, applied in order,
 //! each in its own transaction, and tracked with `PRAGMA user_version`. A database from a newer
@@ -83,7 +87,7 @@ pub enum DbError {
 
 /// For I/O errors SQLite's own message ("disk I/O error") rarely says why; a small probe write
 /// next to the database asks the operating system (no space, read-only file system, permissions).
-fn diagnose(path: &Path, e: &rusqlite::Error) -> String {
+pub(crate) fn diagnose(path: &Path, e: &rusqlite::Error) -> String {
     let rusqlite::Error::SqliteFailure(f, _) = e else {
         return String::new();
     };
@@ -139,6 +143,26 @@ pub struct Db {
     run_usage: Option<crate::api::usage::Seen>,
 }
 
+/// Who checkpoints a live database's write-ahead log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoints {
+    /// This process: SQLite's automatic checkpoints and the one after each pass.
+    Own,
+    /// Another process (Litestream, `external_checkpointing`): `wal_autocheckpoint = 0` from the
+    /// connection's first statement, and no checkpoint after passes.
+    External,
+}
+
+/// How [`Db::open_with`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The analytics database: WAL, with the checkpoints of [`Checkpoints`].
+    Live(Checkpoints),
+    /// An export file being built (`transfer`): no journal, no WAL, no automatic checkpoint
+    /// (of the source database it reads through `ATTACH` either).
+    Export,
+}
+
 /// What a successful listing did to the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -172,8 +196,25 @@ impl Db {
         result.map_err(|e| self.err(e))
     }
 
-    /// Opens (creating if needed) and migrates the database.
+    /// Opens (creating if needed) and migrates the database; this process checkpoints its WAL.
     pub fn open(path: &Path) -> Result<Db, DbError> {
+        Db::open_with(path, Mode::Live(Checkpoints::Own))
+    }
+
+    /// Opens the configured database as every process that writes it must: with the configured
+    /// checkpoint mode (`external_checkpointing`) in force from the first statement, before
+    /// migrations or the closing of dead runs write anything.
+    pub fn open_for(cfg: &crate::config::Config) -> Result<Db, DbError> {
+        let who = if cfg.ops.external_checkpointing {
+            Checkpoints::External
+        } else {
+            Checkpoints::Own
+        };
+        Db::open_with(&cfg.database, Mode::Live(who))
+    }
+
+    /// Opens (creating if needed) and migrates a database in the given mode.
+    pub fn open_with(path: &Path, mode: Mode) -> Result<Db, DbError> {
         let conn = Connection::open(path).map_err(|source| DbError::Sqlite {
             path: path.to_owned(),
             source,
@@ -182,15 +223,29 @@ impl Db {
             conn,
             path: path.to_owned(),
             account_ids: std::collections::HashMap::new(),
-            external_checkpoints: false,
+            external_checkpoints: mode == Mode::Live(Checkpoints::External),
             run_usage: None,
         };
-        db.configure()?;
+        db.configure(mode)?;
         db.migrate()?;
         Ok(db)
     }
 
-    fn configure(&mut self) -> Result<(), DbError> {
+    fn configure(&mut self, mode: Mode) -> Result<(), DbError> {
+        // First, before any statement can write: no checkpoint when this connection closes
+        // (see the module docs), and none at all when another process owns them (Litestream).
+        // They are connection-wide, so they hold for a database ATTACHed later too.
+        self.conn
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
+            .map_err(|e| self.err(e))?;
+        if mode != Mode::Live(Checkpoints::Own) {
+            self.conn
+                .pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(|e| self.err(e))?;
+        }
         self.conn
             .busy_timeout(Duration::from_secs(30))
             .map_err(|e| self.err(e))?;
@@ -199,6 +254,18 @@ impl Db {
         self.conn
             .execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
             .map_err(|e| self.err(e))?;
+        if mode == Mode::Export {
+            // A file built whole and deleted on any failure: no journal (nothing beside it that
+            // could hold a copy of its pages), fsynced once by the caller when complete.
+            return self
+                .conn
+                .execute_batch(
+                    "PRAGMA main.journal_mode = OFF;
+                     PRAGMA main.synchronous = OFF;
+                     PRAGMA foreign_keys = ON;",
+                )
+                .map_err(|e| self.err(e));
+        }
         let mode: String = self
             .conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -214,13 +281,6 @@ impl Db {
                 "PRAGMA synchronous = NORMAL;
                  PRAGMA foreign_keys = ON;
                  PRAGMA journal_size_limit = 16777216;",
-            )
-            .map_err(|e| self.err(e))?;
-        // Keep -wal and -shm when the last connection closes (see the module docs).
-        self.conn
-            .set_db_config(
-                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-                true,
             )
             .map_err(|e| self.err(e))?;
         self.conn.set_prepared_statement_cache_capacity(64);
