@@ -504,10 +504,17 @@ fn copy_account(
         .map_err(&e)?;
     if let Some(id) = existing {
         for table in &ACCOUNT_TABLES[1..] {
+            // Runs that never synced (an instance that had no token for the account yet, e.g.
+            // started with a new --shard before the account moved) are no history.
+            let only_synced = if *table == "sync_runs" {
+                " AND status = 'ok'"
+            } else {
+                ""
+            };
             let rows: i64 = conn
                 .query_row(
                     &format!(
-                        "SELECT count(*) FROM main.{} WHERE account_id = ?1",
+                        "SELECT count(*) FROM main.{} WHERE account_id = ?1{only_synced}",
                         quote(table)
                     ),
                     [id],
@@ -523,7 +530,10 @@ fn copy_account(
                 });
             }
         }
-        // A bare row (the account was configured here but never synced): replaced, same id.
+        // A bare row (the account was configured here but never synced) and its failed runs:
+        // replaced, same id.
+        conn.execute("DELETE FROM main.sync_runs WHERE account_id = ?1", [id])
+            .map_err(&e)?;
         conn.execute("DELETE FROM main.accounts WHERE account_id = ?1", [id])
             .map_err(&e)?;
     }
@@ -840,8 +850,8 @@ fn write_export(
         .map_err(sql(to))?;
     }
     write_checksums(conn).map_err(sql(to))?;
-    crate::faultpoint::hit("export_written");
     tx.commit().map_err(sql(to))?;
+    crate::faultpoint::hit("export_written");
     conn.execute_batch("DETACH DATABASE src").map_err(sql(to))?;
     Ok(counts)
 }
@@ -971,13 +981,19 @@ fn spend_file(file: &Path) -> Result<(), TransferError> {
     tx.commit().map_err(unwritable)
 }
 
-/// Whether `main` holds history of `name` (any row beyond a bare `accounts` row).
+/// Whether `main` holds history of `name`: any row beyond a bare `accounts` row and runs that
+/// never synced (as [`copy_account`] counts it).
 fn has_history(conn: &Connection, name: &str, path: &Path) -> Result<bool, TransferError> {
     for table in &ACCOUNT_TABLES[1..] {
+        let only_synced = if *table == "sync_runs" {
+            " AND status = 'ok'"
+        } else {
+            ""
+        };
         let rows: i64 = conn
             .query_row(
                 &format!(
-                    "SELECT count(*) FROM main.{} WHERE account_id = (SELECT account_id FROM main.accounts WHERE name = ?1)",
+                    "SELECT count(*) FROM main.{} WHERE account_id = (SELECT account_id FROM main.accounts WHERE name = ?1){only_synced}",
                     quote(table)
                 ),
                 [name],
