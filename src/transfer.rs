@@ -197,11 +197,14 @@ pub enum TransferError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("database {path}: {source}{}", crate::store::diagnose(path, source))]
+    #[error("database {path}: {source}{why}")]
     Sqlite {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
+        /// What the operating system says about the file's directory, asked when the error
+        /// happened (a full disk is no longer full once the failed copy is removed).
+        why: String,
     },
     #[error("{path}: {source}")]
     Io {
@@ -372,6 +375,7 @@ pub type Counts = Vec<(String, i64)>;
 fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> TransferError + '_ {
     move |source| TransferError::Sqlite {
         path: path.to_owned(),
+        why: crate::store::diagnose(path, &source),
         source,
     }
 }

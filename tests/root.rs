@@ -352,3 +352,131 @@ fn an_unreadable_configuration_is_not_called_missing() {
     assert!(err.contains("cannot be read by this user"), "{err}");
     assert!(!err.contains("does not exist"), "{err}");
 }
+
+/// Issue 23, case 4: an export onto a full disk failed (74, right) but left `.FILE.tmp-PID-wal`
+/// and `-shm` behind, at some sizes with the refresh token inside, keeping the disk full, and
+/// blamed the source database ("database or disk is full"). Now nothing of the export is left,
+/// the message names the export file and the operating system's reason, and the source keeps
+/// its token and its history; `backup --to` there leaves nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_onto_a_full_disk_leaves_nothing_and_names_the_file() {
+    let env = Env::new(
+        SimConfig {
+            users: 1,
+            ..SimConfig::default()
+        },
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts::default(),
+    )
+    .await;
+    assert_code(&env.once().await, 0);
+    // About 2.4 MB of stored bodies, so the export cannot fit in 1 MiB.
+    {
+        let c = env.db();
+        c.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)
+             INSERT INTO status_bodies (body_hash, account_id, vin, first_fetched_ts, body)
+             SELECT randomblob(16), (SELECT account_id FROM accounts), 'VIN1', 1700000000 + i,
+                    printf('{\"pad\":\"%04000d\"}', i) FROM n",
+            [],
+        )
+        .unwrap();
+    }
+    let token = stored_refresh_token(&env.state_dir(), "user1").unwrap();
+    let bodies = || env.count("SELECT count(*) FROM status_bodies");
+    let before = bodies();
+    let full = env.dir.path().join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    if !mount(&[
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=1m",
+        "tmpfs",
+        full.to_str().unwrap(),
+    ]) {
+        panic!("this test needs root to mount a tmpfs (CI runs as root)");
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            umount(&self.0);
+        }
+    }
+    let _guard = Unmount(full.clone());
+    let dest = full.join("user1.sqlite");
+    let o = env
+        .run(
+            &[
+                "export-account",
+                "user1",
+                "--to",
+                dest.to_str().unwrap(),
+                "--with-tokens",
+                "--remove",
+            ],
+            &[],
+        )
+        .await;
+    assert_code(&o, 74);
+    let out = text(&o);
+    assert!(
+        out.contains(&format!("database {}:", dest.display()))
+            && out.contains("No space left on device"),
+        "the message names the export file and why: {out}"
+    );
+    assert!(
+        !out.contains(&format!("database {}", env.db_path().display())),
+        "the source database is blamed: {out}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&full)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left on the full disk: {left:?}");
+    assert_eq!(
+        stored_refresh_token(&env.state_dir(), "user1").unwrap(),
+        token
+    );
+    assert!(env.sim.refresh_token_is_live(&token));
+    assert_eq!(bodies(), before);
+    // What held: a backup there fails the same way and leaves nothing of its own.
+    let o = env
+        .run(
+            &["backup", "--to", full.join("b.sqlite").to_str().unwrap()],
+            &[],
+        )
+        .await;
+    assert_code(&o, 74);
+    let left: Vec<_> = std::fs::read_dir(&full)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left by the backup: {left:?}");
+    // Elsewhere the export goes through, and the account syncs after its import.
+    let roomy = tempfile::tempdir().unwrap();
+    let file = roomy.path().join("user1.sqlite");
+    let f = file.to_str().unwrap();
+    assert_code(
+        &env.run(
+            &[
+                "export-account",
+                "user1",
+                "--to",
+                f,
+                "--with-tokens",
+                "--remove",
+            ],
+            &[],
+        )
+        .await,
+        0,
+    );
+    assert_code(
+        &env.run(&["import-account", f, "--with-tokens"], &[]).await,
+        0,
+    );
+    assert_code(&env.once().await, 0);
+}

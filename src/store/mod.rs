@@ -141,6 +141,8 @@ pub struct Db {
     external_checkpoints: bool,
     /// What the next finished run's requests saw, written with its result ([`Db::set_run_usage`]).
     run_usage: Option<crate::api::usage::Seen>,
+    /// An export file being built: its schema steps are not news to the operator.
+    quiet_migrations: bool,
 }
 
 /// Who checkpoints a live database's write-ahead log.
@@ -225,6 +227,7 @@ impl Db {
             account_ids: std::collections::HashMap::new(),
             external_checkpoints: mode == Mode::Live(Checkpoints::External),
             run_usage: None,
+            quiet_migrations: mode == Mode::Export,
         };
         db.configure(mode)?;
         db.migrate()?;
@@ -322,11 +325,15 @@ impl Db {
                 tx.execute_batch(sql)?;
                 tx.pragma_update(None, "user_version", version_i64)
             })?;
-            tracing::info!(
-                migration = name,
-                "database {} migrated to schema {version}",
-                self.path.display()
-            );
+            if self.quiet_migrations {
+                tracing::debug!(migration = name, "export file at schema {version}");
+            } else {
+                tracing::info!(
+                    migration = name,
+                    "database {} migrated to schema {version}",
+                    self.path.display()
+                );
+            }
         }
         Ok(())
     }
