@@ -4,10 +4,12 @@
 //! alive while the last beat is recent. The same value decides whether the loop sends
 //! `WATCHDOG=1` and whether `/healthz` answers 200, so a loop that stops turning turns both red.
 //!
-//! Readiness ([`readiness`]) asks two questions: can the database be written (a one-page write
+//! Readiness ([`readiness`]) asks three questions: can the database be written (a one-page write
 //! from a separate connection with a short busy timeout; a writer holding the lock counts as
-//! writable), and did the last list pass finish within twice the schedule's period (the time
-//! between the schedule's next two fire times, [`schedule_period`]).
+//! writable), did the last list pass finish recently (before the schedule fired twice more, about
+//! twice the schedule's period, [`schedule_period`]), and did that pass sync at least one
+//! account. An instance that syncs no account does not do its job, whatever the reason (every
+//! account failing, needing a login, or none configured for its shard), so it is not ready.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -102,6 +104,16 @@ pub fn next_fire(
         .ok()
 }
 
+/// What readiness needs of the last finished list pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastPass {
+    pub finished: SystemTime,
+    /// Accounts the pass synced (`ok`).
+    pub synced: usize,
+    /// Accounts the pass tried.
+    pub accounts: usize,
+}
+
 /// The answer of `/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
@@ -146,13 +158,15 @@ pub fn database_writable(path: &Path) -> Result<(), String> {
     }
 }
 
-/// `/readyz`: the database is writable and the last pass finished within twice the period.
+/// `/readyz`: the database is writable, the last pass finished within about twice the period,
+/// and it synced at least one account.
 pub fn readiness(
     database: &Path,
     schedule: &str,
-    last_pass_finished: Option<SystemTime>,
+    last_pass: Option<LastPass>,
     now: SystemTime,
 ) -> Readiness {
+    let last_pass_finished = last_pass.map(|p| p.finished);
     let mut lines = Vec::new();
     let mut ready = true;
     match database_writable(database) {
@@ -196,6 +210,26 @@ pub fn readiness(
                 }
             }
         }
+    }
+    match last_pass {
+        None => {}
+        Some(p) if p.accounts == 0 => {
+            ready = false;
+            lines.push(
+                "accounts: none to sync (no account is configured for this instance)".to_owned(),
+            );
+        }
+        Some(p) if p.synced == 0 => {
+            ready = false;
+            lines.push(format!(
+                "accounts: the last pass synced none of {} (`stellantis-sync status` shows why)",
+                p.accounts
+            ));
+        }
+        Some(p) => lines.push(format!(
+            "accounts: ok ({} of {} synced in the last pass)",
+            p.synced, p.accounts
+        )),
     }
     Readiness { ready, lines }
 }
@@ -243,8 +277,16 @@ mod tests {
             .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x);")
             .unwrap();
         let now = SystemTime::now();
-        let r = readiness(&db, "0 */5 * * * *", Some(now), now);
+        let at = |finished| {
+            Some(LastPass {
+                finished,
+                synced: 1,
+                accounts: 2,
+            })
+        };
+        let r = readiness(&db, "0 */5 * * * *", at(now), now);
         assert!(r.ready, "{r:?}");
+        assert_eq!(r.lines[2], "accounts: ok (1 of 2 synced in the last pass)");
         let r = readiness(&db, "0 */5 * * * *", None, now);
         assert!(!r.ready);
         assert!(r.lines[1].contains("none has finished"), "{r:?}");
@@ -253,14 +295,14 @@ mod tests {
         let r = readiness(
             &db,
             "0 */5 * * * *",
-            Some(pass),
+            at(pass),
             pass + Duration::from_secs(898),
         );
         assert!(r.ready, "{r:?}");
         let r = readiness(
             &db,
             "0 */5 * * * *",
-            Some(pass),
+            at(pass),
             pass + Duration::from_secs(900),
         );
         assert!(!r.ready);
@@ -269,19 +311,59 @@ mod tests {
         // pass: it was red all night); it is late once it fired twice more without a pass.
         let evening = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_374_799); // 08:59:59 UTC
         let night = evening + Duration::from_secs(6 * 3600);
-        let r = readiness(&db, "*/10 * 6-8 * * *", Some(evening), night);
+        let r = readiness(&db, "*/10 * 6-8 * * *", at(evening), night);
         assert!(r.ready, "{r:?}");
         let morning = evening + Duration::from_secs(21 * 3600 + 60);
-        let r = readiness(&db, "*/10 * 6-8 * * *", Some(evening), morning);
+        let r = readiness(&db, "*/10 * 6-8 * * *", at(evening), morning);
         assert!(!r.ready, "{r:?}");
         let r = readiness(
             &dir.path().join("missing.sqlite"),
             "0 */5 * * * *",
-            Some(now),
+            at(now),
             now,
         );
         assert!(!r.ready);
         assert!(r.lines[0].contains("cannot open"), "{r:?}");
+    }
+
+    /// Issue 25: `/readyz` said ready while every account was failing (a gateway answering 500 to
+    /// all); an instance that syncs no account is not ready, nor one with no account at all.
+    #[test]
+    fn an_instance_that_syncs_no_account_is_not_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("x.sqlite");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x);")
+            .unwrap();
+        let now = SystemTime::now();
+        let pass = |synced, accounts| {
+            readiness(
+                &db,
+                "0 */5 * * * *",
+                Some(LastPass {
+                    finished: now,
+                    synced,
+                    accounts,
+                }),
+                now,
+            )
+        };
+        let r = pass(0, 3);
+        assert!(!r.ready, "{r:?}");
+        assert_eq!(
+            r.lines,
+            [
+                "database: ok",
+                "last pass: ok (0 s ago)",
+                "accounts: the last pass synced none of 3 (`stellantis-sync status` shows why)"
+            ]
+        );
+        let r = pass(0, 0);
+        assert!(!r.ready, "{r:?}");
+        assert!(r.lines[2].contains("none to sync"), "{r:?}");
+        assert!(pass(1, 3).ready);
+        assert!(pass(3, 3).ready);
     }
 
     #[test]

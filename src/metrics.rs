@@ -39,6 +39,15 @@ struct RequestLabels {
     code: String,
 }
 
+/// An API request's labels: the account it was made for (a configured account's name, so the
+/// series are bounded by the configuration), the endpoint and the status code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiRequestLabels {
+    account: String,
+    endpoint: String,
+    code: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
     endpoint: String,
@@ -78,7 +87,7 @@ pub struct Source {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    api_requests: Family<RequestLabels, Counter>,
+    api_requests: Family<ApiRequestLabels, Counter>,
     api_duration: Family<EndpointLabels, Histogram>,
     idp_requests: Family<RequestLabels, Counter>,
     idp_duration: Family<EndpointLabels, Histogram>,
@@ -116,10 +125,10 @@ impl Metrics {
             "The version of stellantis-sync (always 1)",
             build,
         );
-        let api_requests = Family::<RequestLabels, Counter>::default();
+        let api_requests = Family::<ApiRequestLabels, Counter>::default();
         registry.register(
             "api_requests",
-            "Requests to the Stellantis API by endpoint and HTTP status code (code \"error\": no answer)",
+            "Requests to the Stellantis API by account, endpoint and HTTP status code (code \"error\": no answer)",
             api_requests.clone(),
         );
         let api_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(
@@ -205,16 +214,23 @@ impl Metrics {
         *self.source.lock().unwrap_or_else(|e| e.into_inner()) = source;
     }
 
-    /// Records one API request: `status` is `None` when no answer arrived; `headers` carry the
-    /// gateway's `X-RateLimit-*` quota.
+    /// Records one API request made for `account`: `status` is `None` when no answer arrived;
+    /// `headers` carry the gateway's `X-RateLimit-*` quota.
     pub fn api_response(
         &self,
+        account: &str,
         endpoint: &str,
         status: Option<u16>,
         elapsed: Duration,
         headers: Option<&reqwest::header::HeaderMap>,
     ) {
-        count(&self.api_requests, endpoint, status);
+        self.api_requests
+            .get_or_create(&ApiRequestLabels {
+                account: account.into(),
+                endpoint: endpoint.into(),
+                code: code_label(status),
+            })
+            .inc();
         self.api_duration
             .get_or_create(&EndpointLabels {
                 endpoint: endpoint.into(),
@@ -247,10 +263,17 @@ impl Metrics {
         }
     }
 
-    /// Records one API request from its URL (the endpoint is named by its path, never by a
-    /// vehicle id) and its answer (`None`: no answer arrived).
-    pub fn api_answer(&self, url: &str, answer: Option<&reqwest::Response>, elapsed: Duration) {
+    /// Records one API request for `account` from its URL (the endpoint is named by its path,
+    /// never by a vehicle id) and its answer (`None`: no answer arrived).
+    pub fn api_answer(
+        &self,
+        account: &str,
+        url: &str,
+        answer: Option<&reqwest::Response>,
+        elapsed: Duration,
+    ) {
         self.api_response(
+            account,
             endpoint_of(url),
             answer.map(|r| r.status().as_u16()),
             elapsed,
@@ -330,9 +353,14 @@ fn count(family: &Family<RequestLabels, Counter>, endpoint: &str, status: Option
     family
         .get_or_create(&RequestLabels {
             endpoint: endpoint.into(),
-            code: status.map_or_else(|| "error".to_owned(), |s| s.to_string()),
+            code: code_label(status),
         })
         .inc();
+}
+
+/// The `code` label: the HTTP status, or `error` when no answer arrived.
+fn code_label(status: Option<u16>) -> String {
+    status.map_or_else(|| "error".to_owned(), |s| s.to_string())
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -660,8 +688,21 @@ mod tests {
     #[test]
     fn counters_are_named_after_their_samples_and_openmetrics_markers_go() {
         let m = Metrics::new();
-        m.api_response("vehicles", Some(200), Duration::from_millis(30), None);
-        m.api_response("vehicles", Some(429), Duration::from_millis(30), None);
+        m.api_response(
+            "alice",
+            "vehicles",
+            Some(200),
+            Duration::from_millis(30),
+            None,
+        );
+        m.api_response(
+            "alice",
+            "vehicles",
+            Some(429),
+            Duration::from_millis(30),
+            None,
+        );
+        m.api_response("bob", "status", None, Duration::from_millis(30), None);
         m.idp_response("access_token", None, Duration::from_millis(5));
         let text = m.render();
         assert!(
@@ -670,7 +711,13 @@ mod tests {
         );
         assert!(
             text.contains(
-                "stellantis_sync_api_requests_total{endpoint=\"vehicles\",code=\"429\"} 1"
+                "stellantis_sync_api_requests_total{account=\"alice\",endpoint=\"vehicles\",code=\"429\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "stellantis_sync_api_requests_total{account=\"bob\",endpoint=\"status\",code=\"error\"} 1"
             ),
             "{text}"
         );
@@ -723,7 +770,13 @@ mod tests {
         h.insert("x-ratelimit-remaining-1", "90502".parse().unwrap());
         h.insert("x-ratelimit-limit-1", "100000".parse().unwrap());
         h.insert("x-ratelimit-remaining-2", "47".parse().unwrap());
-        m.api_response("vehicles", Some(200), Duration::from_millis(1), Some(&h));
+        m.api_response(
+            "a",
+            "vehicles",
+            Some(200),
+            Duration::from_millis(1),
+            Some(&h),
+        );
         let text = m.render();
         assert!(
             text.contains("stellantis_sync_quota_remaining{window=\"day\"} 90502"),

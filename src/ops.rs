@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Span;
 use crate::daemon::{App, PassSummary};
-use crate::health::{Liveness, Readiness};
+use crate::health::{LastPass, Liveness, Readiness};
 use crate::metrics::{Metrics, Source};
 
 /// `[http]` as written.
@@ -182,7 +182,7 @@ pub struct Shared {
     pub liveness: Arc<Liveness>,
     /// (database, schedule), replaced on reload.
     view: Mutex<(PathBuf, String)>,
-    last_pass: Mutex<Option<SystemTime>>,
+    last_pass: Mutex<Option<LastPass>>,
 }
 
 impl Shared {
@@ -296,7 +296,15 @@ impl Ops {
             .shared
             .last_pass
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(now);
+            .unwrap_or_else(|e| e.into_inner()) = Some(LastPass {
+            finished: now,
+            synced: summary
+                .outcomes
+                .iter()
+                .filter(|(_, o)| matches!(o, crate::sync::Outcome::Ok { .. }))
+                .count(),
+            accounts: summary.outcomes.len(),
+        });
     }
 
     /// After `--once`'s pass: retention (waited for) and the textfile, if configured. Returns

@@ -223,8 +223,8 @@ async fn metrics_health_and_a_real_prometheus() {
         "stellantis_sync_vehicles{account=\"user2\"} 3",
         "stellantis_sync_vehicles{account=\"user3\"} 0",
         "stellantis_sync_changes_recorded_total{account=\"user1\"} ",
-        "stellantis_sync_api_requests_total{endpoint=\"vehicles\",code=\"200\"}",
-        "stellantis_sync_api_requests_total{endpoint=\"vehicles\",code=\"404\"}",
+        "stellantis_sync_api_requests_total{account=\"user1\",endpoint=\"vehicles\",code=\"200\"}",
+        "stellantis_sync_api_requests_total{account=\"user3\",endpoint=\"vehicles\",code=\"404\"}",
         "stellantis_sync_idp_requests_total{endpoint=\"access_token\",code=\"200\"}",
         "stellantis_sync_api_request_duration_seconds_bucket{le=\"0.025\",endpoint=\"vehicles\"}",
         "stellantis_sync_quota_remaining{window=\"day\"}",
@@ -341,6 +341,59 @@ fn signal_child(child: &tokio::process::Child, sig: &str) {
     }
 }
 
+/// Issue 25: `/readyz` said ready while every account was failing (a gateway answering 500 to
+/// all). An instance that syncs no account is not ready; it is again after a pass that syncs one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_red_while_every_account_fails() {
+    let port = free_port();
+    let opts = Opts {
+        extra_top: format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+        max_retries: 0,
+        ..Opts::default()
+    };
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1), Acct::bootstrapped(s, 2)],
+        opts,
+    )
+    .await;
+    let mut f = sim::Faults::default();
+    f.set("gateway_500=1").unwrap();
+    env.sim.set_faults(f);
+    let mut child = env.spawn_daemon(&[]);
+    let base = format!("http://127.0.0.1:{port}");
+    let body = wait_status(&format!("{base}/readyz"), 503, 20).await;
+    let body = if body.contains("accounts:") {
+        body
+    } else {
+        // The first answer came before the first pass finished; wait for one after it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, b) = get(&format!("{base}/readyz")).await.unwrap();
+            if b.contains("accounts:") {
+                assert_eq!(code, 503, "{b}");
+                break b;
+            }
+            assert!(Instant::now() < deadline, "no pass finished: {b}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert!(body.contains("last pass: ok"), "{body}");
+    assert!(
+        body.contains("accounts: the last pass synced none of 2"),
+        "{body}"
+    );
+    // The gateway recovers: the next pass syncs both, and the instance is ready.
+    env.sim.set_faults(sim::Faults::default());
+    let body = wait_status(&format!("{base}/readyz"), 200, 20).await;
+    assert!(
+        body.contains("accounts: ok (2 of 2 synced in the last pass)"),
+        "{body}"
+    );
+    signal(&child, "TERM");
+    assert!(child.wait().await.unwrap().success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_red_until_a_pass_finishes_while_healthz_is_green() {
     let port = free_port();
@@ -393,7 +446,11 @@ async fn once_writes_the_textfile_that_promtool_accepts() {
         "{text}"
     );
     assert!(
-        text.contains("stellantis_sync_api_requests_total{endpoint=\"vehicles\",code=\"200\"} 2"),
+        text.contains(
+            "stellantis_sync_api_requests_total{account=\"user1\",endpoint=\"vehicles\",code=\"200\"} 1"
+        ) && text.contains(
+            "stellantis_sync_api_requests_total{account=\"user2\",endpoint=\"vehicles\",code=\"200\"} 1"
+        ),
         "{text}"
     );
     let (ok, outp) = promtool_check_metrics(&text);
@@ -425,6 +482,21 @@ async fn once_writes_the_textfile_that_promtool_accepts() {
 #[test]
 fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
     let docs = Path::new(ROOT).join("docs");
+    // Every rule has a unit test that sees it fire (and its `exp_alerts: []` cases).
+    let rules = std::fs::read_to_string(docs.join("alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(docs.join("alerts.test.yml")).unwrap();
+    let names: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(names.len() >= 7, "{names:?}");
+    for name in &names {
+        let fires = tests
+            .split("alertname: ")
+            .skip(1)
+            .any(|t| t.starts_with(&format!("{name}\n")) && t.contains("exp_labels"));
+        assert!(fires, "docs/alerts.test.yml has no case where {name} fires");
+    }
     for args in [
         vec!["check", "rules", "alerts.yml"],
         vec!["test", "rules", "alerts.test.yml"],

@@ -1608,7 +1608,7 @@ async fn maintenance_counts_down_and_is_missing_for_some_cars() {
 }
 
 #[tokio::test]
-async fn a_status_can_be_missing_and_deprecated_endpoints_are_not_served_but_counted() {
+async fn a_status_can_be_missing() {
     let h = start(frozen()).await;
     let cars = fleet(&h).await;
     let (v, token, realm) = &cars[0];
@@ -1633,33 +1633,355 @@ async fn a_status_can_be_missing_and_deprecated_endpoints_are_not_served_but_cou
             .0,
         200
     );
+}
+
+/// Issue 25: every endpoint a vehicle links to answers as the gateway does (a body, its content
+/// type, the gateway's headers, the token checked) and is counted under its own route; `/alarms`
+/// answered a bare 404 (no body, no headers, no auth check, not counted) and `lastPosition`,
+/// `telemetry` and `collisions` a gateway 404.
+#[tokio::test]
+async fn every_endpoint_a_vehicle_links_to_is_served_through_the_gateway() {
+    let h = start(frozen()).await;
+    let cars = fleet(&h).await;
+    // A week of the car's life, so that it drove (alarm changes, trips) and reported.
+    h.advance_clock(Duration::from_secs(7 * 86_400));
+    let (v, token, realm) = cars
+        .iter()
+        .find(|(v, ..)| v["motorization"] != "Thermic")
+        .unwrap();
+    let id = v["id"].as_str().unwrap();
+    let links = v["_links"].as_object().unwrap();
+    let per_vehicle: Vec<&str> = links
+        .iter()
+        .filter(|(_, l)| l["href"].as_str().unwrap().contains(id))
+        .map(|(rel, _)| rel.as_str())
+        .filter(|rel| *rel != "self")
+        .collect();
+    assert_eq!(per_vehicle.len(), 8, "{per_vehicle:?}");
     h.reset_stats();
-    for rel in ["lastPosition", "telemetry", "collisions"] {
-        let (code, text) = api_get(&h, token, realm, &format!("/user/vehicles/{id}/{rel}")).await;
-        assert_eq!(code, 404, "{rel}");
-        assert_eq!(
-            serde_json::from_str::<Value>(&text).unwrap()["httpCode"],
-            "404"
+    for rel in &per_vehicle {
+        let href = links[*rel]["href"].as_str().unwrap();
+        let path = href.strip_prefix(&h.api_base()).unwrap();
+        // Without a token: the gateway's 401, with its body and headers.
+        let r = http()
+            .get(format!("{href}?client_id={ID}"))
+            .header("x-introspect-realm", realm.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{rel}");
+        assert!(r.headers().contains_key("x-global-transaction-id"), "{rel}");
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["httpCode"], "401", "{rel}");
+        // With one: 200 (or a documented backend 404), a JSON body, the gateway's headers.
+        let r = http()
+            .get(format!("{href}?client_id={ID}"))
+            .bearer_auth(token)
+            .header("x-introspect-realm", realm.as_str())
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        let ctype = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(r.headers().contains_key("x-global-transaction-id"), "{rel}");
+        assert!(
+            code != 200 || r.headers().contains_key("x-ratelimit-remaining-1"),
+            "{rel}"
         );
-        let key = format!("GET /connectedcar/v4/user/vehicles/{{id}}/{rel}");
-        assert_eq!(h.stats().count(&key, 404), 1, "{key}");
+        let text = r.text().await.unwrap();
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}: {text:?}"));
+        match (*rel, code) {
+            ("maintenance", 404) => assert_eq!(body["code"], 40400),
+            (_, 200) => {}
+            _ => panic!("{rel}: {code} {text}"),
+        }
+        let want_type = if *rel == "lastPosition" {
+            "application/vnd.geo+json"
+        } else {
+            "application/hal+json"
+        };
+        assert_eq!(ctype, want_type, "{rel}");
+        let key = format!(
+            "GET /connectedcar/v4/user/vehicles/{{id}}{}",
+            path.strip_prefix(&format!("/user/vehicles/{id}")).unwrap()
+        );
+        assert_eq!(h.stats().count(&key, 401), 1, "{key}");
+        assert_eq!(h.stats().count(&key, code), 1, "{key}");
+        // The bodies the official file describes.
+        let file = match *rel {
+            "alarms" => "alarms.schema.json",
+            "lastPosition" => "position.schema.json",
+            "telemetry" => "telemetries.schema.json",
+            "collisions" => "collisions.schema.json",
+            "trips" => "trips.schema.json",
+            "alerts" => "alerts.schema.json",
+            "maintenance" if code == 200 => "maintenance.schema.json",
+            "status" => "status.schema.json",
+            _ => continue,
+        };
+        assert_valid_raw(&schema(file), &text);
     }
-    // New endpoints are counted under their own route keys too.
-    api_get(
+    assert_eq!(h.stats().api_requests, 16);
+}
+
+/// `/alarms` follows the drives of the ground truth; the deprecated endpoints show the last
+/// report.
+#[tokio::test]
+async fn alarms_last_position_and_telemetry_follow_the_cars_life() {
+    let h = start(frozen()).await;
+    let cars = fleet(&h).await;
+    h.advance_clock(Duration::from_secs(3 * 86_400));
+    let (v, token, realm) = &cars[0];
+    let (id, vin) = (v["id"].as_str().unwrap(), v["vin"].as_str().unwrap());
+    let drives: Vec<_> = h.drives().into_iter().filter(|d| d.vin == vin).collect();
+    assert!(!drives.is_empty());
+    let (code, text) = api_get(&h, token, realm, &format!("/user/vehicles/{id}/alarms")).await;
+    assert_eq!(code, 200, "{text}");
+    let b: Value = serde_json::from_str(&text).unwrap();
+    let items: Vec<(String, String)> =
+        walk_pages(&h, token, realm, &format!("/user/vehicles/{id}/alarms"))
+            .await
+            .iter()
+            .flat_map(|p| p["_embedded"]["alarms"].as_array().unwrap().clone())
+            .map(|a| {
+                (
+                    a["status"]["createdAt"].as_str().unwrap().to_owned(),
+                    a["status"]["activation"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+    let mut want = vec![(api_time(t0()), "Active".to_owned())];
+    for d in &drives {
+        want.push((api_time(d.started), "Inactive".into()));
+        if let Some(e) = d.ended {
+            want.push((api_time(e), "Active".into()));
+        }
+    }
+    assert_eq!(items, want);
+    assert_eq!(b["total"].as_u64(), Some(want.len() as u64));
+    // Filtered by time; the trigger type lists nothing; a bad type is a 400.
+    let since = enc(&format!("{}/", api_time(drives[0].started)));
+    let (_, text) = api_get(
         &h,
         token,
         realm,
-        &format!("/user/vehicles/{id}/maintenance"),
+        &format!("/user/vehicles/{id}/alarms?timestamps={since}"),
     )
     .await;
-    let s = h.stats();
+    let b: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(b["total"].as_u64(), Some(want.len() as u64 - 1));
+    let (_, text) = api_get(
+        &h,
+        token,
+        realm,
+        &format!("/user/vehicles/{id}/alarms?type=vehicle.alarm.trigger"),
+    )
+    .await;
+    let b: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(b["total"], 0);
+    let (code, _) = api_get(
+        &h,
+        token,
+        realm,
+        &format!("/user/vehicles/{id}/alarms?type=nope"),
+    )
+    .await;
+    assert_eq!(code, 400);
+    // lastPosition and telemetry carry the same report as /status.
+    let status = h.status_of(vin).unwrap();
+    let (_, text) = api_get(
+        &h,
+        token,
+        realm,
+        &format!("/user/vehicles/{id}/lastPosition"),
+    )
+    .await;
     assert_eq!(
-        s.requests["GET /connectedcar/v4/user/vehicles/{id}/maintenance"]
-            .values()
-            .sum::<u64>(),
-        1
+        serde_json::from_str::<Value>(&text).unwrap(),
+        status["lastPosition"]
     );
-    assert_eq!(s.api_requests, 4);
+    let (_, text) = api_get(&h, token, realm, &format!("/user/vehicles/{id}/telemetry")).await;
+    let b: Value = serde_json::from_str(&text).unwrap();
+    let m = &b["_embedded"]["telemetries"][0];
+    assert_eq!(m["createdAt"], status["createdAt"]);
+    assert_eq!(m["vehicle"]["odometer"], status["odometer"]);
+    assert_eq!(m["vehicle"]["alarm"], status["alarm"]);
+    let (code, text) = api_get(
+        &h,
+        token,
+        realm,
+        &format!("/user/vehicles/{id}/telemetry?pageSize=2000"),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    // Another account's vehicle is refused on each, as everywhere.
+    let (other, ..) = cars.iter().find(|(_, _, r)| r != realm).unwrap();
+    let other = other["id"].as_str().unwrap();
+    for rel in ["alarms", "lastPosition", "telemetry", "collisions"] {
+        let (code, _) = api_get(&h, token, realm, &format!("/user/vehicles/{other}/{rel}")).await;
+        assert_eq!(code, 403, "{rel}");
+    }
+}
+
+/// Issue 25: error bodies carried the wall-clock time while every other time followed the sim
+/// clock.
+#[tokio::test]
+async fn error_bodies_carry_the_sim_clock() {
+    let h = start(SimConfig {
+        vehicle_counts: vec![3, 4, 0, 2, 4],
+        ..frozen()
+    })
+    .await;
+    let cars = fleet(&h).await;
+    h.advance_clock(Duration::from_secs(3600));
+    let want = stellantis_sync::timefmt::format(h.now());
+    assert!(want.starts_with("2026-01-05T01:00:00"), "{want}");
+    let (v, token, realm) = &cars[0];
+    let (other, ..) = cars.iter().find(|(_, _, r)| r != realm).unwrap();
+    let id = v["id"].as_str().unwrap();
+    for path in [
+        format!("/user/vehicles/{}/status", other["id"].as_str().unwrap()),
+        format!("/user/vehicles/{id}/trips?pageSize=0"),
+        format!("/user/vehicles/{id}/status?extension=odometer"),
+        "/user/vehicles?pageSize=99".to_owned(),
+    ] {
+        let (code, text) = api_get(&h, token, realm, &path).await;
+        assert!(code == 400 || code == 403, "{path}: {code}");
+        let b: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(b["timestamp"].as_str(), Some(want.as_str()), "{path}");
+    }
+    // The empty account's 404, too.
+    let t = login(&h, "user3@example.com", "password3").await;
+    let (code, b) = page(&h, &at(&t), "clientsB2CDS", "").await;
+    assert_eq!(code, 404);
+    assert_eq!(b["timestamp"].as_str(), Some(want.as_str()));
+}
+
+/// Every href in `v`.
+fn hrefs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                match (k.as_str(), x) {
+                    ("href", Value::String(s)) => out.push(s.clone()),
+                    _ => hrefs(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| hrefs(x, out)),
+        _ => {}
+    }
+}
+
+/// Issue 25: collection links named the host of the request while item links named the real
+/// API's; the real API's links all name the host its clients call.
+#[tokio::test]
+async fn every_link_names_one_host() {
+    for public in [None, Some("https://api.groupe-psa.com/connectedcar/v4")] {
+        let mut cfg = frozen();
+        if let Some(p) = public {
+            cfg.public_api_base = p.into();
+        }
+        let h = start(cfg).await;
+        let base = public.map_or_else(|| h.api_base(), str::to_owned);
+        let cars = fleet(&h).await;
+        h.advance_clock(Duration::from_secs(7 * 86_400));
+        let (v, token, realm) = cars
+            .iter()
+            .find(|(_, _, r)| r == "clientsB2CCitroen")
+            .unwrap();
+        let id = v["id"].as_str().unwrap();
+        let mut links = Vec::new();
+        let (_, list_body) = page(&h, token, realm, "&pageSize=1").await;
+        hrefs(&list_body, &mut links);
+        for rel in [
+            "trips",
+            "alerts",
+            "alarms",
+            "telemetry",
+            "collisions",
+            "status",
+            "maintenance",
+        ] {
+            let (_, text) = api_get(&h, token, realm, &format!("/user/vehicles/{id}/{rel}")).await;
+            hrefs(&serde_json::from_str(&text).unwrap(), &mut links);
+        }
+        assert!(links.len() > 40, "{}", links.len());
+        let off: Vec<&String> = links
+            .iter()
+            .filter(|l| !l.starts_with(&format!("{base}/")))
+            .collect();
+        assert!(off.is_empty(), "links not under {base}: {off:?}");
+    }
+}
+
+/// Issue 25: with the burst quota off (`--burst 0`), answers sent `x-ratelimit-*-2: 0` headers
+/// as if a window of no request existed.
+#[tokio::test]
+async fn a_quota_that_is_off_sends_no_headers() {
+    for (burst, daily, want) in [
+        (0, 100, ["x-ratelimit-limit-1", "x-ratelimit-remaining-1"]),
+        (5, 0, ["x-ratelimit-limit-2", "x-ratelimit-remaining-2"]),
+    ] {
+        let h = start(SimConfig {
+            burst_per_second: burst,
+            daily_limit: daily,
+            ..SimConfig::default()
+        })
+        .await;
+        let t = login(&h, "user1@example.com", "password1").await;
+        let r = list(&h, &at(&t), "clientsB2CPeugeot", "").await;
+        assert_eq!(r.status(), 200);
+        let sent: Vec<&str> = r
+            .headers()
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.starts_with("x-ratelimit-"))
+            .collect();
+        assert_eq!(sent, want, "burst {burst}, daily {daily}");
+    }
+}
+
+/// Issue 25: labels did not match their brand (`e-208` on a Citroën) nor their motorization.
+#[test]
+fn labels_match_the_brand_and_the_motorization() {
+    use stellantis_sync::brand::Brand;
+    let mut w = sim::world::World::generate(11, 10, &[4; 10], 4);
+    for _ in 0..400 {
+        w.tick(chrono::Utc::now());
+    }
+    let mut checked = 0;
+    for u in &w.users {
+        for v in u.vehicles.iter().chain(&u.removed) {
+            let Some(label) = &v.label else { continue };
+            let model = label.split(" #").next().unwrap();
+            let brand_ok = match u.brand {
+                Brand::Peugeot => model
+                    .trim_start_matches("NOUVEAU ")
+                    .trim_start_matches("e-")
+                    .starts_with(|c: char| c.is_ascii_digit()),
+                Brand::Citroen => ["C", "e-C", "Ë-C"].iter().any(|p| model.starts_with(p)),
+                Brand::Ds => model.starts_with("DS "),
+                Brand::Opel | Brand::Vauxhall => ["CORSA", "ASTRA", "MOKKA", "GRANDLAND"]
+                    .iter()
+                    .any(|p| model.starts_with(p)),
+            };
+            assert!(brand_ok, "{model} on a {:?}", u.brand);
+            let electric = ["e-", "Ë-", "-E", "E-TENSE", "ELECTRIC"]
+                .iter()
+                .any(|m| model.contains(m));
+            let hybrid =
+                model.contains("HYBRID") || (u.brand == Brand::Ds && model.contains("E-TENSE"));
+            match v.motorization {
+                "Electric" => assert!(electric && !model.contains("HYBRID"), "{model} on an EV"),
+                "Hybrid" => assert!(hybrid, "{model} on a PHEV"),
+                _ => assert!(!electric && !hybrid, "{model} on a thermic car"),
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "{checked} labels");
 }
 
 // ---- Fault switches for the hardening tests ----

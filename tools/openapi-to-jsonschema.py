@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Derive the JSON Schemas of the `GET /user/vehicles`, `GET /user/vehicles/{id}/status`, `/trips`,
-`/alerts` and `/maintenance` bodies
+`/alerts`, `/maintenance`, `/alarms`, `/lastPosition`, `/telemetry` and `/collisions` bodies
 from the official Stellantis OpenAPI file (api-b2c.yaml, info.version 4.17.2) and write them to
 tests/data/. The tests validate the simulator's bodies against these files, so they run on a fresh
 clone without the OpenAPI file. Run it again when the official file changes:
@@ -90,6 +90,10 @@ def main():
         ("Trips", "trips.schema.json"),
         ("Alerts", "alerts.schema.json"),
         ("Maintenance", "maintenance.schema.json"),
+        ("Alarms", "alarms.schema.json"),
+        ("Position", "position.schema.json"),
+        ("Telemetries", "telemetries.schema.json"),
+        ("Collisions", "collisions.schema.json"),
     ):
         defs = {n: convert(schemas[n]) for n in sorted(reachable(schemas, root))}
         out = {

@@ -21,9 +21,12 @@ if ! command -v cargo-deb >/dev/null; then
 fi
 
 # The units as packaged: the binary is /usr/bin/stellantis-sync, not the manual /usr/local/bin.
+# They go where [package.metadata.deb] names them, target/package-units/ next to Cargo.toml:
+# cargo-deb finds target/release/ under CARGO_TARGET_DIR, but reads every other asset path as it
+# is written (with CARGO_TARGET_DIR set, units written there were "Can't resolve asset").
 target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-units="$target_dir/package-units"
+units="$PWD/target/package-units"
 mkdir -p "$units"
 for f in systemd/*.service systemd/*.timer; do
     sed 's|/usr/local/bin/stellantis-sync|/usr/bin/stellantis-sync|g' "$f" >"$units/$(basename "$f")"

@@ -33,6 +33,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# With CARGO_TARGET_DIR set (issue 25: the units were written under it, and cargo-deb looks for
+# them next to Cargo.toml): a target directory of its own, the debug build linked in.
+real_target=$(cargo metadata --format-version 1 --no-deps --locked |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+mkdir "$work/target"
+ln -s "$real_target/debug" "$work/target/debug"
+rm -rf target/package-units
+other=$(CARGO_TARGET_DIR="$work/target" tools/package.sh --debug) ||
+    fail "tools/package.sh fails with CARGO_TARGET_DIR set"
+[[ "$other" == "$work/target/debian/"*.deb ]] || fail "the package is not under CARGO_TARGET_DIR: $other"
+dpkg-deb --contents "$other" >"$work/contents"
+for unit in stellantis-sync.service stellantis-sync@.service stellantis-sync-once.service stellantis-sync-once.timer; do
+    grep -q "lib/systemd/system/$unit\$" "$work/contents" || fail "$unit is not in $other"
+done
+echo "test-package: with CARGO_TARGET_DIR=$work/target: $other"
+
 start=$(date +%s)
 deb=$(tools/package.sh --debug)
 echo "test-package: built $deb ($(( $(date +%s) - start )) s)"

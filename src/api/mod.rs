@@ -197,7 +197,7 @@ impl ApiClient {
             .send()
             .await;
         if let Some(m) = self.limits.metrics() {
-            m.api_answer(url, sent.as_ref().ok(), started.elapsed());
+            m.api_answer(&a.name, url, sent.as_ref().ok(), started.elapsed());
         }
         let resp = sent.map_err(|e| ApiError::Transport(TransportError::from_reqwest(&e)))?;
         let status = resp.status().as_u16();

@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::{ConnKill, Inner, RetryAfterForm, Shared, world};
@@ -35,6 +36,8 @@ pub(super) struct Caller {
     pub user: usize,
     pub brand: Brand,
     pub limits: Option<RateHeaders>,
+    /// The sim clock when the gateway let the request through (error bodies' `timestamp`).
+    pub now: DateTime<Utc>,
 }
 
 #[derive(Clone, Copy)]
@@ -62,14 +65,19 @@ fn base_headers(resp: &mut Response, ok: bool, limits: Option<RateHeaders>) {
         "access-control-expose-headers",
         hv("APIm-Debug-Trans-Id, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, X-Global-Transaction-ID"),
     );
+    // Only the windows that exist: a quota switched off (0) sends no headers of its own.
     if let Some(l) = limits {
-        h.insert("x-ratelimit-limit-1", hv(&l.day_limit.to_string()));
-        h.insert("x-ratelimit-remaining-1", hv(&l.day_remaining.to_string()));
-        h.insert("x-ratelimit-limit-2", hv(&l.burst_limit.to_string()));
-        h.insert(
-            "x-ratelimit-remaining-2",
-            hv(&l.burst_remaining.to_string()),
-        );
+        if l.day_limit > 0 {
+            h.insert("x-ratelimit-limit-1", hv(&l.day_limit.to_string()));
+            h.insert("x-ratelimit-remaining-1", hv(&l.day_remaining.to_string()));
+        }
+        if l.burst_limit > 0 {
+            h.insert("x-ratelimit-limit-2", hv(&l.burst_limit.to_string()));
+            h.insert(
+                "x-ratelimit-remaining-2",
+                hv(&l.burst_remaining.to_string()),
+            );
+        }
     }
 }
 
@@ -90,13 +98,19 @@ pub(super) fn gateway_error(status: StatusCode, message: &str, more: &str) -> Re
     resp
 }
 
-/// A backend error in the documented `{uuid, code, message, timestamp}` form.
-pub(super) fn backend_error(status: StatusCode, code: u32, message: &str) -> Response {
+/// A backend error in the documented `{uuid, code, message, timestamp}` form; `at` is the sim
+/// clock (like every other time the simulator sends).
+pub(super) fn backend_error(
+    at: DateTime<Utc>,
+    status: StatusCode,
+    code: u32,
+    message: &str,
+) -> Response {
     let body = json!({
         "uuid": uuid::Uuid::new_v4().to_string(),
         "code": code,
         "message": message,
-        "timestamp": crate::timefmt::now(),
+        "timestamp": crate::timefmt::format(at),
     });
     let mut resp = (
         status,
@@ -286,6 +300,7 @@ pub(super) async fn gate(
     if g.draw(f.corvet_500) {
         g.stats.fault("corvet_500");
         return Err(backend_error(
+            g.wall_now(),
             StatusCode::INTERNAL_SERVER_ERROR,
             50000,
             "CORVET Error",
@@ -294,6 +309,7 @@ pub(super) async fn gate(
     if g.draw(f.cvs_50038) {
         g.stats.fault("cvs_50038");
         return Err(backend_error(
+            g.wall_now(),
             StatusCode::INTERNAL_SERVER_ERROR,
             50038,
             "CVS error/user-vins",
@@ -303,6 +319,7 @@ pub(super) async fn gate(
         user: access.user,
         brand,
         limits,
+        now: g.wall_now(),
     })
 }
 
@@ -475,16 +492,13 @@ async fn list_vehicles(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_owned();
+    let now = caller.now;
     let (page, size, start, end) = if let Some(t) = q.get("pageToken") {
         match decode_page_token(t) {
             Some(v) => v,
             None => {
                 return backend_error(
+                    now,
                     StatusCode::BAD_REQUEST,
                     40000,
                     "Bad Request: invalid pageToken",
@@ -497,6 +511,7 @@ async fn list_vehicles(
             Some(Ok(n)) if (1..=60).contains(&n) => n,
             Some(_) => {
                 return backend_error(
+                    now,
                     StatusCode::BAD_REQUEST,
                     40000,
                     "Bad Request: pageSize must be between 1 and 60",
@@ -508,6 +523,7 @@ async fn list_vehicles(
             Some(Some(r)) => r,
             Some(None) => {
                 return backend_error(
+                    now,
                     StatusCode::BAD_REQUEST,
                     40000,
                     "Bad Request: invalid indexRange",
@@ -544,7 +560,7 @@ async fn list_vehicles(
         g.stats.fault("bare_40400");
         drop(g);
         let body = json!({"uuid": uuid::Uuid::new_v4().to_string(), "code": 40400,
-                          "timestamp": crate::timefmt::now()});
+                          "timestamp": crate::timefmt::format(now)});
         let mut resp = (
             StatusCode::NOT_FOUND,
             [(header::CONTENT_TYPE, "application/hal+json")],
@@ -573,9 +589,9 @@ async fn list_vehicles(
     if selected.is_empty() {
         drop(g);
         return if legacy {
-            backend_error(StatusCode::NOT_FOUND, 40410, "No vehicule found")
+            backend_error(now, StatusCode::NOT_FOUND, 40410, "No vehicule found")
         } else {
-            backend_error(StatusCode::NOT_FOUND, 40400, "No vehicle found")
+            backend_error(now, StatusCode::NOT_FOUND, 40400, "No vehicle found")
         };
     }
     let total = u32::try_from(selected.len()).unwrap_or(u32::MAX);
@@ -599,7 +615,7 @@ async fn list_vehicles(
     drop(g);
     let link = |p: u32| {
         json!({"href": format!(
-            "http://{host}/connectedcar/v4/user/vehicles?pageToken={}",
+            "{base_api}/user/vehicles?pageToken={}",
             encode_page_token(&email, p, size, start, end)
         )})
     };
@@ -607,7 +623,7 @@ async fn list_vehicles(
     if legacy {
         links.insert(
             "self".into(),
-            json!({"href": format!("http://{host}/connectedcar/v4/user/vehicles?indexRange={start}-&pageSize={size}&locale=fr-FR")}),
+            json!({"href": format!("{base_api}/user/vehicles?indexRange={start}-&pageSize={size}&locale=fr-FR")}),
         );
     } else {
         links.insert("last".into(), link(total_pages));
@@ -658,13 +674,14 @@ async fn one_vehicle(
     drop(g);
     match found {
         Some(v) => hal_ok(&sh, &v, caller.limits),
-        None => not_associated(),
+        None => not_associated(caller.now),
     }
 }
 
 /// 403 for a vehicle id that is not on the caller's account.
-pub(super) fn not_associated() -> Response {
+pub(super) fn not_associated(at: DateTime<Utc>) -> Response {
     backend_error(
+        at,
         StatusCode::FORBIDDEN,
         40300,
         "Forbidden: this vehicle is not associated with the user",
@@ -684,6 +701,7 @@ async fn status(
     };
     if q.contains_key("extension") {
         return backend_error(
+            caller.now,
             StatusCode::BAD_REQUEST,
             40000,
             "Bad Request: unsupported parameter extension",
@@ -704,11 +722,12 @@ async fn status(
     match found {
         Some(Some(v)) => hal_ok(&sh, &v, caller.limits),
         Some(None) => backend_error(
+            caller.now,
             StatusCode::NOT_FOUND,
             40400,
             "Not Found: We didn't find the status for this vehicle.",
         ),
-        None => not_associated(),
+        None => not_associated(caller.now),
     }
 }
 

@@ -203,7 +203,10 @@ pub struct SimConfig {
     pub change_every: Option<Duration>,
     /// 2021 body shapes: `404 40410 "No vehicule found"` and an envelope without `totalPage`.
     pub legacy_shapes: bool,
-    /// Base URL used in vehicles' own `_links` (the real host, as in captures).
+    /// Base URL of every `_links` href (collections and items alike). Empty (the default): this
+    /// simulator's own API base (`SimHandle::api_base`), as the real API's links name the host
+    /// its clients call (`https://api.groupe-psa.com/connectedcar/v4` in captures). Set it to
+    /// another host to see a client refuse to follow a link off its API's origin.
     pub public_api_base: String,
     /// Sim seconds per real second (1.0 = real time; 1000.0 lives a week in ten minutes). The
     /// whole world runs on this clock: cars, token and code lifetimes, `change_every`, body
@@ -240,7 +243,7 @@ impl Default for SimConfig {
             daily_limit: 100_000,
             change_every: None,
             legacy_shapes: false,
-            public_api_base: "https://api.groupe-psa.com/connectedcar/v4".into(),
+            public_api_base: String::new(),
             time_scale: 1.0,
             start_time: None,
             status_missing_vins: Vec::new(),

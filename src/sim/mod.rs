@@ -158,8 +158,11 @@ pub struct SimHandle {
 }
 
 /// Starts the simulator on an already-bound listener (use port 0 in tests).
-pub fn spawn(listener: TcpListener, cfg: SimConfig) -> std::io::Result<SimHandle> {
+pub fn spawn(listener: TcpListener, mut cfg: SimConfig) -> std::io::Result<SimHandle> {
     let addr = listener.local_addr()?;
+    if cfg.public_api_base.is_empty() {
+        cfg.public_api_base = format!("http://{addr}/connectedcar/v4");
+    }
     let start = cfg.start_time.unwrap_or_else(chrono::Utc::now);
     let world = world::World::generate_at(
         cfg.seed,

@@ -9,8 +9,15 @@
 //!   official schema answers an empty collection (200, `total: 0`) when there are none.
 //! - `GET /user/vehicles/{id}/maintenance`: days and km before the next service, counting down
 //!   with the sim clock and the odometer; for some cars 404 code 40400 on every call.
-//! - `lastPosition`, `telemetry`, `collisions`: deprecated, not served (gateway 404), but routed
-//!   so the statistics count them under their own key.
+//! - `GET /user/vehicles/{id}/alarms`: the theft alarm's status changes (`Active` while parked,
+//!   `Inactive` from each departure), paged and filtered by `timestamps` on their `createdAt`.
+//! - `lastPosition`, `telemetry`, `collisions` (deprecated in the official file, still linked
+//!   from every vehicle): the last report's GeoJSON position (`application/vnd.geo+json`), the
+//!   last report as one telemetry message, and an empty collection (simulated cars never
+//!   collide).
+//!
+//! Every link names the simulator's public API base (`SimConfig::public_api_base`), and every
+//! time in a body, errors included, is on the sim clock.
 
 // Handlers short-circuit with a ready `Response` as their error; boxing it buys nothing here.
 #![allow(clippy::result_large_err)]
@@ -27,10 +34,11 @@ use chrono::{DateTime, Duration as TimeDelta, Utc};
 use serde_json::{Value, json};
 
 use super::api::{
-    Caller, backend_error, decode_page_token_ext, encode_page_token_ext, gate, gateway_error,
-    hal_ok, not_associated, parse_index_range,
+    Caller, backend_error, decode_page_token_ext, encode_page_token_ext, gate, hal_ok,
+    not_associated, parse_index_range,
 };
 use super::life::{Life, Powertrain, SimAlert, SimDrive, api_time};
+use super::world::{self, Vehicle};
 use super::{ConnKill, Shared};
 
 const V: &str = "/connectedcar/v4/user/vehicles/{id}";
@@ -40,34 +48,55 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route(&format!("{V}/trips"), get(trips))
         .route(&format!("{V}/alerts"), get(alerts))
         .route(&format!("{V}/maintenance"), get(maintenance))
-        .route(&format!("{V}/lastPosition"), get(not_served))
-        .route(&format!("{V}/telemetry"), get(not_served))
-        .route(&format!("{V}/collisions"), get(not_served))
+        .route(&format!("{V}/alarms"), get(alarms))
+        .route(&format!("{V}/lastPosition"), get(last_position))
+        .route(&format!("{V}/telemetry"), get(telemetry))
+        .route(&format!("{V}/collisions"), get(collisions))
+}
+
+/// What a handler here knows once the gateway let the request through and the vehicle is the
+/// caller's.
+struct Opened {
+    caller: Caller,
+    /// A copy of the vehicle, its life played up to now.
+    vehicle: Vehicle,
+    /// The sim clock.
+    now: DateTime<Utc>,
+    /// The public API base for links.
+    base: String,
+    email: String,
 }
 
 /// Every request here starts like this: through the gateway, then the vehicle must be the
-/// caller's. Returns the caller and a copy of the car's life played up to now.
+/// caller's.
 async fn open(
     sh: &Shared,
     id: &str,
     headers: &HeaderMap,
     q: &HashMap<String, String>,
     kill: Option<&axum::Extension<ConnKill>>,
-) -> Result<(Caller, Life, DateTime<Utc>, String, String), Response> {
+) -> Result<Opened, Response> {
     let caller = gate(sh, headers, q, kill.map(|k| &k.0)).await?;
     let mut g = sh.lock();
     let now = g.wall_now();
     let base = g.cfg.public_api_base.clone();
     let email = g.world.users[caller.user].email.clone();
-    let life = g
+    let vehicle = g
         .observe(caller.user, id)
-        .map(|v| v.life.clone())
-        .ok_or_else(not_associated)?;
-    Ok((caller, life, now, base, email))
+        .cloned()
+        .ok_or_else(|| not_associated(now))?;
+    Ok(Opened {
+        caller,
+        vehicle,
+        now,
+        base,
+        email,
+    })
 }
 
-fn bad_request(what: &str) -> Response {
+fn bad_request(at: DateTime<Utc>, what: &str) -> Response {
     backend_error(
+        at,
         StatusCode::BAD_REQUEST,
         40000,
         &format!("Bad Request: {what}"),
@@ -83,12 +112,23 @@ struct PageReq {
     filter: String,
 }
 
-const FILTER_KEYS: [&str; 3] = ["timestamps", "distance", "duration"];
+/// The parameters a `pageToken` carries to the next page (`type`: `/alarms`' filter).
+const FILTER_KEYS: [&str; 4] = ["timestamps", "distance", "duration", "type"];
 
-fn page_request(q: &HashMap<String, String>, raw: Option<&str>) -> Result<PageReq, Response> {
+/// The largest `pageSize` of ordinary collections (the official `pageSize`), and of
+/// `/telemetry` (`pageSizeHighFrequency`).
+const PAGE_MAX: u32 = 60;
+const PAGE_MAX_HIGH_FREQUENCY: u32 = 2000;
+
+fn page_request(
+    at: DateTime<Utc>,
+    q: &HashMap<String, String>,
+    raw: Option<&str>,
+    max: u32,
+) -> Result<PageReq, Response> {
     if let Some(t) = q.get("pageToken") {
         let (page, size, start, end, filter) =
-            decode_page_token_ext(t).ok_or_else(|| bad_request("invalid pageToken"))?;
+            decode_page_token_ext(t).ok_or_else(|| bad_request(at, "invalid pageToken"))?;
         return Ok(PageReq {
             page,
             size,
@@ -98,14 +138,19 @@ fn page_request(q: &HashMap<String, String>, raw: Option<&str>) -> Result<PageRe
         });
     }
     let size = match q.get("pageSize").map(|s| s.parse::<u32>()) {
-        None => 60,
-        Some(Ok(n)) if (1..=60).contains(&n) => n,
-        Some(_) => return Err(bad_request("pageSize must be between 1 and 60")),
+        None => max.min(PAGE_MAX),
+        Some(Ok(n)) if (1..=max).contains(&n) => n,
+        Some(_) => {
+            return Err(bad_request(
+                at,
+                &format!("pageSize must be between 1 and {max}"),
+            ));
+        }
     };
     let (start, end) = match q.get("indexRange").map(|s| parse_index_range(s)) {
         None => (0, None),
         Some(Some(r)) => r,
-        Some(None) => return Err(bad_request("invalid indexRange")),
+        Some(None) => return Err(bad_request(at, "invalid indexRange")),
     };
     // Keep the filter parameters (repeated ones too) as they came.
     let mut filter = url::form_urlencoded::Serializer::new(String::new());
@@ -252,15 +297,9 @@ fn parse_range(s: &str) -> Option<(Option<f64>, Option<f64>)> {
     (r != (None, None)).then_some(r)
 }
 
-/// A HAL collection page over `items` (already filtered), with links like the vehicle list's.
-fn collection(
-    host: &str,
-    path: &str,
-    email: &str,
-    name: &str,
-    items: Vec<Value>,
-    req: &PageReq,
-) -> Value {
+/// A HAL collection page over `items` (already filtered), with links like the vehicle list's;
+/// `url` is the collection's own URL without a query.
+fn collection(url: &str, email: &str, name: &str, items: Vec<Value>, req: &PageReq) -> Value {
     let lo = (req.start as usize).min(items.len());
     let hi = req
         .end
@@ -274,7 +313,7 @@ fn collection(
     let to = (from + req.size as usize).min(selected.len());
     let link = |p: u32| {
         json!({"href": format!(
-            "http://{host}{path}?pageToken={}",
+            "{url}?pageToken={}",
             encode_page_token_ext(email, p, req.size, req.start, req.end, &req.filter)
         )})
     };
@@ -414,14 +453,6 @@ pub fn alert_json(a: &SimAlert, api_base: &str) -> Value {
     Value::Object(o)
 }
 
-fn host_of(headers: &HeaderMap) -> String {
-    headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_owned()
-}
-
 async fn trips(
     State(sh): State<Arc<Shared>>,
     Path(id): Path<String>,
@@ -430,19 +461,15 @@ async fn trips(
     RawQuery(raw): RawQuery,
     kill: Option<axum::Extension<ConnKill>>,
 ) -> Response {
-    let (caller, life, _now, base, email) = match open(&sh, &id, &headers, &q, kill.as_ref()).await
-    {
+    let o = match open(&sh, &id, &headers, &q, kill.as_ref()).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let req = match page_request(&q, raw.as_deref()) {
-        Ok(r) => r,
+    let (req, filter) = match filtered_page(&o, &q, raw.as_deref(), PAGE_MAX) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let filter = match Filter::parse(&req.filter) {
-        Ok(f) => f,
-        Err(e) => return bad_request(&e),
-    };
+    let life = &o.vehicle.life;
     let items: Vec<Value> = life
         .drives
         .iter()
@@ -451,18 +478,31 @@ async fn trips(
             let secs = d.ended.map_or(0, |e| (e - d.started).num_seconds()) as f64;
             filter.admits(d.started, d.distance_km, secs)
         })
-        .map(|d| trip_json(&life, d, &base))
+        .map(|d| trip_json(life, d, &o.base))
         .collect();
     if items.is_empty() {
         return backend_error(
+            o.now,
             StatusCode::NOT_FOUND,
             40400,
             "Not Found: No trip was found.",
         );
     }
-    let path = format!("/connectedcar/v4/user/vehicles/{id}/trips");
-    let body = collection(&host_of(&headers), &path, &email, "trips", items, &req);
-    hal_ok(&sh, &body, caller.limits)
+    let url = format!("{}/user/vehicles/{id}/trips", o.base);
+    let body = collection(&url, &o.email, "trips", items, &req);
+    hal_ok(&sh, &body, o.caller.limits)
+}
+
+/// A collection request's page and its parsed filter.
+fn filtered_page(
+    o: &Opened,
+    q: &HashMap<String, String>,
+    raw: Option<&str>,
+    max: u32,
+) -> Result<(PageReq, Filter), Response> {
+    let req = page_request(o.now, q, raw, max)?;
+    let filter = Filter::parse(&req.filter).map_err(|e| bad_request(o.now, &e))?;
+    Ok((req, filter))
 }
 
 async fn alerts(
@@ -473,28 +513,25 @@ async fn alerts(
     RawQuery(raw): RawQuery,
     kill: Option<axum::Extension<ConnKill>>,
 ) -> Response {
-    let (caller, life, _now, base, email) = match open(&sh, &id, &headers, &q, kill.as_ref()).await
-    {
+    let o = match open(&sh, &id, &headers, &q, kill.as_ref()).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let req = match page_request(&q, raw.as_deref()) {
-        Ok(r) => r,
+    let (req, filter) = match filtered_page(&o, &q, raw.as_deref(), PAGE_MAX) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let filter = match Filter::parse(&req.filter) {
-        Ok(f) => f,
-        Err(e) => return bad_request(&e),
-    };
-    let items: Vec<Value> = life
+    let items: Vec<Value> = o
+        .vehicle
+        .life
         .alerts
         .iter()
         .filter(|a| filter.admits(a.started, 0.0, 0.0))
-        .map(|a| alert_json(a, &base))
+        .map(|a| alert_json(a, &o.base))
         .collect();
-    let path = format!("/connectedcar/v4/user/vehicles/{id}/alerts");
-    let body = collection(&host_of(&headers), &path, &email, "alerts", items, &req);
-    hal_ok(&sh, &body, caller.limits)
+    let url = format!("{}/user/vehicles/{id}/alerts", o.base);
+    let body = collection(&url, &o.email, "alerts", items, &req);
+    hal_ok(&sh, &body, o.caller.limits)
 }
 
 async fn maintenance(
@@ -504,13 +541,15 @@ async fn maintenance(
     Query(q): Query<HashMap<String, String>>,
     kill: Option<axum::Extension<ConnKill>>,
 ) -> Response {
-    let (caller, life, now, base, _) = match open(&sh, &id, &headers, &q, kill.as_ref()).await {
+    let o = match open(&sh, &id, &headers, &q, kill.as_ref()).await {
         Ok(x) => x,
         Err(r) => return r,
     };
+    let (life, now, base) = (&o.vehicle.life, o.now, &o.base);
     let fraction = sh.lock().cfg.maintenance_missing_fraction;
     if life.maintenance_draw < fraction {
         return backend_error(
+            now,
             StatusCode::NOT_FOUND,
             40400,
             "Not Found: Maintenance Not Found for Given Vehicle.",
@@ -531,24 +570,160 @@ async fn maintenance(
         "_links": {"self": {"href": format!("{vbase}/maintenance")}, "vehicle": {"href": vbase},
                    "alerts": {"href": format!("{vbase}/alerts")}},
     });
-    hal_ok(&sh, &body, caller.limits)
+    hal_ok(&sh, &body, o.caller.limits)
 }
 
-/// Deprecated endpoints the simulator does not serve: they still cost a request.
-async fn not_served(
+/// The `type` values `/alarms` takes (`AlarmTypeEnum`).
+const ALARM_TYPES: [&str; 2] = ["vehicle.alarm.status", "vehicle.alarm.trigger"];
+
+/// The theft alarm's status changes as `AlarmDetails` items, ascending: `Active` when the car
+/// came to the account parked, then `Inactive` at each departure and `Active` at each arrival,
+/// as `/status`' `alarm.status` shows them. A simulated alarm never goes off, so
+/// `type=vehicle.alarm.trigger` lists nothing.
+async fn alarms(
     State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
+    kill: Option<axum::Extension<ConnKill>>,
+) -> Response {
+    let o = match open(&sh, &id, &headers, &q, kill.as_ref()).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let (req, filter) = match filtered_page(&o, &q, raw.as_deref(), PAGE_MAX) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let mut types = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(req.filter.as_bytes()) {
+        if k == "type" {
+            for t in v.split(',').map(str::trim) {
+                if !ALARM_TYPES.contains(&t) {
+                    return bad_request(o.now, &format!("invalid type `{t}`"));
+                }
+                types.push(t.to_owned());
+            }
+        }
+    }
+    let statuses = types.is_empty() || types.iter().any(|t| t == ALARM_TYPES[0]);
+    let life = &o.vehicle.life;
+    let mut changes = vec![(life.born, "Active")];
+    for d in &life.drives {
+        changes.push((d.started, "Inactive"));
+        if let Some(end) = d.ended {
+            changes.push((end, "Active"));
+        }
+    }
+    let items: Vec<Value> = changes
+        .into_iter()
+        .filter(|_| statuses)
+        .filter(|(at, _)| filter.admits(*at, 0.0, 0.0))
+        .map(|(at, activation)| {
+            json!({"id": hex_id(&life.vehicle_id, &format!("alarm-{}-{activation}", at.timestamp())),
+                   "status": {"createdAt": api_time(at), "activation": activation}})
+        })
+        .collect();
+    let url = format!("{}/user/vehicles/{id}/alarms", o.base);
+    let body = collection(&url, &o.email, "alarms", items, &req);
+    hal_ok(&sh, &body, o.caller.limits)
+}
+
+/// Deprecated `lastPosition`: the position of the car's last report, as `/status` carries it,
+/// in the content type the official file declares.
+async fn last_position(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     kill: Option<axum::Extension<ConnKill>>,
 ) -> Response {
-    if let Err(r) = gate(&sh, &headers, &q, kill.as_ref().map(|k| &k.0)).await {
-        return r;
+    let o = match open(&sh, &id, &headers, &q, kill.as_ref()).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let mut resp = hal_ok(&sh, &world::last_position_json(&o.vehicle), o.caller.limits);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/vnd.geo+json"),
+    );
+    resp
+}
+
+/// Deprecated `telemetry`: the car's last report as one `Telemetry` message (the simulator keeps
+/// no older reports), filtered by `timestamps` on its `createdAt`. `type` and `extension` are
+/// accepted and every block is sent.
+async fn telemetry(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
+    kill: Option<axum::Extension<ConnKill>>,
+) -> Response {
+    let o = match open(&sh, &id, &headers, &q, kill.as_ref()).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let (req, filter) = match filtered_page(&o, &q, raw.as_deref(), PAGE_MAX_HIGH_FREQUENCY) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let url = format!("{}/user/vehicles/{id}/telemetry", o.base);
+    let status = world::status_json(&o.vehicle, &o.base, false);
+    let mut vehicle = serde_json::Map::new();
+    for block in [
+        "energies",
+        "engines",
+        "ignition",
+        "doorsState",
+        "battery",
+        "odometer",
+        "kinetic",
+        "alarm",
+    ] {
+        if let Some(b) = status.get(block) {
+            vehicle.insert(block.into(), b.clone());
+        }
     }
-    gateway_error(
-        StatusCode::NOT_FOUND,
-        "Not Found",
-        "The requested resource is not available.",
-    )
+    let message = json!({
+        "createdAt": status["createdAt"],
+        "_links": {"self": {"href": url}, "vehicle": {"href": format!("{}/user/vehicles/{id}", o.base)}},
+        "privacy": status["privacy"],
+        "vehicle": vehicle,
+        "environment": status["environment"],
+    });
+    let items = if filter.admits(o.vehicle.life.rep.at, 0.0, 0.0) {
+        vec![message]
+    } else {
+        Vec::new()
+    };
+    let body = collection(&url, &o.email, "telemetries", items, &req);
+    hal_ok(&sh, &body, o.caller.limits)
+}
+
+/// Deprecated `collisions`: an empty collection (`_embedded.Collisions`, the official spelling):
+/// simulated cars never collide.
+async fn collisions(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
+    kill: Option<axum::Extension<ConnKill>>,
+) -> Response {
+    let o = match open(&sh, &id, &headers, &q, kill.as_ref()).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let req = match filtered_page(&o, &q, raw.as_deref(), PAGE_MAX) {
+        Ok((req, _)) => req,
+        Err(r) => return r,
+    };
+    let url = format!("{}/user/vehicles/{id}/collisions", o.base);
+    let body = collection(&url, &o.email, "Collisions", Vec::new(), &req);
+    hal_ok(&sh, &body, o.caller.limits)
 }
 
 #[cfg(test)]

@@ -68,16 +68,29 @@ pub struct World {
 }
 
 const MOTORIZATIONS: [&str; 4] = ["Electric", "Hybrid", "Thermic", "Electric"];
-const LABELS: [&str; 8] = [
-    "e-208",
-    "NOUVEAU 5008",
-    "e-C4",
-    "DS 3 CROSSBACK E-TENSE",
-    "CORSA-E",
-    "MOKKA-E",
-    "3008 HYBRID4",
-    "C5 AIRCROSS",
-];
+/// How many values a label draw takes (the draw picks among a brand's models of the car's
+/// motorization, so a Citroën is never labelled `e-208` nor a thermic car `CORSA-E`).
+const LABEL_DRAWS: usize = 8;
+
+/// A model name (`label`, "Version of a vehicle" in the official file) of `brand` for a car of
+/// `motorization`, chosen by `draw` (any number).
+pub fn label_for(brand: Brand, motorization: &str, draw: usize) -> &'static str {
+    let models: &[&'static str] = match (brand, motorization) {
+        (Brand::Peugeot, "Electric") => &["e-208", "e-2008", "e-308"],
+        (Brand::Peugeot, "Hybrid") => &["3008 HYBRID4", "308 HYBRID"],
+        (Brand::Peugeot, _) => &["NOUVEAU 5008", "208", "2008"],
+        (Brand::Citroen, "Electric") => &["e-C4", "Ë-C3"],
+        (Brand::Citroen, "Hybrid") => &["C5 AIRCROSS HYBRID", "C5 X HYBRID"],
+        (Brand::Citroen, _) => &["C5 AIRCROSS", "C3", "C4"],
+        (Brand::Ds, "Electric") => &["DS 3 CROSSBACK E-TENSE", "DS 3 E-TENSE"],
+        (Brand::Ds, "Hybrid") => &["DS 7 E-TENSE 4x4", "DS 4 E-TENSE"],
+        (Brand::Ds, _) => &["DS 7", "DS 4"],
+        (Brand::Opel | Brand::Vauxhall, "Electric") => &["CORSA-E", "MOKKA-E", "ASTRA ELECTRIC"],
+        (Brand::Opel | Brand::Vauxhall, "Hybrid") => &["GRANDLAND HYBRID4", "ASTRA HYBRID"],
+        (Brand::Opel | Brand::Vauxhall, _) => &["CORSA", "ASTRA", "MOKKA"],
+    };
+    models[draw % models.len()]
+}
 const COLORS: [&str; 6] = [
     "0MM60NSM", "0MM00N9V", "0MP00NWP", "0MM00NHR", "0MZ00N9M", "0MM00NF3",
 ];
@@ -131,7 +144,8 @@ impl World {
         id.truncate(193);
         let motorization = MOTORIZATIONS[self.rng.random_range(0..MOTORIZATIONS.len())];
         let label = if self.rng.random_bool(0.3) {
-            Some(LABELS[self.rng.random_range(0..LABELS.len())].to_owned())
+            let draw = self.rng.random_range(0..LABEL_DRAWS);
+            Some(label_for(brand, motorization, draw).to_owned())
         } else {
             None
         };
@@ -222,7 +236,11 @@ impl World {
                     Some(_) if self.rng.random_bool(0.5) => None,
                     _ => Some(format!(
                         "{} #{}",
-                        LABELS[self.rng.random_range(0..LABELS.len())],
+                        label_for(
+                            brand,
+                            self.users[u].vehicles[i].motorization,
+                            self.rng.random_range(0..LABEL_DRAWS)
+                        ),
                         self.rng.random_range(1..100u32)
                     )),
                 };
@@ -430,6 +448,16 @@ pub fn vehicle_json(brand: Brand, v: &Vehicle, api_base: &str) -> Value {
     Value::Object(obj)
 }
 
+/// The position of the car's last report that had one: a GeoJSON Feature, longitude first (the
+/// `lastPosition` block of `/status` and the deprecated `/lastPosition` endpoint).
+pub fn last_position_json(v: &Vehicle) -> Value {
+    let r = &v.life.rep;
+    json!({"type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [r.lon, r.lat, 7.0]},
+        "properties": {"createdAt": api_time(r.position_at), "heading": r.heading, "type": "Acquire",
+                       "signalQuality": 9, "fixStatus": "3D"}})
+}
+
 /// The `/status` body: new blocks (`energies`, `preconditioning`) and the deprecated ones
 /// (`energy` as an array, `preconditionning`, `service`) side by side, as the real API sends them,
 /// built from the car's last report only: while the car is parked the body does not change
@@ -440,7 +468,6 @@ pub fn status_json(v: &Vehicle, api_base: &str, shuffle: bool) -> Value {
     let l = &v.life;
     let r = &l.rep;
     let ts = api_time(r.at);
-    let pos_ts = api_time(r.position_at);
     let older = api_time(l.born - ChronoDuration::days(3));
     let autonomy = l.reported_electric_autonomy();
     let residual = l.reported_residual_wh();
@@ -500,9 +527,7 @@ pub fn status_json(v: &Vehicle, api_base: &str, shuffle: bool) -> Value {
     let doors = json!({"createdAt": ts, "lockedStates": [locked], "opening": opening});
     let mut body = json!({
         "createdAt": ts, "updatedAt": ts,
-        "lastPosition": {"type": "Feature",
-            "geometry": {"type": "Point", "coordinates": [r.lon, r.lat, 7.0]},
-            "properties": {"createdAt": pos_ts, "heading": r.heading, "type": "Acquire", "signalQuality": 9, "fixStatus": "3D"}},
+        "lastPosition": last_position_json(v),
         "ignition": {"createdAt": ts, "type": if r.driving {"Start"} else {"Stop"}},
         "battery": {"voltage": 87.0, "createdAt": ts},
         "privacy": {"createdAt": ts, "state": "None"},
