@@ -82,7 +82,7 @@ pub fn authorize_url(
     q.append_pair("client_id", &a.client_id)
         .append_pair("response_type", "code")
         .append_pair("redirect_uri", redirect_uri)
-        .append_pair("scope", "openid profile")
+        .append_pair("scope", a.brand.preset().scopes)
         .append_pair("state", state)
         .append_pair("code_challenge", &challenge(verifier))
         .append_pair("code_challenge_method", "S256")
