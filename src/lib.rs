@@ -202,13 +202,32 @@ async fn login(path: &std::path::Path, args: cli::LoginArgs) -> u8 {
     if let Some(c) = &args.country {
         account.country = c.to_ascii_lowercase();
     }
-    let limits = std::sync::Arc::new(ratelimit::Limits::new(cfg.api.rate, cfg.idp.rate, None));
-    let tokens = auth::TokenManager::in_dir(&cfg.state_dir, cfg.tokens, &cfg.idp, limits);
-    match tokens.login(&account, args.code).await {
+    // The listing after the login counts against the shared request budget (state_dir).
+    let limits = std::sync::Arc::new(ratelimit::Limits::new(
+        cfg.api.rate,
+        cfg.idp.rate,
+        Some(&cfg.state_dir),
+    ));
+    let tokens = auth::TokenManager::in_dir(&cfg.state_dir, cfg.tokens, &cfg.idp, limits.clone());
+    if let Err(e) = tokens.login(&account, args.code).await {
+        eprintln!("stellantis-sync: {e}");
+        return exit::for_login(&e);
+    }
+    let api = api::ApiClient::new(
+        http::client(cfg.api.timeout),
+        cfg.api.base.clone(),
+        limits,
+        cfg.api.page_size,
+    );
+    match auth::login::list_vehicles(&api, &tokens, &account).await {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("stellantis-sync: {e}");
-            exit::for_login(&e)
+            if e.is_transient() {
+                exit::TEMPFAIL
+            } else {
+                exit::NOPERM
+            }
         }
     }
 }
