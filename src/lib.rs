@@ -22,6 +22,7 @@ pub mod fsutil;
 pub mod health;
 pub mod http;
 pub mod http_server;
+pub mod init;
 pub mod jobs;
 pub mod listing;
 pub mod logging;
@@ -76,6 +77,7 @@ pub fn run(cli: Cli) -> u8 {
                 }
                 Err(code) => code,
             },
+            Some(Command::Init(args)) => init::command(&cli.config, args),
             Some(Command::Login(args)) => login(&cli.config, args).await,
             Some(Command::ExportAccount(a)) => {
                 transfer::export_cmd(&cli.config, &a.name, &a.to, a.with_tokens, a.remove).await
@@ -117,6 +119,7 @@ fn check_global_flags(cli: &Cli) -> Result<(), String> {
             }
             return Ok(());
         }
+        Some(Command::Init(_)) => "init",
         Some(Command::Login(_)) => "login",
         Some(Command::Backup(_)) => "backup",
         Some(Command::Demo(_)) => "demo",

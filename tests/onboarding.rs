@@ -210,3 +210,102 @@ async fn login_refuses_another_brands_or_countrys_address_and_says_which() {
         "{out}"
     );
 }
+
+/// Runs the binary with `args` (and `--config config`), stdin closed; (exit code, stdout+stderr).
+async fn run(config: &Path, args: &[&str]) -> (i32, String) {
+    let o = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    (o.status.code().unwrap_or(-1), text(&o))
+}
+
+/// The "Done when": `init`, `login` with the brand preset's client, and `--once`, as a
+/// new owner runs them, for each brand, with no client value typed anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_login_once_for_each_brand_with_no_client_value() {
+    let sim = five_brands().await;
+    let users = sim.users();
+    let dir = tempfile::tempdir().unwrap();
+    for (i, b) in Brand::ALL.into_iter().enumerate() {
+        let home = dir.path().join(b.key());
+        let config = home.join("etc/stellantis-sync.toml");
+        let state = home.join("state");
+        let (code, out) = run(
+            &config,
+            &[
+                "init",
+                "--account",
+                "car",
+                "--brand",
+                b.key(),
+                "--country",
+                "it",
+                "--state-dir",
+                state.to_str().unwrap(),
+            ],
+        )
+        .await;
+        assert_eq!(code, 0, "{b}: {out}");
+        let c = config.display().to_string();
+        assert!(
+            out.contains(&format!("stellantis-sync --config {c} login --account car"))
+                && out.contains(&format!("stellantis-sync --config {c} --once")),
+            "{b}: the next two commands:\n{out}"
+        );
+        let (code, out) = run(&config, &["check-config"]).await;
+        assert_eq!(code, 0, "{b}: check-config on what init wrote: {out}");
+        point_at_sim(&config, &sim);
+        let (email, password, _) = &users[i];
+        let (code, out, err) = login(&sim, &config, "car", (email, password), str::to_owned).await;
+        assert_eq!(code, 0, "{b}:\n{out}\n{err}");
+        assert!(out.contains(&b.app_redirect_uri("it")), "{b}:\n{out}");
+        let (code, out) = run(&config, &["--once"]).await;
+        assert_eq!(code, 0, "{b}: --once\n{out}");
+        let db = rusqlite::Connection::open(state.join("stellantis-sync.sqlite")).unwrap();
+        let vehicles: i64 = db
+            .query_row("SELECT count(*) FROM vehicles", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(vehicles, if b == Brand::Citroen { 2 } else { 1 }, "{b}");
+    }
+    // Five code exchanges, each with its brand's preset client (`point_at_sim` checked that no
+    // file set a client value; the simulator's own client was never configured).
+    assert_eq!(sim.stats().grants.get("authorization_code"), Some(&5));
+}
+
+#[tokio::test]
+async fn init_never_overwrites_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "# my own configuration\n").unwrap();
+    let state = dir.path().join("state");
+    let (code, out) = run(
+        &config,
+        &[
+            "init",
+            "--brand",
+            "opel",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 78, "{out}");
+    assert!(
+        out.contains("already exists") && out.contains("left as it is"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "# my own configuration\n"
+    );
+    // Nothing else was left beside it.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
