@@ -309,3 +309,32 @@ async fn init_never_overwrites_a_file() {
     // Nothing else was left beside it.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+/// A login that works but whose account cannot be listed says exactly why: here the account is
+/// configured as Peugeot with a client that signs in any brand's user (`[app]`), and a Citroën
+/// owner signs in, so the API refuses the fresh token with the Peugeot realm (a gateway 401).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_says_why_the_vehicles_cannot_be_listed() {
+    let sim = five_brands().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = owner_config(dir.path(), &sim, "fr");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let at = text.find("[[accounts]]").unwrap();
+    let app = format!(
+        "[app]\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\n",
+        stellantis_sync::sim::DEFAULT_CLIENT_ID,
+        stellantis_sync::sim::DEFAULT_CLIENT_SECRET
+    );
+    std::fs::write(&config, format!("{}{app}{}", &text[..at], &text[at..])).unwrap();
+    let (email, password, brand) = sim.users()[1].clone();
+    assert_eq!(brand, Brand::Citroen);
+    let (code, out, err) =
+        login(&sim, &config, "peugeot", (&email, &password), str::to_owned).await;
+    assert_eq!(code, 77, "{out}{err}");
+    assert!(out.contains("is logged in"), "{out}");
+    assert!(
+        err.contains("gateway 401") && err.contains("clientsB2CPeugeot") && err.contains("`brand`"),
+        "{err}"
+    );
+    assert!(err.contains("one configured in client_id"), "{err}");
+}
