@@ -226,11 +226,7 @@ async fn login(path: &std::path::Path, args: cli::LoginArgs) -> u8 {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("stellantis-sync: {e}");
-            if e.is_transient() {
-                exit::TEMPFAIL
-            } else {
-                exit::NOPERM
-            }
+            e.exit_code()
         }
     }
 }

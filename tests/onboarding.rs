@@ -330,7 +330,8 @@ async fn login_says_why_the_vehicles_cannot_be_listed() {
     assert_eq!(brand, Brand::Citroen);
     let (code, out, err) =
         login(&sim, &config, "peugeot", (&email, &password), str::to_owned).await;
-    assert_eq!(code, 77, "{out}{err}");
+    // 78: the account's configuration (its brand) is refused, as `--once` would say.
+    assert_eq!(code, 78, "{out}{err}");
     assert!(out.contains("is logged in"), "{out}");
     assert!(
         err.contains("gateway 401") && err.contains("clientsB2CPeugeot") && err.contains("`brand`"),

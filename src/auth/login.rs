@@ -387,12 +387,20 @@ pub enum ListError {
 }
 
 impl ListError {
-    /// Whether trying again later may help.
-    pub fn is_transient(&self) -> bool {
+    /// The exit code (`exit::HELP`): 75 may pass, 77 a login is needed, 78 the account's
+    /// configuration is refused (client, brand), 74 the token store failed.
+    pub fn exit_code(&self) -> u8 {
+        use crate::exit;
         match self {
-            ListError::Token { source, .. } => matches!(source, AuthError::Transient { .. }),
-            ListError::Refused { .. } => false,
-            ListError::Api { source, .. } => source.is_retryable(),
+            ListError::Token { source, .. } => match source {
+                AuthError::NeedsReauth { .. } => exit::NOPERM,
+                AuthError::InvalidClient { .. } | AuthError::RefusedByApi { .. } => exit::CONFIG,
+                AuthError::Transient { .. } => exit::TEMPFAIL,
+                AuthError::Store { .. } => exit::IOERR,
+            },
+            ListError::Refused { .. } => exit::CONFIG,
+            ListError::Api { source, .. } if source.is_retryable() => exit::TEMPFAIL,
+            ListError::Api { .. } => exit::CONFIG,
         }
     }
 }
