@@ -49,6 +49,8 @@ pub enum Command {
     Run,
     /// Validate the configuration and print every problem with its file, key and reason.
     CheckConfig,
+    /// Write a first configuration for one account (asks for what the flags do not give).
+    Init(InitArgs),
     /// Log an account in with the authorization-code flow (PKCE) and store its tokens.
     Login(LoginArgs),
     /// Print one line per account: state, tokens, last sync, vehicles, last error.
@@ -87,6 +89,26 @@ pub struct ImportArgs {
     /// Also write the account's token record into this instance's token store.
     #[arg(long)]
     pub with_tokens: bool,
+}
+
+/// `init`: each value missing here is asked for on standard input. The file is `--config`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The account's name (default `me`).
+    #[arg(long)]
+    pub account: Option<String>,
+    /// peugeot, citroen, ds, opel or vauxhall.
+    #[arg(long)]
+    pub brand: Option<String>,
+    /// The country the brand account was created in, two letters (default `fr`).
+    #[arg(long)]
+    pub country: Option<String>,
+    /// The state directory (tokens, locks; default /var/lib/stellantis-sync).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// The database file (default <state-dir>/stellantis-sync.sqlite).
+    #[arg(long)]
+    pub database: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -22,6 +22,7 @@ pub mod fsutil;
 pub mod health;
 pub mod http;
 pub mod http_server;
+pub mod init;
 pub mod jobs;
 pub mod listing;
 pub mod logging;
@@ -81,6 +82,7 @@ pub fn run(cli: Cli) -> u8 {
                 }
                 Err(code) => code,
             },
+            Some(Command::Init(args)) => init::command(&cli.config, args),
             Some(Command::Login(args)) => login(&cli.config, args, shard).await,
             Some(Command::ExportAccount(a)) => {
                 transfer::export_cmd(&cli.config, &a.name, &a.to, a.with_tokens, a.remove).await
@@ -134,6 +136,7 @@ fn check_global_flags(cli: &Cli) -> Result<(), String> {
             }
             return Ok(());
         }
+        Some(Command::Init(_)) => "init",
         Some(Command::Demo(_)) => "demo",
         Some(Command::Simulate(_)) => "simulate",
     };
@@ -239,13 +242,28 @@ async fn login(path: &std::path::Path, args: cli::LoginArgs, shard: Option<(u32,
     if let Some(c) = &args.country {
         account.country = c.to_ascii_lowercase();
     }
-    let limits = std::sync::Arc::new(ratelimit::Limits::new(cfg.api.rate, cfg.idp.rate, None));
-    let tokens = auth::TokenManager::in_dir(&cfg.state_dir, cfg.tokens, &cfg.idp, limits);
-    match tokens.login(&account, args.code).await {
+    // The listing after the login counts against the shared request budget (state_dir).
+    let limits = std::sync::Arc::new(ratelimit::Limits::new(
+        cfg.api.rate,
+        cfg.idp.rate,
+        Some(&cfg.state_dir),
+    ));
+    let tokens = auth::TokenManager::in_dir(&cfg.state_dir, cfg.tokens, &cfg.idp, limits.clone());
+    if let Err(e) = tokens.login(&account, args.code).await {
+        eprintln!("stellantis-sync: {e}");
+        return exit::for_login(&e);
+    }
+    let api = api::ApiClient::new(
+        http::client(cfg.api.timeout),
+        cfg.api.base.clone(),
+        limits,
+        cfg.api.page_size,
+    );
+    match auth::login::list_vehicles(&api, &tokens, &account).await {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("stellantis-sync: {e}");
-            exit::for_login(&e)
+            e.exit_code()
         }
     }
 }

@@ -2232,3 +2232,99 @@ async fn huge_body_bytes_pads_api_and_idp_answers() {
     let r = list(&h, "bad-token", "clientsB2CPeugeot", "").await;
     assert!(r.text().await.unwrap().len() < 1000);
 }
+
+/// Issue 26: the brand apps' preset clients work as on the real IdPs: each signs in its own
+/// brand's users only, redirects only to its app's scheme, and is admitted by the gateway.
+#[tokio::test]
+async fn brand_app_preset_clients_sign_in_their_own_brand_only() {
+    use stellantis_sync::brand::Brand;
+    let h = start(SimConfig {
+        users: 5,
+        vehicle_counts: vec![1, 1, 1, 1, 1],
+        ..SimConfig::default()
+    })
+    .await;
+    let users = h.users();
+    for b in Brand::ALL {
+        let p = b.preset();
+        let (own, other) = (
+            users.iter().find(|u| u.2 == b).unwrap(),
+            users.iter().find(|u| u.2 != b).unwrap(),
+        );
+        let grant = |user: &str, pass: &str| {
+            let form = [
+                ("grant_type", "password".to_owned()),
+                ("username", user.to_owned()),
+                ("password", pass.to_owned()),
+            ];
+            http()
+                .post(format!("{}/am/oauth2/access_token", h.base_url()))
+                .basic_auth(p.client_id, Some(p.client_secret))
+                .form(&form)
+                .send()
+        };
+        let r = grant(&own.0, &own.1).await.unwrap();
+        assert_eq!(r.status(), 200, "{b}");
+        let token = at(&r.json().await.unwrap());
+        let r = grant(&other.0, &other.1).await.unwrap();
+        assert_eq!(r.status(), 400, "{b}: another brand's user");
+        let wrong_secret = http()
+            .post(format!("{}/am/oauth2/access_token", h.base_url()))
+            .basic_auth(p.client_id, Some(SECRET))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", &own.0),
+                ("password", &own.1),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong_secret.status(), 401, "{b}: wrong secret");
+        let listed = http()
+            .get(format!(
+                "{}/user/vehicles?client_id={}",
+                h.api_base(),
+                p.client_id
+            ))
+            .bearer_auth(&token)
+            .header("x-introspect-realm", p.realm)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            listed.status(),
+            200,
+            "{b}: the gateway admits the app client"
+        );
+        // The authorize page: only the app's own redirect scheme.
+        let page = |redirect: String| {
+            http()
+                .get(format!("{}/am/oauth2/authorize", h.base_url()))
+                .query(&[
+                    ("client_id", p.client_id.to_owned()),
+                    ("response_type", "code".into()),
+                    ("redirect_uri", redirect),
+                ])
+                .send()
+        };
+        let right = format!("{}://oauth2redirect/de", p.redirect_scheme);
+        assert_eq!(page(right.clone()).await.unwrap().status(), 200, "{b}");
+        let wrong = "https://example.com/callback".to_owned();
+        assert_eq!(page(wrong).await.unwrap().status(), 400, "{b}");
+        // Signing in another brand's user on this brand's page fails like a wrong password.
+        let r = http()
+            .post(format!("{}/am/oauth2/authorize", h.base_url()))
+            .form(&[
+                ("client_id", p.client_id),
+                ("response_type", "code"),
+                ("redirect_uri", &right),
+                ("username", &other.0),
+                ("password", &other.1),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{b}: no redirect for another brand's user");
+        assert!(r.text().await.unwrap().contains("Invalid login"));
+    }
+}

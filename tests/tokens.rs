@@ -438,14 +438,20 @@ async fn warns_ahead_of_the_refresh_tokens_absolute_age() {
     };
     let env = Env::new(sim_cfg(), |s| vec![Acct::bootstrapped(s, 1)], opts).await;
     assert_code(&env.once().await, 0);
-    let o = env.once().await;
+    // Under systemd (JOURNAL_STREAM set) the line carries journald's warning priority, so
+    // `journalctl -p warning` shows it (issue 26).
+    let o = env.run(&["--once"], &[("JOURNAL_STREAM", "8:12345")]).await;
     assert_code(&o, 0);
     let out = text(&o);
+    let line = out
+        .lines()
+        .find(|l| l.contains("Stellantis ends it after about"))
+        .unwrap_or_else(|| panic!("no warning in {out}"));
     assert!(
-        out.contains("Stellantis ends it after about")
-            && out.contains("run `stellantis-sync login --account user1` before then"),
-        "{out}"
+        line.contains("run `stellantis-sync login --account user1` before then"),
+        "{line}"
     );
+    assert!(line.starts_with("<4>"), "journal priority warning: {line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

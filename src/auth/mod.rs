@@ -651,7 +651,7 @@ impl Inner {
                     ("username", user),
                     ("password", &pass),
                     ("realm", a.brand.realm()),
-                    ("scope", "openid profile"),
+                    ("scope", a.brand.preset().scopes),
                 ];
                 grant::request(&self.http, &self.limits, &idp, a, &form).await
             }

@@ -111,7 +111,7 @@ impl IdpSettings {
     pub fn base_for(&self, brand: Brand) -> String {
         match &self.base {
             Some(u) => u.as_str().trim_end_matches('/').to_owned(),
-            None => brand.idp_base_url().to_owned(),
+            None => brand.idp_base_url(),
         }
     }
 
@@ -369,6 +369,74 @@ mod tests {
             assert!(!debug.contains(secret), "{secret} leaked in {debug}");
         }
         assert!(debug.contains("REDACTED"));
+    }
+
+    #[test]
+    fn without_client_values_the_brand_presets_are_used_and_overrides_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "state_dir = \"/tmp\"\n\
+            [[accounts]]\nname = \"a\"\nbrand = \"peugeot\"\n\
+            [[accounts]]\nname = \"b\"\nbrand = \"vauxhall\"\ncountry = \"gb\"\n\
+            [[accounts]]\nname = \"c\"\nbrand = \"ds\"\nclient_id = \"own\"\nclient_secret = \"own-secret\"\n";
+        let cfg = load(&write(dir.path(), text), Checks::ValuesOnly).unwrap();
+        for (a, brand) in cfg.accounts[..2]
+            .iter()
+            .zip([Brand::Peugeot, Brand::Vauxhall])
+        {
+            assert_eq!(a.client_id, brand.preset().client_id);
+            assert_eq!(
+                a.client_secret.expose_secret(),
+                brand.preset().client_secret
+            );
+        }
+        assert_eq!(cfg.accounts[2].client_id, "own");
+        assert_eq!(cfg.accounts[2].client_secret.expose_secret(), "own-secret");
+        // A preset's secret is redacted like any other.
+        let debug = format!("{cfg:?}");
+        for b in [Brand::Peugeot, Brand::Vauxhall] {
+            assert!(!debug.contains(b.preset().client_secret), "{debug}");
+        }
+        // [app] overrides the presets for every account that sets nothing itself.
+        let with_app =
+            format!("{text}[app]\nclient_id = \"app-id\"\nclient_secret = \"app-secret\"\n");
+        let cfg = load(&write(dir.path(), &with_app), Checks::ValuesOnly).unwrap();
+        assert_eq!(cfg.accounts[0].client_id, "app-id");
+        assert_eq!(cfg.accounts[1].client_secret.expose_secret(), "app-secret");
+        assert_eq!(cfg.accounts[2].client_id, "own");
+    }
+
+    #[test]
+    fn half_a_client_is_refused_not_paired_with_the_preset() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "state_dir = \"/tmp\"\n\
+            [[accounts]]\nname = \"a\"\nbrand = \"opel\"\nclient_id = \"only-id\"\n\
+            [[accounts]]\nname = \"b\"\nbrand = \"opel\"\nclient_secret = \"only-secret\"\n";
+        let err = load(&write(dir.path(), text), Checks::ValuesOnly)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("accounts[0].client_secret"), "{err}");
+        assert!(err.contains("accounts[1].client_id"), "{err}");
+        assert!(err.contains("preset"), "{err}");
+        assert!(!err.contains("only-secret"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_example_configs_need_no_client_value() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for name in ["minimal.toml", "stellantis-sync.toml"] {
+            let path = root.join(name);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let active = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.starts_with('#'))
+                .any(|l| l.starts_with("client_id") || l.starts_with("client_secret"));
+            assert!(!active, "{name} sets a client value");
+            let cfg = load(&path, Checks::ValuesOnly).unwrap_or_else(|e| panic!("{name}: {e}"));
+            for a in &cfg.accounts {
+                assert_eq!(a.client_id, a.brand.preset().client_id, "{name}");
+            }
+        }
     }
 
     #[test]

@@ -271,7 +271,7 @@ fn limits(v: &mut Validator<'_>, raw: &RawConfig) -> Limits {
     }
 }
 
-/// Every account, with the `[app]` credentials as defaults. Names are unique (case-insensitively)
+/// Every account, with the `[app]` credentials, then the brand preset's, as defaults. Names are unique (case-insensitively)
 /// and no refresh token is configured twice.
 fn accounts(v: &mut Validator<'_>, app: &RawApp, list: Vec<RawAccount>) -> Vec<Account> {
     let app_secret = v.secret(
@@ -311,23 +311,19 @@ fn account(
             None
         }
     };
-    let client_id = a.client_id.clone().or_else(|| app.client_id.clone());
-    if client_id.is_none() {
-        v.bad(key("client_id"), "missing (set it here or in [app])");
-    }
     let own_secret = v.secret(
         &key("client_secret"),
         a.client_secret,
         a.client_secret_file.as_deref(),
         &format!("{}.client_secret", a.name),
     );
-    let client_secret = own_secret.or_else(|| app_secret.clone());
-    if client_secret.is_none() {
-        v.bad(
-            key("client_secret"),
-            "missing (set it here, in [app], as a _file, or as a systemd credential)",
-        );
-    }
+    let (client_id, client_secret) = client(
+        v,
+        &key,
+        brand,
+        a.client_id.clone().or_else(|| app.client_id.clone()),
+        own_secret.or_else(|| app_secret.clone()),
+    );
     let password = v.secret(
         &key("password"),
         a.password,
@@ -368,6 +364,42 @@ fn account(
             password,
             refresh_token,
         })
+    }
+}
+
+/// The account's app client: its own `client_id`/`client_secret`, else `[app]`'s, else (when
+/// neither is set anywhere) the brand preset's. A client id without a secret (or the reverse) is
+/// refused rather than paired with the preset's other half, which would be refused by the IdP.
+fn client(
+    v: &mut Validator<'_>,
+    key: &dyn Fn(&str) -> String,
+    brand: Option<Brand>,
+    id: Option<String>,
+    secret: Option<SecretString>,
+) -> (Option<String>, Option<SecretString>) {
+    match (id, secret) {
+        (Some(id), Some(secret)) => (Some(id), Some(secret)),
+        (None, None) => match brand {
+            Some(b) => (
+                Some(b.preset().client_id.to_owned()),
+                Some(SecretString::from(b.preset().client_secret)),
+            ),
+            None => (None, None),
+        },
+        (Some(_), None) => {
+            v.bad(
+                key("client_secret"),
+                "missing: a client_id is set (here or in [app]) without its client_secret (set it here, in [app], as a _file, or as a systemd credential; or remove client_id to use the brand app's preset client)",
+            );
+            (None, None)
+        }
+        (None, Some(_)) => {
+            v.bad(
+                key("client_id"),
+                "missing: a client_secret is set (here or in [app]) without its client_id (set it, or remove the secret to use the brand app's preset client)",
+            );
+            (None, None)
+        }
     }
 }
 

@@ -201,7 +201,7 @@ pub(super) async fn gate(
             "Invalid client id or secret.",
         ));
     };
-    if *client_id != g.cfg.client_id {
+    if super::idp::Client::by_id(&g.cfg, client_id).is_none() {
         let mut r = gateway_error(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",

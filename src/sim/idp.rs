@@ -2,6 +2,10 @@
 //! authorization_code grants, HTTP Basic client authentication, parameters in the body or the
 //! query string), `authorize` (a plain login form that redirects with a single-use code, PKCE S256
 //! checked when a challenge was given) and `token/revoke`.
+//!
+//! Clients: the simulator's own (`SimConfig::client_id`, any user) and each brand app's preset
+//! client (`brand::Preset`), which, as on the real IdPs whose realms are separate user bases, signs
+//! in only that brand's users and redirects only to that app's `<scheme>://oauth2redirect/<cc>`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +21,70 @@ use base64::Engine;
 use serde_json::json;
 
 use super::tokens::{AuthCode, RefreshState};
-use super::{PasswordGrant, Shared};
+use super::{PasswordGrant, Shared, SimConfig};
+use crate::brand::Brand;
+
+/// Whose users a client signs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Client {
+    /// The simulator's own client: every user.
+    Own,
+    /// A brand app's preset client: that brand's users only.
+    App(Brand),
+}
+
+impl Client {
+    /// The client with this id, if the simulator knows it (no secret: the authorize page and the
+    /// gateway see only the id).
+    pub(super) fn by_id(cfg: &SimConfig, id: &str) -> Option<Client> {
+        if id == cfg.client_id {
+            return Some(Client::Own);
+        }
+        Brand::from_app_client_id(id).map(Client::App)
+    }
+
+    /// The client these credentials authenticate, if any.
+    fn authenticate(cfg: &SimConfig, id: &str, secret: &str) -> Option<Client> {
+        if id == cfg.client_id && secret == cfg.client_secret {
+            return Some(Client::Own);
+        }
+        Brand::from_app_client(id, secret).map(Client::App)
+    }
+
+    /// Whether this client may sign in a user of `brand`.
+    fn admits(self, brand: Brand) -> bool {
+        match self {
+            Client::Own => true,
+            Client::App(b) => b == brand,
+        }
+    }
+
+    /// Whether this client may redirect to `uri` (a preset client: only its app's scheme, with a
+    /// two-letter lower-case country).
+    fn redirect_allowed(self, uri: &str) -> bool {
+        match self {
+            Client::Own => true,
+            Client::App(b) => uri
+                .strip_prefix(b.preset().redirect_scheme)
+                .and_then(|r| r.strip_prefix("://oauth2redirect/"))
+                .is_some_and(|cc| cc.len() == 2 && cc.bytes().all(|c| c.is_ascii_lowercase())),
+        }
+    }
+}
+
+/// The client of a token-endpoint or revoke request (HTTP Basic), if it authenticates.
+fn client_of(cfg: &SimConfig, headers: &HeaderMap) -> Option<Client> {
+    basic_client(headers).and_then(|(id, secret)| Client::authenticate(cfg, &id, &secret))
+}
+
+/// The answer to a request whose client did not authenticate.
+fn client_failed() -> Response {
+    oauth_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        "Client authentication failed",
+    )
+}
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
     Router::new()
@@ -194,20 +261,10 @@ async fn token(
     let (resp, stall) = {
         let p = params(query, &body);
         let mut g = sh.lock();
-        let Some((client_id, secret)) = basic_client(&headers) else {
-            return oauth_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "Client authentication failed",
-            );
+        let Some(client) = client_of(&g.cfg, &headers) else {
+            return client_failed();
         };
-        if client_id != g.cfg.client_id || secret != g.cfg.client_secret {
-            return oauth_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "Client authentication failed",
-            );
-        }
+        let client_id = basic_client(&headers).map(|(id, _)| id).unwrap_or_default();
         let grant = p.get("grant_type").map(String::as_str).unwrap_or("");
         let ttl = g.cfg.access_ttl;
         let shape = Shape {
@@ -245,6 +302,7 @@ async fn token(
                     .world
                     .user_index(user)
                     .filter(|&u| g.world.users[u].password == *pass)
+                    .filter(|&u| client.admits(g.world.users[u].brand))
                     .filter(|&u| {
                         p.get("realm")
                             .is_none_or(|r| r == g.world.users[u].brand.realm())
@@ -399,7 +457,8 @@ fn login_page(p: &HashMap<String, String>, error: Option<&str>) -> Response {
 
 fn check_authorize_params(sh: &Shared, p: &HashMap<String, String>) -> Option<Response> {
     let g = sh.lock();
-    if p.get("client_id") != Some(&g.cfg.client_id) {
+    let client = p.get("client_id").and_then(|id| Client::by_id(&g.cfg, id));
+    let Some(client) = client else {
         return Some(
             (
                 StatusCode::BAD_REQUEST,
@@ -407,7 +466,7 @@ fn check_authorize_params(sh: &Shared, p: &HashMap<String, String>) -> Option<Re
             )
                 .into_response(),
         );
-    }
+    };
     if p.get("response_type").map(String::as_str) != Some("code") {
         return Some(
             (
@@ -422,6 +481,18 @@ fn check_authorize_params(sh: &Shared, p: &HashMap<String, String>) -> Option<Re
             (
                 StatusCode::BAD_REQUEST,
                 Html("<p>invalid_request: redirect_uri missing</p>"),
+            )
+                .into_response(),
+        );
+    }
+    if !p
+        .get("redirect_uri")
+        .is_some_and(|u| client.redirect_allowed(u))
+    {
+        return Some(
+            (
+                StatusCode::BAD_REQUEST,
+                Html("<p>invalid_request: redirect_uri is not registered for this client</p>"),
             )
                 .into_response(),
         );
@@ -456,10 +527,12 @@ async fn authorize_submit(State(sh): State<Arc<Shared>>, body: Bytes) -> Respons
         return r;
     }
     let mut g = sh.lock();
+    let client = p.get("client_id").and_then(|id| Client::by_id(&g.cfg, id));
     let user = p
         .get("username")
         .and_then(|u| g.world.user_index(u))
-        .filter(|&u| p.get("password") == Some(&g.world.users[u].password));
+        .filter(|&u| p.get("password") == Some(&g.world.users[u].password))
+        .filter(|&u| client.is_some_and(|c| c.admits(g.world.users[u].brand)));
     let Some(user) = user else {
         drop(g);
         return login_page(&p, Some("Invalid login or password"));
@@ -501,14 +574,8 @@ async fn revoke(
 ) -> Response {
     let p = params(query, &body);
     let mut g = sh.lock();
-    let authed = basic_client(&headers)
-        .is_some_and(|(id, secret)| id == g.cfg.client_id && secret == g.cfg.client_secret);
-    if !authed {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "Client authentication failed",
-        );
+    if client_of(&g.cfg, &headers).is_none() {
+        return client_failed();
     }
     let Some(token) = p.get("token") else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Missing token");

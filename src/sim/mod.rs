@@ -374,7 +374,7 @@ pub async fn serve_forever(listen: SocketAddr, cfg: SimConfig) -> std::io::Resul
         idp = %handle.base_url(),
         api = %handle.api_base(),
         users,
-        "simulator listening; client id `{DEFAULT_CLIENT_ID}`, users user1@example.com/password1 …"
+        "simulator listening; client id `{DEFAULT_CLIENT_ID}` (or a brand app's preset client), users user1@example.com/password1 …"
     );
     tokio::signal::ctrl_c().await?;
     handle.shutdown().await;
