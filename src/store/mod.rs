@@ -49,6 +49,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0007_listed_until",
         include_str!("migrations/0007_listed_until.sql"),
     ),
+    ("0008_values", include_str!("migrations/0008_values.sql")),
 ];
 
 /// The schema version this binary writes.

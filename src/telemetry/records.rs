@@ -1,5 +1,10 @@
 //! The typed rows of `/trips`, `/alerts` and `/maintenance` items, read tolerantly (missing
 //! fields stay NULL; numbers may be integers, floats or numeric strings). Pure.
+//!
+//! Units are converted here, at the boundary, to the ones `docs/schema.md` documents: the
+//! official schema gives a trip's `energyConsumptions[].avgConsumption` in Wh/100 km (electric)
+//! and cl/100 km (fuel), stored as kWh/100 km and l/100 km; `consumption` is already kWh or
+//! litres (docs/api.md, "Units").
 
 use serde_json::Value;
 
@@ -83,6 +88,9 @@ pub fn trip(v: &Value) -> Option<Trip> {
     let (end_longitude, end_latitude) = point(v, "stopPosition");
     let consumption =
         |kind: &str, k: &str| by_type(v, "energyConsumptions", kind).and_then(|e| num(e, &[k]));
+    // Wh/100 km → kWh/100 km; cl/100 km → l/100 km.
+    let per_100_km =
+        |kind: &str, per_unit: f64| consumption(kind, "avgConsumption").map(|x| x / per_unit);
     #[allow(clippy::cast_possible_truncation)]
     Some(Trip {
         trip_id,
@@ -94,9 +102,9 @@ pub fn trip(v: &Value) -> Option<Trip> {
         start_soc: by_type(v, "startEnergies", "Electric").and_then(|e| num(e, &["level"])),
         end_soc: by_type(v, "endEnergies", "Electric").and_then(|e| num(e, &["level"])),
         electric_consumption: consumption("Electric", "consumption"),
-        electric_avg_consumption: consumption("Electric", "avgConsumption"),
+        electric_avg_consumption: per_100_km("Electric", 1000.0),
         fuel_consumption: consumption("Fuel", "consumption"),
-        fuel_avg_consumption: consumption("Fuel", "avgConsumption"),
+        fuel_avg_consumption: per_100_km("Fuel", 100.0),
         avg_speed_kmh: num(v, &["kinetic", "avgSpeed"]),
         max_speed_kmh: num(v, &["kinetic", "maxSpeed"]),
         start_latitude,
@@ -151,7 +159,9 @@ mod tests {
             "stopPosition": {"type": "Feature", "geometry": {"type": "Point", "coordinates": [2.40, 48.80]}},
             "startEnergies": [{"type": "Fuel", "level": 50}, {"type": "Electric", "subType": "ElectricEnergy", "level": 80, "autonomy": 200}],
             "endEnergies": [{"type": "Electric", "level": 74.0}],
-            "energyConsumptions": [{"type": "Electric", "consumption": 3.9, "avgConsumption": 16.7}],
+            // The official schema's units: kWh and Wh/100 km, litres and cl/100 km.
+            "energyConsumptions": [{"type": "Electric", "consumption": 3.9, "avgConsumption": 16_700},
+                                   {"type": "Fuel", "consumption": "1.5", "avgConsumption": 640.5}],
             "kinetic": {"avgSpeed": 45.2, "maxSpeed": 98}});
         let t = trip(&v).unwrap();
         assert_eq!(t.trip_id, "10fd0abc");
@@ -167,9 +177,10 @@ mod tests {
             (
                 t.electric_consumption,
                 t.electric_avg_consumption,
-                t.fuel_consumption
+                t.fuel_consumption,
+                t.fuel_avg_consumption
             ),
-            (Some(3.9), Some(16.7), None)
+            (Some(3.9), Some(16.7), Some(1.5), Some(6.405))
         );
         assert_eq!(t.max_speed_kmh, Some(98.0));
         assert_eq!(t.done, Some(true));
