@@ -7,9 +7,12 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use serde_json::{Value, json};
 use stellantis_sync::sim::SimConfig;
 
 /// The harness's options with telemetry at the shipped defaults (the harness turns it off).
@@ -125,4 +128,268 @@ fn migration_8_converts_stored_trip_consumption() {
             (None, None, item.to_owned()),
         ]
     );
+}
+
+/// What the fake API serves: the vehicle list, each vehicle's `/status` body and trips (by id),
+/// and the `timestamps` filters `/trips` was asked for.
+#[derive(Default)]
+struct FakeApi {
+    vehicles: Vec<Value>,
+    status: HashMap<String, Value>,
+    trips: HashMap<String, Vec<Value>>,
+    trip_filters: Vec<Option<String>>,
+}
+
+/// `/user/vehicles` (one page), `/status`, `/trips` (with the `timestamps` filter: trips that
+/// started at or after its start, oldest first; 404 40400 when none, as the API does); no
+/// alerts and no maintenance service.
+fn answer(api: &Mutex<FakeApi>, path_and_query: &str) -> FakeResponse {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let not_found = |m: &str| json_response(404, &json!({"code": 40400, "message": m}));
+    let Some(rest) = path.strip_prefix("/connectedcar/v4/user/vehicles") else {
+        return not_found("Not Found");
+    };
+    let mut g = api.lock().unwrap();
+    let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        [""] => json_response(
+            200,
+            &json!({"total": g.vehicles.len(), "_links": {"self": {"href": "x"}},
+                    "_embedded": {"vehicles": g.vehicles}}),
+        ),
+        [id, "status"] => match g.status.get(*id) {
+            Some(b) => json_response(200, b),
+            None => not_found("Not Found: We didn't find the status for this vehicle."),
+        },
+        [id, "trips"] => {
+            let filter = url::form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "timestamps")
+                .map(|(_, v)| v.into_owned());
+            g.trip_filters.push(filter.clone());
+            let since = filter
+                .as_deref()
+                .and_then(|f| f.split('/').next())
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+            let start = |t: &Value| {
+                chrono::DateTime::parse_from_rfc3339(t["startedAt"].as_str().unwrap()).unwrap()
+            };
+            let mut items: Vec<Value> = g
+                .trips
+                .get(*id)
+                .into_iter()
+                .flatten()
+                .filter(|t| since.is_none_or(|s| start(t) >= s))
+                .cloned()
+                .collect();
+            items.sort_by_key(start);
+            if items.is_empty() {
+                return not_found("Not Found: No trip was found.");
+            }
+            json_response(
+                200,
+                &json!({"total": items.len(), "_links": {"self": {"href": "x"}},
+                        "_embedded": {"trips": items}}),
+            )
+        }
+        [_, "alerts"] => not_found("Not Found: No alert was found."),
+        [_, "maintenance"] => not_found("Maintenance Not Found for Given Vehicle"),
+        _ => not_found("Not Found"),
+    }
+}
+
+/// An environment whose API is a [`FakeApi`] (the simulator stays the identity provider), one
+/// account, telemetry at the shipped defaults.
+async fn env_with_fake_api() -> (Env, Fake, Arc<Mutex<FakeApi>>) {
+    let api = Arc::new(Mutex::new(FakeApi::default()));
+    let a = api.clone();
+    let fake = Fake::start(move |r| {
+        let a = a.clone();
+        async move { answer(&a, &r.path_and_query) }
+    })
+    .await;
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1)],
+        polling(),
+    )
+    .await;
+    point_section_at(
+        &env.config,
+        "api",
+        &format!("{}/connectedcar/v4", fake.base),
+    );
+    (env, fake, api)
+}
+
+fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// A charging EV's `/status` body of the real shape, dated `at`, with these values.
+fn ev_status(at: &str, level: Value, autonomy: Value, capacity: Value, mileage: Value) -> Value {
+    json!({
+        "createdAt": at, "updatedAt": at,
+        "lastPosition": {"type": "Feature", "geometry": {"type": "Point", "coordinates": [2.35, 48.85]},
+                         "properties": {"createdAt": at, "type": "Acquire"}},
+        "ignition": {"createdAt": at, "type": "Stop"},
+        "odometer": {"createdAt": at, "mileage": mileage},
+        "kinetic": {"createdAt": at, "moving": false},
+        "environment": {"air": {"createdAt": at, "temp": 12.5}},
+        "energies": [{"createdAt": at, "type": "Electric", "subType": "ElectricEnergy", "level": level, "autonomy": autonomy,
+            "extension": {"electric": {
+                "battery": {"load": {"createdAt": at, "capacity": capacity, "residual": 20000}},
+                "charging": {"plugged": true, "status": "InProgress", "remainingTime": "PT1H10M",
+                             "chargingRate": 1_000_000, "chargingMode": "Slow"}}}}]
+    })
+}
+
+/// A finished trip of the real shape.
+fn trip(
+    id: &str,
+    started: chrono::DateTime<chrono::Utc>,
+    distance: Value,
+    start_level: Value,
+) -> Value {
+    let stopped = started + chrono::TimeDelta::minutes(20);
+    json!({"id": id, "startedAt": rfc3339(started), "stoppedAt": rfc3339(stopped),
+           "createdAt": rfc3339(stopped), "updatedAt": rfc3339(stopped), "done": true,
+           "duration": 1200, "distance": distance, "startMileage": 12000.5,
+           "startEnergies": [{"type": "Electric", "level": start_level, "autonomy": 200}],
+           "endEnergies": [{"type": "Electric", "level": 70, "autonomy": 180}],
+           "energyConsumptions": [{"type": "Electric", "consumption": 2.9, "avgConsumption": 16_400}],
+           "kinetic": {"avgSpeed": 45.2, "maxSpeed": 98}})
+}
+
+const VIN: &str = "VR3UHZKXZMT000001";
+
+/// Defect 12: a SoC of 1e308 %, a range of 2^63 km, a capacity of 1e308 Wh, a negative
+/// odometer, a charging rate of 10^6 km/h and a trip of 10^12 km are not facts: their columns
+/// are NULL, each is logged with the account, VIN and column, and the raw body and item are
+/// stored as they came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn physically_impossible_values_are_null_logged_and_kept_raw() {
+    let (env, _fake, api) = env_with_fake_api().await;
+    let now = chrono::Utc::now();
+    let body = ev_status(
+        &rfc3339(now - chrono::TimeDelta::minutes(3)),
+        json!(1e308),
+        json!(9_223_372_036_854_775_807u64),
+        json!(1e308),
+        json!(-5.0),
+    );
+    {
+        let mut g = api.lock().unwrap();
+        g.vehicles =
+            vec![json!({"id": "v1", "vin": VIN, "motorization": "Electric", "brand": "Peugeot"})];
+        g.status.insert("v1".into(), body.clone());
+        g.trips.insert(
+            "v1".into(),
+            vec![trip(
+                "t1",
+                now - chrono::TimeDelta::hours(2),
+                json!(1e12),
+                json!(250),
+            )],
+        );
+    }
+    let out = env.once().await;
+    assert_code(&out, 0);
+    let db = env.db();
+    type Row = (
+        Option<f64>,
+        Option<i64>,
+        Option<f64>,
+        Option<f64>,
+        Option<String>,
+        Option<f64>,
+    );
+    let row: Row = db
+        .query_row(
+            "SELECT soc, range_km, odometer_km, charging_rate_kmh, charging_status, outside_temp_c FROM vehicle_status WHERE vin = ?1",
+            [VIN],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        row,
+        (
+            None,
+            None,
+            None,
+            None,
+            Some("InProgress".into()),
+            Some(12.5)
+        ),
+        "the impossible values are NULL, the others stored"
+    );
+    let stored: String = db
+        .query_row(
+            "SELECT body FROM status_bodies WHERE vin = ?1 AND base_id IS NULL",
+            [VIN],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, body.to_string(), "the raw body as received");
+    let t: (Option<f64>, Option<f64>, Option<f64>, Option<f64>, String) = db
+        .query_row(
+            "SELECT distance_km, start_soc, end_soc, electric_avg_consumption, data FROM trips WHERE vin = ?1",
+            [VIN],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap();
+    assert_eq!((t.0, t.1, t.2, t.3), (None, None, Some(70.0), Some(16.4)));
+    assert!(
+        t.4.contains("1000000000000"),
+        "the raw item as received: {}",
+        t.4
+    );
+    // Each is logged with the account, the VIN and the column.
+    let log = text(&out);
+    for (endpoint, columns) in [
+        (
+            "status",
+            "soc,range_km,odometer_km,charging_rate_kmh,battery_capacity_wh",
+        ),
+        ("trips", "distance_km,start_soc"),
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("outside their physical range") && l.contains(endpoint))
+            .unwrap_or_else(|| panic!("no {endpoint} line in\n{log}"));
+        assert!(line.contains("user1") && line.contains(VIN), "{line}");
+        assert!(line.contains(columns), "{line}");
+    }
+}
+
+/// docs/schema.md's "Bounds" table is `telemetry::status::BOUNDS`, row for row.
+#[test]
+fn the_bounds_in_schema_md_are_the_codes() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/schema.md")).unwrap();
+    let section = doc
+        .split("### Bounds")
+        .nth(1)
+        .and_then(|s| s.split("\n### ").next())
+        .expect("docs/schema.md has a Bounds section");
+    let rows: Vec<String> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(str::to_owned)
+        .collect();
+    let code: Vec<String> = stellantis_sync::telemetry::status::BOUNDS
+        .iter()
+        .map(|b| {
+            let cols: Vec<String> = b.columns.iter().map(|c| format!("`{c}`")).collect();
+            format!(
+                "| {} | {} | {} | {} |",
+                cols.join(", "),
+                b.min,
+                b.max,
+                b.unit
+            )
+        })
+        .collect();
+    assert_eq!(rows, code);
 }

@@ -700,6 +700,27 @@ impl TelemetryAccount {
         }
     }
 
+    /// Counts and logs the values of one body or item that were outside their physical range
+    /// (their typed columns are NULL; the raw body is stored as it came).
+    fn out_of_range(&self, vin: &str, endpoint: &str, item: Option<&str>, columns: &[&str]) {
+        if columns.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            account = %self.account.name,
+            vin,
+            endpoint,
+            item,
+            columns = %columns.join(","),
+            "values outside their physical range stored as NULL (docs/schema.md, Bounds)"
+        );
+        if let Some(m) = self.engine.api.metrics() {
+            for c in columns {
+                m.out_of_range(endpoint, c);
+            }
+        }
+    }
+
     async fn vehicle(
         &self,
         now: i64,
@@ -726,6 +747,7 @@ impl TelemetryAccount {
                         Ok((body, parsed))
                     }) {
                         Ok((body, parsed)) => {
+                            self.out_of_range(&v.vin, "status", None, &parsed.out_of_range);
                             r.status = Some(StatusFetch {
                                 vin: v.vin.clone(),
                                 fetched_ts: now,
@@ -752,7 +774,15 @@ impl TelemetryAccount {
                             .await
                         {
                             Ok(page) => {
-                                trips.extend(page.items.iter().filter_map(records::trip));
+                                for t in page.items.iter().filter_map(records::trip) {
+                                    self.out_of_range(
+                                        &v.vin,
+                                        "trips",
+                                        Some(&t.trip_id),
+                                        &t.out_of_range,
+                                    );
+                                    trips.push(t);
+                                }
                                 match page.next.map(|n| api.telemetry_next_url(a, &n)) {
                                     Some(Ok(n)) => url = n,
                                     Some(Err(e)) => {
