@@ -393,3 +393,140 @@ fn the_bounds_in_schema_md_are_the_codes() {
         .collect();
     assert_eq!(rows, code);
 }
+
+/// Makes every endpoint of every vehicle due now (whatever `--once` does with due times).
+fn all_due(env: &Env) {
+    env.db()
+        .execute("UPDATE telemetry_endpoints SET next_due_ts = 0", [])
+        .unwrap();
+}
+
+/// Defect 5: the same vehicle id whose VIN comes in lower case with spaces from the second
+/// listing on, in the middle of a charge, is the same car: one session (closed when the charge
+/// ends), one open state, one VIN everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vin_that_changes_case_is_the_same_vehicle() {
+    let (env, _fake, api) = env_with_fake_api().await;
+    let now = chrono::Utc::now();
+    let at = |min: i64| rfc3339(now - chrono::TimeDelta::minutes(min));
+    let charging = |min: i64, level: i64| {
+        ev_status(
+            &at(min),
+            json!(level),
+            json!(200),
+            json!(50_000),
+            json!(12000.5),
+        )
+    };
+    let set = |vin: &str, status: Value| {
+        let mut g = api.lock().unwrap();
+        g.vehicles =
+            vec![json!({"id": "v1", "vin": vin, "motorization": "Electric", "brand": "Peugeot"})];
+        g.status.insert("v1".into(), status);
+    };
+    set(VIN, charging(30, 50));
+    assert_code(&env.once().await, 0);
+    set(&format!("  {} \t", VIN.to_lowercase()), charging(20, 55));
+    all_due(&env);
+    assert_code(&env.once().await, 0);
+    let mut finished = charging(10, 60);
+    finished["energies"][0]["extension"]["electric"]["charging"]["status"] = json!("Finished");
+    finished["energies"][0]["extension"]["electric"]["charging"]["plugged"] = json!(false);
+    set(&VIN.to_lowercase(), finished);
+    all_due(&env);
+    assert_code(&env.once().await, 0);
+    for table in [
+        "vehicles",
+        "vehicle_status",
+        "vehicle_states",
+        "charging_sessions",
+        "telemetry_endpoints",
+    ] {
+        let vins: Vec<String> = env
+            .db()
+            .prepare(&format!("SELECT DISTINCT vin FROM {table}"))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(vins, [VIN], "{table}");
+    }
+    let sessions: Vec<(i64, Option<i64>, Option<f64>)> = env
+        .db()
+        .prepare("SELECT started_ts, ended_ts, end_soc FROM charging_sessions")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert!(
+        sessions[0].1.is_some(),
+        "the session is closed: {sessions:?}"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM vehicle_states WHERE ended_ts IS NULL"),
+        1
+    );
+}
+
+/// Defect 5, stored rows: migration 0008 gives a car stored under two spellings of its VIN one
+/// identity, with one open session and one open state.
+#[test]
+fn migration_8_gives_each_vehicle_one_vin() {
+    use stellantis_sync::store::{Db, MIGRATIONS};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sqlite");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        for (_, sql) in &MIGRATIONS[..7] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.execute_batch(
+            "PRAGMA user_version = 7;
+             INSERT INTO accounts (name, brand, created_at) VALUES ('a', 'peugeot', 'x');
+             INSERT INTO vehicles (account_id, vehicle_id, vin, first_seen_at, listed_until, data, data_hash)
+                 VALUES (1, 'v1', ' vr3x ', 'x', 'x', '{}', x'00');
+             INSERT INTO charging_sessions (account_id, vin, started_ts) VALUES (1, 'VR3X', 100), (1, ' vr3x ', 200);
+             INSERT INTO vehicle_states (account_id, vin, state, started_ts) VALUES (1, 'VR3X', 'charging', 100), (1, ' vr3x ', 'charging', 200);
+             INSERT INTO telemetry_endpoints (account_id, vin, endpoint) VALUES (1, 'VR3X', 'status'), (1, ' vr3x ', 'status'), (1, ' vr3x ', 'trips');",
+        )
+        .unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    let c = db.conn();
+    let count = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+    for table in [
+        "vehicles",
+        "charging_sessions",
+        "vehicle_states",
+        "telemetry_endpoints",
+    ] {
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM {table} WHERE vin IS NOT 'VR3X'"
+            )),
+            0,
+            "{table}"
+        );
+    }
+    assert_eq!(count("SELECT count(*) FROM telemetry_endpoints"), 2);
+    let sessions: Vec<(i64, Option<i64>, Option<String>)> = c
+        .prepare(
+            "SELECT started_ts, ended_ts, end_reason FROM charging_sessions ORDER BY started_ts",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        sessions,
+        [(100, Some(200), Some("unknown".into())), (200, None, None)]
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM vehicle_states WHERE ended_ts IS NULL"),
+        1
+    );
+}

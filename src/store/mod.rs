@@ -800,7 +800,7 @@ fn write_changes(
             upsert.execute(params![
                 account_id,
                 listed.id,
-                text_field(&v, "vin"),
+                crate::api::model::vin_of(&v),
                 text_field(&v, "brand"),
                 text_field(&v, "motorization"),
                 text_field(&v, "label"),
