@@ -530,3 +530,113 @@ fn migration_8_gives_each_vehicle_one_vin() {
         1
     );
 }
+
+/// Defect 6: a trip the server publishes after a later one is still fetched, and a trip dated
+/// 2099 neither moves the bookmark nor stops trip fetching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_trip_is_fetched_and_a_trip_in_2099_stops_nothing() {
+    let (env, _fake, api) = env_with_fake_api().await;
+    let now = chrono::Utc::now();
+    let ago = |h: i64| now - chrono::TimeDelta::hours(h);
+    let y2099 = chrono::DateTime::parse_from_rfc3339("2099-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let add_trip = |t: Value| {
+        let mut g = api.lock().unwrap();
+        g.trips.entry("v1".into()).or_default().push(t);
+    };
+    {
+        let mut g = api.lock().unwrap();
+        g.vehicles =
+            vec![json!({"id": "v1", "vin": VIN, "motorization": "Electric", "brand": "Peugeot"})];
+        g.status.insert(
+            "v1".into(),
+            ev_status(
+                &rfc3339(ago(1)),
+                json!(60),
+                json!(200),
+                json!(50_000),
+                json!(12000.5),
+            ),
+        );
+    }
+    add_trip(trip("B", ago(5), json!(20.0), json!(80)));
+    add_trip(trip("Z", y2099, json!(20.0), json!(80)));
+    assert_code(&env.once().await, 0);
+    // A, earlier than B, is published late; C comes after the trip of 2099.
+    add_trip(trip("A", ago(8), json!(12.0), json!(90)));
+    add_trip(trip("C", ago(2), json!(7.0), json!(70)));
+    all_due(&env);
+    assert_code(&env.once().await, 0);
+    let ids: Vec<String> = env
+        .db()
+        .prepare("SELECT trip_id FROM trips ORDER BY started_ts")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(ids, ["A", "B", "C", "Z"]);
+    let book: Option<String> = env
+        .db()
+        .query_row(
+            "SELECT bookmark FROM telemetry_endpoints WHERE endpoint = 'trips'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        book.as_deref().is_some_and(|b| !b.starts_with("2099")),
+        "the bookmark stays on the sim's own clock: {book:?}"
+    );
+}
+
+/// Item 5 of "Done when": docs/schema.md states the unit of every INTEGER and REAL column of
+/// the schema the migrations build.
+#[test]
+fn schema_md_states_the_unit_of_every_numeric_column() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/schema.md")).unwrap();
+    let section = doc
+        .split("### Units of every numeric column")
+        .nth(1)
+        .and_then(|s| s.split("\n### ").next())
+        .expect("docs/schema.md has a Units section");
+    let documented: std::collections::HashSet<String> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .filter_map(|l| l.split_once(" | "))
+        .filter(|(unit, _)| !unit.trim().is_empty() && *unit != "unit")
+        .flat_map(|(_, cols)| {
+            cols.split(", ")
+                .map(|c| {
+                    c.trim_matches(|ch| ch == '`' || ch == ' ' || ch == '|')
+                        .to_owned()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let c = rusqlite::Connection::open_in_memory().unwrap();
+    for (_, sql) in stellantis_sync::store::MIGRATIONS {
+        c.execute_batch(sql).unwrap();
+    }
+    let numeric: Vec<String> = c
+        .prepare(
+            "SELECT m.name || '.' || p.name FROM sqlite_master AS m, pragma_table_info(m.name) AS p
+             WHERE m.type = 'table' AND p.type IN ('INTEGER', 'REAL') ORDER BY 1",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(numeric.len() > 90, "{numeric:?}");
+    let missing: Vec<&String> = numeric
+        .iter()
+        .filter(|c| !documented.contains(*c))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "columns without a unit in docs/schema.md: {missing:?}"
+    );
+}
