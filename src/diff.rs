@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use crate::api::model::ListedVehicle;
+use crate::api::model::{ListedVehicle, vin_of};
 
 /// A vehicle as the database knows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,10 +119,6 @@ pub struct Change {
     pub field: Option<String>,
     pub old: Option<Value>,
     pub new: Option<Value>,
-}
-
-fn vin_of(v: &Value) -> Option<String> {
-    v.get("vin").and_then(Value::as_str).map(str::to_owned)
 }
 
 /// The changes from `known` to `listing`, in listing order, removals last.

@@ -54,6 +54,12 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ValueLabels {
+    endpoint: String,
+    column: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     upstream: String,
 }
@@ -97,6 +103,7 @@ pub struct Metrics {
     pass_duration: Histogram,
     last_pass: FloatGauge,
     pruned_bodies: Counter,
+    out_of_range: Family<ValueLabels, Counter>,
     source: std::sync::Arc<Mutex<Source>>,
 }
 
@@ -189,6 +196,12 @@ impl Metrics {
             "Raw status bodies deleted by retention",
             pruned_bodies.clone(),
         );
+        let out_of_range = Family::<ValueLabels, Counter>::default();
+        registry.register(
+            "out_of_range_values",
+            "Values outside their physical range (docs/schema.md, Bounds), stored as NULL, by endpoint and column",
+            out_of_range.clone(),
+        );
         let source = std::sync::Arc::new(Mutex::new(Source::default()));
         registry.register_collector(Box::new(Scraped {
             source: source.clone(),
@@ -205,6 +218,7 @@ impl Metrics {
             pass_duration,
             last_pass,
             pruned_bodies,
+            out_of_range,
             source,
         }
     }
@@ -307,6 +321,16 @@ impl Metrics {
     /// Records status bodies deleted by retention.
     pub fn pruned(&self, bodies: u64) {
         self.pruned_bodies.inc_by(bodies);
+    }
+
+    /// Records a value outside its physical range (stored as NULL).
+    pub fn out_of_range(&self, endpoint: &str, column: &str) {
+        self.out_of_range
+            .get_or_create(&ValueLabels {
+                endpoint: endpoint.into(),
+                column: column.into(),
+            })
+            .inc();
     }
 
     /// The exposition in the Prometheus text format. Reads the database and the token store, so
@@ -684,6 +708,25 @@ fn collect(src: &Source, now: SystemTime) -> Vec<Series> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_of_range_values_are_counted_by_endpoint_and_column() {
+        let m = Metrics::new();
+        m.out_of_range("status", "soc");
+        m.out_of_range("status", "soc");
+        m.out_of_range("trips", "distance_km");
+        let text = m.render();
+        assert!(
+            text.contains(
+                "stellantis_sync_out_of_range_values_total{endpoint=\"status\",column=\"soc\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("stellantis_sync_out_of_range_values_total{endpoint=\"trips\",column=\"distance_km\"} 1"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn counters_are_named_after_their_samples_and_openmetrics_markers_go() {

@@ -120,6 +120,11 @@ impl ApiClient {
         }
     }
 
+    /// The process's metrics, once the daemon or `--once` has set them.
+    pub fn metrics(&self) -> Option<&crate::metrics::Metrics> {
+        self.limits.metrics()
+    }
+
     /// The `pageSize` asked for on every listing.
     pub fn page_size(&self) -> u32 {
         self.page_size

@@ -41,6 +41,19 @@ impl ListedVehicle {
     }
 }
 
+/// A VIN as a vehicle's identity: without surrounding whitespace and in upper case (a VIN is
+/// ASCII capitals and digits, ISO 3779), so that a listing that spells it ` vr3… ` names the car
+/// it named as `VR3…`. `None` for an empty one. The vehicle's JSON keeps it as received.
+pub fn normalize_vin(raw: &str) -> Option<String> {
+    let vin = raw.trim_matches(|c: char| c.is_ascii_whitespace());
+    (!vin.is_empty()).then(|| vin.to_ascii_uppercase())
+}
+
+/// The normalized `vin` of a listed vehicle's JSON ([`normalize_vin`]).
+pub fn vin_of(v: &Value) -> Option<String> {
+    v.get("vin").and_then(Value::as_str).and_then(normalize_vin)
+}
+
 /// One page of the vehicle list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
@@ -251,6 +264,20 @@ pub fn error_message(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vins_are_trimmed_and_upper_case() {
+        assert_eq!(
+            normalize_vin(" vr3uhzkxzmt000001\t").as_deref(),
+            Some("VR3UHZKXZMT000001")
+        );
+        assert_eq!(
+            normalize_vin("VR3UHZKXZMT000001").as_deref(),
+            Some("VR3UHZKXZMT000001")
+        );
+        assert_eq!(normalize_vin(" \n"), None);
+        assert_eq!(vin_of(&serde_json::json!({"vin": 7})), None);
+    }
 
     #[test]
     fn current_and_2021_shapes() {

@@ -53,6 +53,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0007_listed_until",
         include_str!("migrations/0007_listed_until.sql"),
     ),
+    ("0008_values", include_str!("migrations/0008_values.sql")),
 ];
 
 /// The schema version this binary writes.
@@ -866,7 +867,7 @@ fn write_changes(
             upsert.execute(params![
                 account_id,
                 listed.id,
-                text_field(&v, "vin"),
+                crate::api::model::vin_of(&v),
                 text_field(&v, "brand"),
                 text_field(&v, "motorization"),
                 text_field(&v, "label"),

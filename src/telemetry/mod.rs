@@ -700,6 +700,27 @@ impl TelemetryAccount {
         }
     }
 
+    /// Counts and logs the values of one body or item that were outside their physical range
+    /// (their typed columns are NULL; the raw body is stored as it came).
+    fn out_of_range(&self, vin: &str, endpoint: &str, item: Option<&str>, columns: &[&str]) {
+        if columns.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            account = %self.account.name,
+            vin,
+            endpoint,
+            item,
+            columns = %columns.join(","),
+            "values outside their physical range stored as NULL (docs/schema.md, Bounds)"
+        );
+        if let Some(m) = self.engine.api.metrics() {
+            for c in columns {
+                m.out_of_range(endpoint, c);
+            }
+        }
+    }
+
     async fn vehicle(
         &self,
         now: i64,
@@ -726,6 +747,7 @@ impl TelemetryAccount {
                         Ok((body, parsed))
                     }) {
                         Ok((body, parsed)) => {
+                            self.out_of_range(&v.vin, "status", None, &parsed.out_of_range);
                             r.status = Some(StatusFetch {
                                 vin: v.vin.clone(),
                                 fetched_ts: now,
@@ -738,7 +760,8 @@ impl TelemetryAccount {
                     }
                 }
                 Endpoint::Trips => {
-                    let mut url = api.trips_url(a, &v.vehicle_id, bookmark.as_deref());
+                    let since = trips_since(bookmark.as_deref(), now);
+                    let mut url = api.trips_url(a, &v.vehicle_id, since.as_deref());
                     let mut trips = Vec::new();
                     let mut failed = None;
                     for _page in 0..50 {
@@ -752,7 +775,15 @@ impl TelemetryAccount {
                             .await
                         {
                             Ok(page) => {
-                                trips.extend(page.items.iter().filter_map(records::trip));
+                                for t in page.items.iter().filter_map(records::trip) {
+                                    self.out_of_range(
+                                        &v.vin,
+                                        "trips",
+                                        Some(&t.trip_id),
+                                        &t.out_of_range,
+                                    );
+                                    trips.push(t);
+                                }
                                 match page.next.map(|n| api.telemetry_next_url(a, &n)) {
                                     Some(Ok(n)) => url = n,
                                     Some(Err(e)) => {
@@ -770,7 +801,7 @@ impl TelemetryAccount {
                     }
                     match failed {
                         None => {
-                            r.new_bookmark = trips_bookmark(&trips).or(bookmark.clone());
+                            r.new_bookmark = trips_bookmark(&trips, now).or(bookmark.clone());
                             r.trips = Some(trips);
                             r.outcomes.push((*ep, Outcome::Ok, None));
                         }
@@ -859,16 +890,29 @@ fn derive_state(o: &status::Observation) -> State {
     .state()
 }
 
+/// How far back every `/trips` query reaches, whatever the bookmark: a trip the server publishes
+/// late (after later ones) is still fetched if it started within this window (the upsert makes
+/// the trips read again a no-op).
+const TRIPS_LOOKBACK_S: i64 = 3 * 86_400;
+
+/// A trip that starts later than this after now is a wrong clock, not a trip: it never moves
+/// the bookmark.
+const TRIPS_FUTURE_SKEW_S: i64 = 600;
+
 /// The next `/trips` bookmark: just after the newest finished trip's start, but no later than
-/// the start of a trip still in progress (so its final form is fetched too).
-fn trips_bookmark(trips: &[records::Trip]) -> Option<String> {
-    let done_max = trips
-        .iter()
+/// the start of a trip still in progress (so its final form is fetched too). Trips dated more
+/// than [`TRIPS_FUTURE_SKEW_S`] ahead of `now` are left out.
+fn trips_bookmark(trips: &[records::Trip], now: i64) -> Option<String> {
+    let plausible = || {
+        trips
+            .iter()
+            .filter(move |t| t.started_ts <= now + TRIPS_FUTURE_SKEW_S)
+    };
+    let done_max = plausible()
         .filter(|t| t.done != Some(false))
         .map(|t| t.started_ts + 1)
         .max();
-    let open_min = trips
-        .iter()
+    let open_min = plausible()
         .filter(|t| t.done == Some(false))
         .map(|t| t.started_ts)
         .min();
@@ -876,7 +920,19 @@ fn trips_bookmark(trips: &[records::Trip]) -> Option<String> {
         (Some(d), Some(o)) => d.min(o),
         (d, o) => d.or(o)?,
     };
-    chrono::DateTime::from_timestamp(b, 0).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+    rfc3339(b)
+}
+
+/// The start of a `/trips` query: the bookmark, but never later than [`TRIPS_LOOKBACK_S`]
+/// before `now` (so a late trip is fetched, and a bookmark a wrong clock put in the future stops
+/// nothing); `None` (every trip) without a bookmark.
+fn trips_since(bookmark: Option<&str>, now: i64) -> Option<String> {
+    let floor = now - TRIPS_LOOKBACK_S;
+    rfc3339(status::ts(bookmark?).map_or(floor, |b| b.min(floor)))
+}
+
+fn rfc3339(ts: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp(ts, 0).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 /// `--once` after the list pass: one telemetry round ([`Telemetry::run_once_pass`]); returns
@@ -1125,20 +1181,47 @@ mod tests {
             done,
             ..records::Trip::default()
         };
-        assert_eq!(trips_bookmark(&[]), None);
+        let now = 1_767_225_600 + 3600;
+        assert_eq!(trips_bookmark(&[], now), None);
         // 2026-01-01T00:00:00Z = 1767225600
         assert_eq!(
-            trips_bookmark(&[t(1_767_225_600, Some(true))]).as_deref(),
+            trips_bookmark(&[t(1_767_225_600, Some(true))], now).as_deref(),
             Some("2026-01-01T00:00:01Z")
         );
         assert_eq!(
-            trips_bookmark(&[t(1_767_225_600, Some(true)), t(1_767_225_700, Some(false))])
-                .as_deref(),
+            trips_bookmark(
+                &[t(1_767_225_600, Some(true)), t(1_767_225_700, Some(false))],
+                now
+            )
+            .as_deref(),
             Some("2026-01-01T00:00:01Z")
         );
         assert_eq!(
-            trips_bookmark(&[t(1_767_225_700, Some(false))]).as_deref(),
+            trips_bookmark(&[t(1_767_225_700, Some(false))], now).as_deref(),
             Some("2026-01-01T00:01:40Z")
+        );
+        // A trip dated 2099 does not move it.
+        assert_eq!(
+            trips_bookmark(
+                &[t(1_767_225_600, Some(true)), t(4_070_908_800, Some(true))],
+                now
+            )
+            .as_deref(),
+            Some("2026-01-01T00:00:01Z")
+        );
+        assert_eq!(trips_bookmark(&[t(4_070_908_800, Some(true))], now), None);
+        // The query reaches back three days, whatever the bookmark says.
+        assert_eq!(trips_since(None, now), None);
+        for b in ["2099-01-01T00:00:00Z", "2026-01-01T00:00:01Z", "garbage"] {
+            assert_eq!(
+                trips_since(Some(b), now).as_deref(),
+                Some("2025-12-29T01:00:00Z"),
+                "{b}"
+            );
+        }
+        assert_eq!(
+            trips_since(Some("2025-12-01T00:00:00Z"), now).as_deref(),
+            Some("2025-12-01T00:00:00Z")
         );
     }
 }

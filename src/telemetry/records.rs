@@ -1,9 +1,15 @@
 //! The typed rows of `/trips`, `/alerts` and `/maintenance` items, read tolerantly (missing
 //! fields stay NULL; numbers may be integers, floats or numeric strings). Pure.
+//!
+//! Units are converted here, at the boundary, to the ones `docs/schema.md` documents: the
+//! official schema gives a trip's `energyConsumptions[].avgConsumption` in Wh/100 km (electric)
+//! and cl/100 km (fuel), stored as kWh/100 km and l/100 km; `consumption` is already kWh or
+//! litres (docs/api.md, "Units"). A trip's values outside their physical range
+//! ([`super::status::BOUNDS`]) are `None`, their columns named in [`Trip::out_of_range`].
 
 use serde_json::Value;
 
-use super::status::ts;
+use super::status::{self, ts};
 
 fn num(v: &Value, path: &[&str]) -> Option<f64> {
     let mut cur = v;
@@ -73,38 +79,73 @@ pub struct Trip {
     pub done: Option<bool>,
     /// The item as the API sent it.
     pub data: String,
+    /// The columns whose value was outside its bound (and is `None` here).
+    pub out_of_range: Vec<&'static str>,
 }
 
 /// A trip item; `None` without an `id` or a `startedAt`.
 pub fn trip(v: &Value) -> Option<Trip> {
     let trip_id = text(v, "id")?;
     let started_ts = time(v, "startedAt")?;
+    let mut out = Vec::new();
     let (start_longitude, start_latitude) = point(v, "startPosition");
     let (end_longitude, end_latitude) = point(v, "stopPosition");
     let consumption =
         |kind: &str, k: &str| by_type(v, "energyConsumptions", kind).and_then(|e| num(e, &[k]));
-    #[allow(clippy::cast_possible_truncation)]
+    // Wh/100 km → kWh/100 km; cl/100 km → l/100 km.
+    let per_100_km =
+        |kind: &str, per_unit: f64| consumption(kind, "avgConsumption").map(|x| x / per_unit);
+    let level = |k: &str| by_type(v, k, "Electric").and_then(|e| num(e, &["level"]));
     Some(Trip {
         trip_id,
         started_ts,
         ended_ts: time(v, "stoppedAt"),
-        distance_km: num(v, &["distance"]),
-        duration_s: num(v, &["duration"]).map(|d| d.round() as i64),
-        start_odometer_km: num(v, &["startMileage"]),
-        start_soc: by_type(v, "startEnergies", "Electric").and_then(|e| num(e, &["level"])),
-        end_soc: by_type(v, "endEnergies", "Electric").and_then(|e| num(e, &["level"])),
-        electric_consumption: consumption("Electric", "consumption"),
-        electric_avg_consumption: consumption("Electric", "avgConsumption"),
-        fuel_consumption: consumption("Fuel", "consumption"),
-        fuel_avg_consumption: consumption("Fuel", "avgConsumption"),
-        avg_speed_kmh: num(v, &["kinetic", "avgSpeed"]),
-        max_speed_kmh: num(v, &["kinetic", "maxSpeed"]),
-        start_latitude,
-        start_longitude,
-        end_latitude,
-        end_longitude,
+        distance_km: status::TRIP_DISTANCE.check("distance_km", num(v, &["distance"]), &mut out),
+        duration_s: status::TRIP_DURATION.check_int("duration_s", num(v, &["duration"]), &mut out),
+        start_odometer_km: status::ODOMETER.check(
+            "start_odometer_km",
+            num(v, &["startMileage"]),
+            &mut out,
+        ),
+        start_soc: status::LEVEL.check("start_soc", level("startEnergies"), &mut out),
+        end_soc: status::LEVEL.check("end_soc", level("endEnergies"), &mut out),
+        electric_consumption: status::TRIP_ENERGY.check(
+            "electric_consumption",
+            consumption("Electric", "consumption"),
+            &mut out,
+        ),
+        electric_avg_consumption: status::TRIP_ELECTRIC_AVG.check(
+            "electric_avg_consumption",
+            per_100_km("Electric", 1000.0),
+            &mut out,
+        ),
+        fuel_consumption: status::TRIP_FUEL.check(
+            "fuel_consumption",
+            consumption("Fuel", "consumption"),
+            &mut out,
+        ),
+        fuel_avg_consumption: status::TRIP_FUEL_AVG.check(
+            "fuel_avg_consumption",
+            per_100_km("Fuel", 100.0),
+            &mut out,
+        ),
+        avg_speed_kmh: status::SPEED.check(
+            "avg_speed_kmh",
+            num(v, &["kinetic", "avgSpeed"]),
+            &mut out,
+        ),
+        max_speed_kmh: status::SPEED.check(
+            "max_speed_kmh",
+            num(v, &["kinetic", "maxSpeed"]),
+            &mut out,
+        ),
+        start_latitude: status::LATITUDE.check("start_latitude", start_latitude, &mut out),
+        start_longitude: status::LONGITUDE.check("start_longitude", start_longitude, &mut out),
+        end_latitude: status::LATITUDE.check("end_latitude", end_latitude, &mut out),
+        end_longitude: status::LONGITUDE.check("end_longitude", end_longitude, &mut out),
         done: v.get("done").and_then(Value::as_bool),
         data: v.to_string(),
+        out_of_range: out,
     })
 }
 
@@ -151,7 +192,9 @@ mod tests {
             "stopPosition": {"type": "Feature", "geometry": {"type": "Point", "coordinates": [2.40, 48.80]}},
             "startEnergies": [{"type": "Fuel", "level": 50}, {"type": "Electric", "subType": "ElectricEnergy", "level": 80, "autonomy": 200}],
             "endEnergies": [{"type": "Electric", "level": 74.0}],
-            "energyConsumptions": [{"type": "Electric", "consumption": 3.9, "avgConsumption": 16.7}],
+            // The official schema's units: kWh and Wh/100 km, litres and cl/100 km.
+            "energyConsumptions": [{"type": "Electric", "consumption": 3.9, "avgConsumption": 16_700},
+                                   {"type": "Fuel", "consumption": "1.5", "avgConsumption": 640.5}],
             "kinetic": {"avgSpeed": 45.2, "maxSpeed": 98}});
         let t = trip(&v).unwrap();
         assert_eq!(t.trip_id, "10fd0abc");
@@ -167,13 +210,43 @@ mod tests {
             (
                 t.electric_consumption,
                 t.electric_avg_consumption,
-                t.fuel_consumption
+                t.fuel_consumption,
+                t.fuel_avg_consumption
             ),
-            (Some(3.9), Some(16.7), None)
+            (Some(3.9), Some(16.7), Some(1.5), Some(6.405))
         );
         assert_eq!(t.max_speed_kmh, Some(98.0));
         assert_eq!(t.done, Some(true));
+        assert!(t.out_of_range.is_empty());
         assert!(trip(&json!({"id": "x"})).is_none());
+    }
+
+    #[test]
+    fn impossible_trip_values_are_none_and_named() {
+        let v = json!({"id": "t", "startedAt": "2024-06-01T08:00:00Z", "distance": 1e12, "duration": -60,
+            "startEnergies": [{"type": "Electric", "level": 250}],
+            "energyConsumptions": [{"type": "Electric", "consumption": 3.9, "avgConsumption": 9e9}],
+            "kinetic": {"avgSpeed": 45.2, "maxSpeed": 1e6}});
+        let t = trip(&v).unwrap();
+        assert_eq!(
+            (t.distance_km, t.duration_s, t.start_soc),
+            (None, None, None)
+        );
+        assert_eq!((t.electric_avg_consumption, t.max_speed_kmh), (None, None));
+        assert_eq!(
+            (t.electric_consumption, t.avg_speed_kmh),
+            (Some(3.9), Some(45.2))
+        );
+        assert_eq!(
+            t.out_of_range,
+            [
+                "distance_km",
+                "duration_s",
+                "start_soc",
+                "electric_avg_consumption",
+                "max_speed_kmh"
+            ]
+        );
     }
 
     #[test]

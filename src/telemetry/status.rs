@@ -8,6 +8,11 @@
 //! bodies date blocks with `updatedAt` instead of `createdAt`. GeoJSON coordinates are
 //! longitude first.
 //!
+//! Values outside their physical range ([`BOUNDS`]: a SoC of 1e308 %, a range of 2^63 km) are
+//! not facts about the car: they become `None` and their column is named in
+//! [`ParsedStatus::out_of_range`], for the poller to count and log; the raw body is kept as it
+//! came.
+//!
 //! The hash is XXH3-128 (big-endian bytes) of the canonical text: object keys sorted (the crate
 //! keeps insertion order, so they are sorted here), arrays in order, except `energies`/`energy`,
 //! which are ordered by `type` so that a shuffled PHEV body is the same observation.
@@ -53,7 +58,185 @@ pub struct StatusParseError(pub String);
 pub struct ParsedStatus {
     pub hash: [u8; 16],
     pub observation: Observation,
+    /// The columns whose value was outside its [`Bound`] (and is `None` in the observation).
+    pub out_of_range: Vec<&'static str>,
 }
+
+/// The physically possible range of a quantity, in the unit of its columns; a value outside it
+/// (a sensor's or the backend's error) is stored as NULL. Generous on purpose: the bounds catch
+/// the impossible, never the unusual.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bound {
+    /// The columns it applies to (`vehicle_status`, `trips`; `battery_capacity_wh` is the
+    /// capacity behind `charging_sessions.energy_added_kwh`).
+    pub columns: &'static [&'static str],
+    pub min: f64,
+    pub max: f64,
+    pub unit: &'static str,
+}
+
+impl Bound {
+    /// `x` when it lies within the bound; otherwise `None`, and `column` is added to `out`.
+    pub fn check(
+        &self,
+        column: &'static str,
+        x: Option<f64>,
+        out: &mut Vec<&'static str>,
+    ) -> Option<f64> {
+        let x = x?;
+        if (self.min..=self.max).contains(&x) {
+            Some(x)
+        } else {
+            out.push(column);
+            None
+        }
+    }
+
+    /// [`Bound::check`] rounded to an integer.
+    pub fn check_int(
+        &self,
+        column: &'static str,
+        x: Option<f64>,
+        out: &mut Vec<&'static str>,
+    ) -> Option<i64> {
+        // Within the bound, the value fits an i64.
+        #[allow(clippy::cast_possible_truncation)]
+        self.check(column, x, out).map(|x| x.round() as i64)
+    }
+}
+
+/// State of charge and fuel level.
+pub const LEVEL: Bound = Bound {
+    columns: &["soc", "fuel_pct", "start_soc", "end_soc"],
+    min: 0.0,
+    max: 100.0,
+    unit: "%",
+};
+/// Electric and fuel range.
+pub const RANGE: Bound = Bound {
+    columns: &["range_km", "fuel_range_km"],
+    min: 0.0,
+    max: 3000.0,
+    unit: "km",
+};
+/// Odometer.
+pub const ODOMETER: Bound = Bound {
+    columns: &["odometer_km", "start_odometer_km"],
+    min: 0.0,
+    max: 2_000_000.0,
+    unit: "km",
+};
+/// Charging rate (the official schema's `maximum`).
+pub const CHARGING_RATE: Bound = Bound {
+    columns: &["charging_rate_kmh"],
+    min: 0.0,
+    max: 500.0,
+    unit: "km/h",
+};
+/// Time left in a charge: a week.
+pub const REMAINING: Bound = Bound {
+    columns: &["charging_remaining_min"],
+    min: 0.0,
+    max: 10_080.0,
+    unit: "min",
+};
+/// Speeds.
+pub const SPEED: Bound = Bound {
+    columns: &["speed_kmh", "avg_speed_kmh", "max_speed_kmh"],
+    min: 0.0,
+    max: 400.0,
+    unit: "km/h",
+};
+/// Outside temperature (the records on Earth are −89 °C and +57 °C).
+pub const TEMPERATURE: Bound = Bound {
+    columns: &["outside_temp_c"],
+    min: -90.0,
+    max: 60.0,
+    unit: "°C",
+};
+/// The traction battery's capacity: from a small hybrid's to a large truck's.
+pub const CAPACITY: Bound = Bound {
+    columns: &["battery_capacity_wh"],
+    min: 1000.0,
+    max: 250_000.0,
+    unit: "Wh",
+};
+/// Latitude.
+pub const LATITUDE: Bound = Bound {
+    columns: &["latitude", "start_latitude", "end_latitude"],
+    min: -90.0,
+    max: 90.0,
+    unit: "degrees",
+};
+/// Longitude.
+pub const LONGITUDE: Bound = Bound {
+    columns: &["longitude", "start_longitude", "end_longitude"],
+    min: -180.0,
+    max: 180.0,
+    unit: "degrees",
+};
+/// A trip's distance.
+pub const TRIP_DISTANCE: Bound = Bound {
+    columns: &["distance_km"],
+    min: 0.0,
+    max: 5000.0,
+    unit: "km",
+};
+/// A trip's duration: a week.
+pub const TRIP_DURATION: Bound = Bound {
+    columns: &["duration_s"],
+    min: 0.0,
+    max: 604_800.0,
+    unit: "s",
+};
+/// A trip's electric energy.
+pub const TRIP_ENERGY: Bound = Bound {
+    columns: &["electric_consumption"],
+    min: 0.0,
+    max: 1000.0,
+    unit: "kWh",
+};
+/// A trip's average electric consumption.
+pub const TRIP_ELECTRIC_AVG: Bound = Bound {
+    columns: &["electric_avg_consumption"],
+    min: 0.0,
+    max: 200.0,
+    unit: "kWh/100 km",
+};
+/// A trip's fuel.
+pub const TRIP_FUEL: Bound = Bound {
+    columns: &["fuel_consumption"],
+    min: 0.0,
+    max: 1000.0,
+    unit: "l",
+};
+/// A trip's average fuel consumption.
+pub const TRIP_FUEL_AVG: Bound = Bound {
+    columns: &["fuel_avg_consumption"],
+    min: 0.0,
+    max: 100.0,
+    unit: "l/100 km",
+};
+
+/// Every bound (docs/schema.md, "Bounds", shows this table).
+pub const BOUNDS: &[Bound] = &[
+    LEVEL,
+    RANGE,
+    ODOMETER,
+    CHARGING_RATE,
+    REMAINING,
+    SPEED,
+    TEMPERATURE,
+    CAPACITY,
+    LATITUDE,
+    LONGITUDE,
+    TRIP_DISTANCE,
+    TRIP_DURATION,
+    TRIP_ENERGY,
+    TRIP_ELECTRIC_AVG,
+    TRIP_FUEL,
+    TRIP_FUEL_AVG,
+];
 
 /// Parses a `/status` body.
 pub fn parse(body: &[u8]) -> Result<ParsedStatus, StatusParseError> {
@@ -61,9 +244,11 @@ pub fn parse(body: &[u8]) -> Result<ParsedStatus, StatusParseError> {
     if !v.is_object() {
         return Err(StatusParseError("not an object".into()));
     }
+    let (observation, out_of_range) = observe_bounded(&v);
     Ok(ParsedStatus {
         hash: canonical_hash(&v),
-        observation: observe(&v),
+        observation,
+        out_of_range,
     })
 }
 
@@ -136,12 +321,6 @@ fn num_at(v: &Value, path: &[&str]) -> Option<f64> {
         _ => None,
     }
     .filter(|x: &f64| x.is_finite())
-}
-
-fn int_at(v: &Value, path: &[&str]) -> Option<i64> {
-    // Saturating float-to-int casts are intended: the values are small.
-    #[allow(clippy::cast_possible_truncation)]
-    num_at(v, path).map(|x| x.round() as i64)
 }
 
 fn bool_at(v: &Value, path: &[&str]) -> Option<bool> {
@@ -245,8 +424,14 @@ fn energy_entry<'a>(v: &'a Value, block: &str, kind: &str) -> Option<&'a Value> 
         .find(|e| e.get("type").and_then(Value::as_str) == Some(kind))
 }
 
-/// The typed observation of a body.
+/// The typed observation of a body (values outside their [`Bound`] are `None`).
 pub fn observe(v: &Value) -> Observation {
+    observe_bounded(v).0
+}
+
+/// The typed observation of a body, and the columns whose value was outside its bound.
+fn observe_bounded(v: &Value) -> (Observation, Vec<&'static str>) {
+    let mut out = Vec::new();
     let e_new = energy_entry(v, "energies", "Electric");
     let e_old = energy_entry(v, "energy", "Electric");
     // A field of the electric entry: from `energies`, else from the deprecated `energy`.
@@ -262,8 +447,6 @@ pub fn observe(v: &Value) -> Observation {
         electric(&p, &["charging", f])
     };
     let num = |x: Option<&Value>| x.and_then(|x| num_at(x, &[]));
-    #[allow(clippy::cast_possible_truncation)]
-    let int = |x: Option<&Value>| num(x).map(|f| f.round() as i64);
     let text = |x: Option<&Value>| x.and_then(Value::as_str).map(str::to_owned);
 
     // Fuel: an entry without `level` is the placeholder an EV may carry.
@@ -277,12 +460,12 @@ pub fn observe(v: &Value) -> Observation {
 
     let coords = at(v, &["lastPosition", "geometry", "coordinates"]).and_then(Value::as_array);
     let coord = |i: usize| coords.and_then(|c| c.get(i)).and_then(|x| num_at(x, &[]));
-    let (longitude, latitude) = match (coord(0), coord(1)) {
-        (Some(lon), Some(lat))
-            if (-180.0..=180.0).contains(&lon) && (-90.0..=90.0).contains(&lat) =>
-        {
-            (Some(lon), Some(lat))
-        }
+    // A point is both coordinates or none.
+    let (longitude, latitude) = match (
+        LONGITUDE.check("longitude", coord(0), &mut out),
+        LATITUDE.check("latitude", coord(1), &mut out),
+    ) {
+        (Some(lon), Some(lat)) => (Some(lon), Some(lat)),
         _ => (None, None),
     };
     let position_ts = latitude.and_then(|_| {
@@ -301,35 +484,69 @@ pub fn observe(v: &Value) -> Observation {
                 && !states.contains(&"Unlocked")
         });
 
-    Observation {
+    let o = Observation {
         observed_ts: newest_block_time(v),
-        soc: num(electric(&["level"], &["level"])),
-        range_km: int(electric(&["autonomy"], &["autonomy"])),
-        fuel_pct: fuel.and_then(|f| num_at(f, &["level"])),
-        fuel_range_km: fuel.and_then(|f| int_at(f, &["autonomy"])),
-        odometer_km: num_at(v, &["odometer", "mileage"])
-            .or_else(|| num_at(v, &["timed", "odometer", "mileage"])),
+        soc: LEVEL.check("soc", num(electric(&["level"], &["level"])), &mut out),
+        range_km: RANGE.check_int(
+            "range_km",
+            num(electric(&["autonomy"], &["autonomy"])),
+            &mut out,
+        ),
+        fuel_pct: LEVEL.check(
+            "fuel_pct",
+            fuel.and_then(|f| num_at(f, &["level"])),
+            &mut out,
+        ),
+        fuel_range_km: RANGE.check_int(
+            "fuel_range_km",
+            fuel.and_then(|f| num_at(f, &["autonomy"])),
+            &mut out,
+        ),
+        odometer_km: ODOMETER.check(
+            "odometer_km",
+            num_at(v, &["odometer", "mileage"])
+                .or_else(|| num_at(v, &["timed", "odometer", "mileage"])),
+            &mut out,
+        ),
         charging_status: text(ch("status")),
         plugged: ch("plugged").and_then(|x| bool_at(x, &[])),
-        charging_rate_kmh: num(ch("chargingRate")),
+        charging_rate_kmh: CHARGING_RATE.check(
+            "charging_rate_kmh",
+            num(ch("chargingRate")),
+            &mut out,
+        ),
         charging_mode: text(ch("chargingMode")),
-        charging_remaining_min: text(ch("remainingTime"))
-            .as_deref()
-            .and_then(iso_duration_minutes),
+        #[allow(clippy::cast_precision_loss)]
+        charging_remaining_min: REMAINING.check_int(
+            "charging_remaining_min",
+            text(ch("remainingTime"))
+                .as_deref()
+                .and_then(iso_duration_minutes)
+                .map(|m| m as f64),
+            &mut out,
+        ),
         latitude,
         longitude,
         position_ts,
         ignition: str_at(v, &["ignition", "type"]),
         moving: bool_at(v, &["kinetic", "moving"]),
-        speed_kmh: num_at(v, &["kinetic", "speed"]),
-        outside_temp_c: num_at(v, &["environment", "air", "temp"]),
+        speed_kmh: SPEED.check("speed_kmh", num_at(v, &["kinetic", "speed"]), &mut out),
+        outside_temp_c: TEMPERATURE.check(
+            "outside_temp_c",
+            num_at(v, &["environment", "air", "temp"]),
+            &mut out,
+        ),
         doors_locked,
-        battery_capacity_wh: num(electric(
-            &["extension", "electric", "battery", "load", "capacity"],
-            &["battery", "load", "capacity"],
-        ))
-        .filter(|c| *c > 0.0),
-    }
+        battery_capacity_wh: CAPACITY.check(
+            "battery_capacity_wh",
+            num(electric(
+                &["extension", "electric", "battery", "load", "capacity"],
+                &["battery", "load", "capacity"],
+            )),
+            &mut out,
+        ),
+    };
+    (o, out)
 }
 
 #[cfg(test)]
@@ -535,6 +752,51 @@ mod tests {
         let mut c = phev(true);
         c["energies"][0]["level"] = json!(40);
         assert_ne!(canonical_hash(&c), canonical_hash(&a));
+    }
+
+    #[test]
+    fn impossible_values_are_none_and_named() {
+        let mut b = ev();
+        b["energies"][0]["level"] = json!(1e308);
+        b["energies"][0]["autonomy"] = json!(9_223_372_036_854_775_807u64);
+        b["energies"][0]["extension"]["electric"]["battery"]["load"]["capacity"] = json!("inf");
+        b["energies"][0]["extension"]["electric"]["charging"]["remainingTime"] = json!("P30D");
+        b["odometer"]["mileage"] = json!(-1);
+        b["environment"]["air"]["temp"] = json!("NaN");
+        b["lastPosition"]["geometry"]["coordinates"] = json!([2.35, 91.0]);
+        let p = parse(&serde_json::to_vec(&b).unwrap()).unwrap();
+        let o = &p.observation;
+        assert_eq!((o.soc, o.range_km, o.odometer_km), (None, None, None));
+        assert_eq!(
+            (o.battery_capacity_wh, o.charging_remaining_min),
+            (None, None)
+        );
+        assert_eq!(
+            (o.latitude, o.longitude, o.outside_temp_c),
+            (None, None, None)
+        );
+        assert_eq!(o.charging_rate_kmh, Some(20.0), "the others stay");
+        // Not finite (the string "inf", "NaN") is no value at all; finite but impossible is named.
+        assert_eq!(
+            p.out_of_range,
+            [
+                "latitude",
+                "soc",
+                "range_km",
+                "odometer_km",
+                "charging_remaining_min"
+            ]
+        );
+        // The bounds themselves are values.
+        let mut edge = ev();
+        edge["energies"][0]["level"] = json!(100);
+        edge["energies"][0]["autonomy"] = json!(0);
+        let p = parse(&serde_json::to_vec(&edge).unwrap()).unwrap();
+        assert_eq!(
+            (p.observation.soc, p.observation.range_km),
+            (Some(100.0), Some(0))
+        );
+        assert!(p.out_of_range.is_empty());
     }
 
     #[test]
