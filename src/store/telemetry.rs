@@ -235,7 +235,7 @@ fn record_status(
         .query_row(params![account_id, f.vin], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     let o = &f.parsed.observation;
-    let observed_ts = o.observed_ts.unwrap_or(f.fetched_ts);
+    let observed_ts = derive::observation_time(o.observed_ts, f.fetched_ts);
     // The same observation as one already recorded only moves its `last_fetched_ts`: usually
     // the newest (the API keeps returning the last report), or an older one a server sends
     // again (its block times are older than the newest observation's), which must not become a
@@ -826,6 +826,109 @@ mod tests {
                    "charging": {"status": "InProgress", "plugged": true, "chargingRate": 12, "chargingMode": "Slow"}}}}]})
     }
 
+    /// Issue 22, defect 4: one block dated a day ahead (`alarm.status.createdAt`) must not
+    /// become the observation's time, or every later report looks older than it.
+    #[test]
+    fn a_block_dated_a_day_ahead_does_not_pin_the_vehicles_time() {
+        let (_d, mut db, a) = db();
+        let t0 = 1_767_261_600; // 2026-01-01T10:00:00Z
+        let iso = |t: i64| {
+            chrono::DateTime::from_timestamp(t, 0)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string()
+        };
+        let mut parked = body(&iso(t0), 40.0, "Disconnected");
+        parked["alarm"] =
+            json!({"status": {"createdAt": iso(t0 + 86_400), "activation": "Deactivated"}});
+        let mut sent = vec![(t0 + 30, parked)];
+        for (dt, soc, st) in [
+            (600, 45.0, "InProgress"),
+            (1200, 55.0, "InProgress"),
+            (1800, 60.0, "Finished"),
+        ] {
+            sent.push((t0 + dt + 30, body(&iso(t0 + dt), soc, st)));
+        }
+        for (at, b) in sent {
+            let batch = Batch {
+                statuses: vec![fetch("VIN1", at, b)],
+                ..Batch::default()
+            };
+            db.write_telemetry(a, &batch, 3600).unwrap();
+        }
+        let newest: i64 = count(&db, "SELECT max(observed_ts) FROM vehicle_status");
+        assert_eq!(
+            newest,
+            t0 + 1800,
+            "the newest observation is the last report, not the future block"
+        );
+        let (start, end): (i64, Option<i64>) = db
+            .conn()
+            .query_row(
+                "SELECT started_ts, ended_ts FROM charging_sessions",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((start, end), (t0 + 600, Some(t0 + 1800)));
+        db.conn()
+            .execute("INSERT INTO vehicles (account_id, vin, vehicle_id, first_seen_at, listed_until, data) VALUES (?1, 'VIN1', 'v1', 'x', 'x', '{}')", [a])
+            .unwrap();
+        let s = vehicle_summaries(db.conn(), "a").unwrap();
+        assert_eq!(
+            (s[0].1, s[0].2),
+            (Some(60.0), Some(t0 + 1800)),
+            "status shows the last SoC and its time"
+        );
+    }
+
+    /// Issue 22, defect 3, through the parser and the store: a body without `energies`/`energy`
+    /// in the middle of a charge leaves one session, with the energy of the whole charge.
+    #[test]
+    fn a_partial_body_mid_charge_does_not_split_the_session() {
+        let (_d, mut db, a) = db();
+        let partial = json!({"createdAt": "2026-01-01T10:20:00Z",
+            "lastPosition": {"type": "Feature", "geometry": {"type": "Point", "coordinates": [2.35, 48.85, 35.0]},
+                             "properties": {"createdAt": "2026-01-01T10:20:00Z", "type": "Acquire"}},
+            "odometer": {"createdAt": "2026-01-01T10:20:00Z", "mileage": 12000.5},
+            "ignition": {"createdAt": "2026-01-01T10:20:00Z", "type": "Stop"}});
+        let seq = [
+            body("2026-01-01T10:10:00Z", 40.0, "InProgress"),
+            partial,
+            body("2026-01-01T10:30:00Z", 50.0, "InProgress"),
+            body("2026-01-01T10:40:00Z", 60.0, "Finished"),
+        ];
+        for (i, b) in seq.into_iter().enumerate() {
+            let batch = Batch {
+                statuses: vec![fetch("VIN1", 1_767_262_260 + 600 * i as i64, b)],
+                ..Batch::default()
+            };
+            db.write_telemetry(a, &batch, 3600).unwrap();
+        }
+        let rows: Vec<(i64, Option<i64>, Option<String>, Option<f64>)> = db
+            .conn()
+            .prepare(
+                "SELECT started_ts, ended_ts, end_reason, energy_added_kwh FROM charging_sessions",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let t = 1_767_262_200; // 10:10
+        assert_eq!(
+            rows,
+            vec![(t, Some(t + 1800), Some("finished".into()), Some(8.0))]
+        );
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM vehicle_states WHERE state = 'charging'"
+            ),
+            1
+        );
+    }
+
     #[test]
     fn bodies_are_stored_as_deltas_against_a_base_and_read_back_exactly() {
         let (_d, mut db, a) = db();
@@ -999,14 +1102,16 @@ mod tests {
 
     #[test]
     fn an_older_observation_sent_again_and_again_is_one_row_not_one_per_poll() {
+        // Fetched a minute after the newest report (2026-01-01T10:00:00Z).
+        const T: i64 = 1_767_261_660;
         let (_d, mut d, a) = db();
         let newest = long_body("2026-01-01T10:00:00Z", 50.0);
         let stale = long_body("2020-01-01T10:00:00Z", 40.0);
-        assert!(write_one(&mut d, a, fetch("VIN1", 1000, newest)).new_observation);
+        assert!(write_one(&mut d, a, fetch("VIN1", T, newest)).new_observation);
         // A server sends an older report, then keeps sending it.
-        assert!(write_one(&mut d, a, fetch("VIN1", 1120, stale.clone())).new_observation);
+        assert!(write_one(&mut d, a, fetch("VIN1", T + 120, stale.clone())).new_observation);
         for i in 2..6 {
-            let r = write_one(&mut d, a, fetch("VIN1", 1000 + i * 120, stale.clone()));
+            let r = write_one(&mut d, a, fetch("VIN1", T + i * 120, stale.clone()));
             assert!(!r.new_observation, "poll {i}");
         }
         assert_eq!(count(&d, "SELECT count(*) FROM vehicle_status"), 2);
@@ -1015,7 +1120,7 @@ mod tests {
                 &d,
                 "SELECT last_fetched_ts FROM vehicle_status ORDER BY observed_ts LIMIT 1"
             ),
-            1600
+            T + 600
         );
     }
 

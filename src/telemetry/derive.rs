@@ -15,6 +15,20 @@
 //! observation to the new one, and the new observation starts afresh. A parked car's status
 //! legitimately stays unchanged for days, so silence while parked is not a gap.
 
+/// How far ahead of the fetch a block time may be and still be the vehicle's time (a vehicle's
+/// clock a little ahead of ours). Beyond it the block's date is wrong, not the vehicle's time.
+pub const MAX_FUTURE_SKEW_SECS: i64 = 300;
+
+/// The observation's time: its newest block time, unless that is more than
+/// [`MAX_FUTURE_SKEW_SECS`] after the fetch (one block dated a day ahead would otherwise pin
+/// the vehicle's time, and every later report would look older): then the fetch time.
+pub fn observation_time(newest_block: Option<i64>, fetched_ts: i64) -> i64 {
+    match newest_block {
+        Some(t) if t <= fetched_ts + MAX_FUTURE_SKEW_SECS => t,
+        _ => fetched_ts,
+    }
+}
+
 /// One of `vehicle_states.state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
@@ -70,6 +84,12 @@ pub struct Sample {
 
 impl Sample {
     /// The state this observation shows.
+    /// Whether the body said anything about charging (a partial body may carry neither the
+    /// charge status nor the plug).
+    pub fn charge_known(&self) -> bool {
+        self.charging_status.is_some() || self.plugged.is_some()
+    }
+
     pub fn state(&self) -> State {
         if self.moving == Some(true) {
             State::Driving
@@ -225,7 +245,14 @@ pub fn derive(before: &Before, s: &Sample, gap_limit: i64) -> Changes {
     let last = before.last_ts;
     // The vehicle's clock never runs backwards here: a stale body is placed at the last time.
     let t = last.map_or(s.ts, |l| s.ts.max(l));
-    let new_state = s.state();
+    // A body without the charging fields (no `energies`/`energy` block) says nothing about
+    // charging: a charge under way continues, it does not end as "unknown".
+    let charging_before =
+        before.session.is_some() || before.state.is_some_and(|o| o.state == State::Charging);
+    let new_state = match s.state() {
+        State::Parked if charging_before && !s.charge_known() => State::Charging,
+        st => st,
+    };
     let was_active = before.state.is_some_and(|o| o.state.is_active());
     let gap = match last {
         Some(l) => t - l > gap_limit && (was_active || before.session.is_some()),
@@ -613,6 +640,87 @@ mod tests {
         let closed = c[1].session_close.as_ref().unwrap();
         assert_eq!(closed.ended_ts, Some(1000));
         assert_eq!(c[1].close_state_at, Some(1000));
+    }
+
+    #[test]
+    fn a_block_time_beyond_the_skew_is_not_the_observation_time() {
+        let f = 10_000;
+        for (block, want) in [
+            (None, f),
+            (Some(f - 600), f - 600),
+            (Some(f + MAX_FUTURE_SKEW_SECS), f + MAX_FUTURE_SKEW_SECS),
+            (Some(f + MAX_FUTURE_SKEW_SECS + 1), f),
+            (Some(f + 86_400), f),
+        ] {
+            assert_eq!(observation_time(block, f), want, "{block:?}");
+        }
+    }
+
+    /// Issue 22, defect 3: a body without the energy blocks says nothing about charging.
+    #[test]
+    fn a_partial_body_mid_charge_continues_the_session() {
+        let partial = |ts: i64| Sample {
+            soc: None,
+            range_km: None,
+            charging_status: None,
+            plugged: None,
+            charging_rate_kmh: None,
+            charging_mode: None,
+            battery_capacity_wh: None,
+            ..parked(ts, 0.0)
+        };
+        // (sequence, sessions opened, sessions closed, final open state)
+        let cases: [(&str, Vec<Sample>, usize, usize, Option<State>); 3] = [
+            (
+                "mid-charge",
+                vec![
+                    charging(600, 40.0, 10.0),
+                    partial(1200),
+                    charging(1800, 60.0, 10.0),
+                ],
+                1,
+                0,
+                Some(State::Charging),
+            ),
+            (
+                "then finished",
+                vec![
+                    charging(600, 40.0, 10.0),
+                    partial(1200),
+                    with_status(parked(1800, 70.0), "Finished", true),
+                ],
+                1,
+                1,
+                Some(State::Parked),
+            ),
+            (
+                "while parked",
+                vec![parked(600, 40.0), partial(1200)],
+                0,
+                0,
+                Some(State::Parked),
+            ),
+        ];
+        for (name, seq, opened, closed, last) in cases {
+            let (c, b) = run(&seq);
+            let n = |f: fn(&Changes) -> bool| c.iter().filter(|c| f(c)).count();
+            assert_eq!(n(|c| c.session_open.is_some()), opened, "{name}: opened");
+            assert_eq!(n(|c| c.session_close.is_some()), closed, "{name}: closed");
+            assert_eq!(b.state.map(|s| s.state), last, "{name}: state");
+            assert_eq!(
+                c[1].states,
+                vec![],
+                "{name}: the partial body changes no state"
+            );
+        }
+        let (c, _) = run(&[
+            charging(600, 40.0, 10.0),
+            partial(1200),
+            with_status(parked(1800, 70.0), "Finished", true),
+        ]);
+        let s = c[2].session_close.as_ref().unwrap();
+        assert_eq!((s.started_ts, s.ended_ts), (600, Some(1800)));
+        assert_eq!(s.energy_added_kwh, Some(15.0), "50 kWh x 30 %");
     }
 
     #[test]
