@@ -59,6 +59,9 @@ async fn build_week() -> Week {
         SimConfig {
             users: 4,
             vehicle_counts: vec![2, 3, 0, 2],
+            // The week ends before now, as real cars' reports do: a block time ahead of the
+            // fetch (beyond a few minutes) is a wrong clock, not the vehicle's time.
+            start_time: Some(chrono::Utc::now() - WEEK - STEP - Duration::from_secs(3600)),
             ..SimConfig::default()
         },
         |s| {
@@ -734,20 +737,21 @@ fn grafana_dashboards_are_valid_and_every_panel_query_runs_on_the_simulated_week
     use rusqlite::types::Value as V;
     let db_path = &week().db;
     let db = conn(db_path);
-    // The fixed time range: from the first run to the end of the simulated week.
-    let (first_run, last_obs): (String, i64) = db
+    // The fixed time range: the simulated week (it ends before the runs, as real cars' reports
+    // do) and the runs, an hour either side.
+    let (first_run, first_obs, last_obs): (String, Option<i64>, Option<i64>) = db
         .query_row(
             "SELECT (SELECT min(started_at) FROM sync_runs), \
-             coalesce((SELECT max(observed_ts) FROM vehicle_status), strftime('%s', 'now') + 8 * 86400)",
+             (SELECT min(observed_ts) FROM vehicle_status), (SELECT max(observed_ts) FROM vehicle_status)",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
-    let from_ms = chrono::DateTime::parse_from_rfc3339(&first_run)
+    let first_run = chrono::DateTime::parse_from_rfc3339(&first_run)
         .unwrap()
-        .timestamp_millis()
-        - 3_600_000;
-    let to_ms = (last_obs + 3600) * 1000;
+        .timestamp();
+    let from_ms = (first_obs.map_or(first_run, |o| o.min(first_run)) - 3600) * 1000;
+    let to_ms = (last_obs.unwrap_or(0).max(chrono::Utc::now().timestamp()) + 3600) * 1000;
 
     let provisioning = std::fs::read_to_string(
         Path::new(ROOT).join("dashboards/grafana/provisioning/datasources/stellantis-sync.yaml"),

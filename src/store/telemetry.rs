@@ -905,7 +905,8 @@ mod tests {
             };
             db.write_telemetry(a, &batch, 3600).unwrap();
         }
-        let rows: Vec<(i64, Option<i64>, Option<String>, Option<f64>)> = db
+        type Row = (i64, Option<i64>, Option<String>, Option<f64>);
+        let rows: Vec<Row> = db
             .conn()
             .prepare(
                 "SELECT started_ts, ended_ts, end_reason, energy_added_kwh FROM charging_sessions",

@@ -670,7 +670,8 @@ mod tests {
             ..parked(ts, 0.0)
         };
         // (sequence, sessions opened, sessions closed, final open state)
-        let cases: [(&str, Vec<Sample>, usize, usize, Option<State>); 3] = [
+        type Case = (&'static str, Vec<Sample>, usize, usize, Option<State>);
+        let cases: [Case; 3] = [
             (
                 "mid-charge",
                 vec![
