@@ -26,13 +26,16 @@ pub async fn run(database: &Path, duration: Option<u64>) -> u8 {
     let sim_cfg = SimConfig {
         users: 4,
         vehicle_counts: vec![2, 3, 1, 4],
-        // Two minutes of the cars' lives a second, from this morning's rush hour, so drives and
-        // charges happen while one watches; the lists still change every two seconds.
+        // Two minutes of the cars' lives a second, from the rush hour two days ago, so drives
+        // and charges happen while one watches (for about 25 minutes); then the world has
+        // caught up with now and runs in real time: the cars' reports are never dated after
+        // the fetch, which the daemon would take for a wrong clock.
         time_scale: 120.0,
-        start_time: chrono::Utc::now()
+        start_time: (chrono::Utc::now() - chrono::TimeDelta::days(2))
             .date_naive()
             .and_hms_opt(7, 30, 0)
             .map(|t| t.and_utc()),
+        catch_up_to_now: true,
         change_every: Some(Duration::from_secs(240)),
         seed: rand::random(),
         ..SimConfig::default()

@@ -458,6 +458,19 @@ async fn the_demo_records_changes_within_a_minute() {
         .unwrap();
     assert!(changes >= 10, "{changes} changes");
     assert!(runs >= 8, "{runs} runs");
+    // The cars' time runs two minutes a second in the past, never after the fetch: the 12 s
+    // show about 24 minutes of their lives, at their own times (a world ahead of the clock
+    // would be stored at the fetch times, which the daemon takes for a wrong clock).
+    let (span, ahead): (i64, i64) = c
+        .query_row(
+            "SELECT max(observed_ts) - min(observed_ts), max(observed_ts) - max(last_fetched_ts) \
+             FROM vehicle_status",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(span > 10 * 60, "the observations span {span} s");
+    assert!(ahead <= 0, "an observation {ahead} s after its fetch");
 }
 
 /// `systemd-analyze verify` exits 0 even on unknown keys, so any stderr fails the check.

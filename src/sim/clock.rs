@@ -18,6 +18,9 @@ pub(super) struct SimClock {
     /// The sim time and real instant at start, to express sim time as an `Instant`.
     start_sim: DateTime<Utc>,
     start_real: Instant,
+    /// Never ahead of the real clock: a scaled world started in the past catches up with now,
+    /// then runs in real time (as real cars' reports are never dated after the fetch).
+    capped: bool,
 }
 
 impl SimClock {
@@ -30,7 +33,14 @@ impl SimClock {
             offset: Duration::ZERO,
             start_sim: start,
             start_real: now,
+            capped: false,
         }
+    }
+
+    /// A clock that never runs ahead of the real one ([`SimClock::now`]).
+    pub fn capped_at_real_time(mut self) -> SimClock {
+        self.capped = true;
+        self
     }
 
     /// The sim time now.
@@ -41,7 +51,8 @@ impl SimClock {
         )
         .unwrap_or(chrono::Duration::zero());
         let jump = chrono::Duration::from_std(self.offset).unwrap_or(chrono::Duration::zero());
-        self.anchor_sim + scaled + jump
+        let t = self.anchor_sim + scaled + jump;
+        if self.capped { t.min(Utc::now()) } else { t }
     }
 
     /// The sim time now as an `Instant` (for the token tables): the real start instant plus
@@ -83,6 +94,20 @@ fn sane_scale(s: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_capped_clock_catches_up_with_now_and_never_passes_it() {
+        let start = Utc::now() - chrono::Duration::hours(1);
+        let c = SimClock::new(start, 1e6).capped_at_real_time();
+        let uncapped = SimClock::new(start, 1e6);
+        std::thread::sleep(Duration::from_millis(20));
+        let (before, t, after) = (Utc::now(), c.now(), Utc::now());
+        assert!(
+            before - chrono::Duration::seconds(1) <= t && t <= after,
+            "{t} is now"
+        );
+        assert!(uncapped.now() > Utc::now() + chrono::Duration::hours(1));
+    }
 
     #[test]
     fn scale_and_jumps() {

@@ -215,6 +215,10 @@ pub struct SimConfig {
     pub time_scale: f64,
     /// The sim clock's start (`None`: the real time at spawn).
     pub start_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// The sim clock never runs ahead of the real one: a world started in the past at a
+    /// `time_scale` above 1 catches up with now, then runs in real time (the demo). Without it a
+    /// scaled clock runs into the future, where the client takes body times for wrong clocks.
+    pub catch_up_to_now: bool,
     /// VINs whose `/status` answers 404 code 40400 "Not Found: We didn't find the status for
     /// this vehicle." (a car that never uploaded a status).
     pub status_missing_vins: Vec<String>,
@@ -246,6 +250,7 @@ impl Default for SimConfig {
             public_api_base: String::new(),
             time_scale: 1.0,
             start_time: None,
+            catch_up_to_now: false,
             status_missing_vins: Vec::new(),
             maintenance_missing_fraction: 1.0 / 3.0,
             faults: Faults::default(),

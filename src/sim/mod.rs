@@ -171,7 +171,10 @@ pub fn spawn(listener: TcpListener, mut cfg: SimConfig) -> std::io::Result<SimHa
         cfg.max_vehicles,
         start,
     );
-    let clock = clock::SimClock::new(start, cfg.time_scale);
+    let mut clock = clock::SimClock::new(start, cfg.time_scale);
+    if cfg.catch_up_to_now {
+        clock = clock.capped_at_real_time();
+    }
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
             rng: StdRng::seed_from_u64(cfg.seed.wrapping_add(1)),
