@@ -640,3 +640,42 @@ fn schema_md_states_the_unit_of_every_numeric_column() {
         "columns without a unit in docs/schema.md: {missing:?}"
     );
 }
+
+/// Issue 25: every table and view of the schema the migrations build has its heading or row in
+/// docs/schema.md (`vehicle_absences` had none).
+#[test]
+fn schema_md_names_every_table_and_view() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/schema.md")).unwrap();
+    let c = rusqlite::Connection::open_in_memory().unwrap();
+    for (_, sql) in stellantis_sync::store::MIGRATIONS {
+        c.execute_batch(sql).unwrap();
+    }
+    let names: Vec<(String, String)> = c
+        .prepare(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') \
+             AND name NOT LIKE 'sqlite_%' ORDER BY 2",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(names.len() > 15, "{names:?}");
+    let missing: Vec<&(String, String)> = names
+        .iter()
+        .filter(|(kind, name)| {
+            let code = format!("`{name}`");
+            if kind == "table" {
+                !doc.lines()
+                    .any(|l| l.starts_with("### ") && l.contains(&code))
+            } else {
+                !doc.lines().any(|l| l.starts_with(&format!("| {code}")))
+            }
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/schema.md has no section (tables) or row (views) for {missing:?}"
+    );
+}
