@@ -38,6 +38,39 @@ fn every_source_file_starts_with_module_docs() {
     }
 }
 
+/// Issue 25: ARCHITECTURE.md says what every dependency is for (its "Dependencies" table names
+/// each crate of `[dependencies]`, and only those).
+#[test]
+fn architecture_md_says_what_every_dependency_is_for() {
+    let arch = std::fs::read_to_string(Path::new(ROOT).join("ARCHITECTURE.md")).unwrap();
+    let table = arch
+        .split("## Dependencies")
+        .nth(1)
+        .and_then(|s| s.split("From the original design").next())
+        .expect("ARCHITECTURE.md has a Dependencies section");
+    let named: std::collections::BTreeSet<&str> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .filter_map(|l| l.split(" | ").next())
+        .flat_map(|cell| cell.split('`').skip(1).step_by(2))
+        .collect();
+    let manifest = std::fs::read_to_string(Path::new(ROOT).join("Cargo.toml")).unwrap();
+    let deps: std::collections::BTreeSet<&str> = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .and_then(|s| s.split("\n[").next())
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim()))
+        .filter(|k| !k.is_empty() && !k.starts_with('#'))
+        .collect();
+    assert!(deps.len() > 20, "{deps:?}");
+    assert_eq!(
+        named, deps,
+        "ARCHITECTURE.md's table vs Cargo.toml's [dependencies]"
+    );
+}
+
 #[test]
 fn architecture_md_names_real_modules() {
     let arch = std::fs::read_to_string(Path::new(ROOT).join("ARCHITECTURE.md")).unwrap();
