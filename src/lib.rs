@@ -48,7 +48,12 @@ use cli::{Cli, Command};
 /// Runs a parsed command line and returns the process exit code.
 #[allow(clippy::print_stdout, clippy::print_stderr)] // the command line's own output
 pub fn run(cli: Cli) -> u8 {
-    logging::init(cli.log_format);
+    // The demo is a live view for a person: its events are printed, logs only say what is wrong.
+    let default_level = match cli.command {
+        Some(Command::Demo(_)) => "warn",
+        _ => "info",
+    };
+    logging::init(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -445,6 +445,69 @@ async fn the_demo_records_changes_within_a_minute() {
         out.contains("sqlite3") && out.contains("vehicle_history"),
         "{out}"
     );
+    // Issue 25: a live view, not a log. Logs only at WARN (no migration or pass lines), one line
+    // per event, each of a known kind, naming the car by brand; a re-spray is one line.
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !stderr.contains(" INFO ") && !stderr.contains("migrated"),
+        "the demo logs at WARN: {stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let days = ["Mon ", "Tue ", "Wed ", "Thu ", "Fri ", "Sat ", "Sun "];
+    let events: Vec<&str> = stdout
+        .lines()
+        .filter(|l| days.iter().any(|d| l.starts_with(d)))
+        .collect();
+    let kinds = [
+        " added",
+        " removed from the account",
+        " re-sprayed: ",
+        " new pictures",
+        ": ",
+        " changed /",
+        " charge started at ",
+        " charge finished: ",
+        " charge ended ",
+        " drove ",
+        " needs a login: ",
+    ];
+    assert!(events.len() >= 10, "{stdout}");
+    for l in &events {
+        assert!(l.chars().count() <= 140, "a line too long: {l}");
+        assert!(kinds.iter().any(|k| l.contains(k)), "an unknown event: {l}");
+        assert!(!l.contains("/pictures/"), "a picture URL line: {l}");
+    }
+    let added: Vec<&&str> = events.iter().filter(|l| l.ends_with(" added")).collect();
+    assert!(!added.is_empty(), "{stdout}");
+    for l in added {
+        assert!(
+            ["Peugeot ", "Citroen ", "DS ", "Opel ", "Vauxhall "]
+                .iter()
+                .any(|b| l.contains(b)),
+            "an added car without its brand: {l}"
+        );
+    }
+    assert!(
+        !stdout.contains("last pass:"),
+        "no pass summaries: {stdout}"
+    );
+    for want in [
+        "\nIn 1",
+        " changes, ",
+        "Queries to try",
+        "tools/datasette.sh",
+        "tools/fleet.py",
+        "Grafana",
+    ] {
+        assert!(
+            stdout.contains(want),
+            "the summary lacks {want:?}: {stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("INSTALL") && !stdout.contains("sqlite_scan"),
+        "a DuckDB hint that needs the network: {stdout}"
+    );
     let c = rusqlite::Connection::open(&db).unwrap();
     let changes: i64 = c
         .query_row("SELECT count(*) FROM vehicle_changes", [], |r| r.get(0))

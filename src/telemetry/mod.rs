@@ -995,66 +995,6 @@ pub fn projection_lines(cfg: &Config) -> String {
     out
 }
 
-/// What the demo has already printed.
-#[derive(Default)]
-pub struct DemoSeen {
-    inner: std::sync::Mutex<(HashSet<i64>, HashSet<i64>, i64)>,
-}
-
-/// New charges (started, ended) and trips since the last call, one line each, for the demo.
-pub fn demo_lines(conn: &rusqlite::Connection, seen: &DemoSeen) -> Vec<String> {
-    let mut g = seen.inner.lock().unwrap_or_else(|e| e.into_inner());
-    let (started, ended, trips_rowid) = &mut *g;
-    let mut out = Vec::new();
-    type Row = (
-        i64,
-        String,
-        Option<i64>,
-        Option<f64>,
-        Option<f64>,
-        Option<f64>,
-        Option<String>,
-    );
-    let rows: Vec<Row> = conn
-        .prepare(
-            "SELECT session_id, vin, ended_ts, start_soc, end_soc, energy_added_kwh, end_reason FROM charging_sessions
-             ORDER BY session_id DESC LIMIT 50",
-        )
-        .and_then(|mut st| {
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
-                .collect()
-        })
-        .unwrap_or_default();
-    let pct = |x: Option<f64>| x.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}%"));
-    for (id, vin, ended_ts, s0, s1, kwh, reason) in rows.into_iter().rev() {
-        if started.insert(id) {
-            out.push(format!("{vin} charge started at {}", pct(s0)));
-        }
-        if ended_ts.is_some() && ended.insert(id) {
-            let kwh = kwh.map(|k| format!(", {k:.1} kWh")).unwrap_or_default();
-            out.push(format!(
-                "{vin} charge ended ({}): {} → {}{kwh}",
-                reason.unwrap_or_default(),
-                pct(s0),
-                pct(s1)
-            ));
-        }
-    }
-    let trips: Vec<(i64, String, Option<f64>, Option<i64>)> = conn
-        .prepare("SELECT rowid, vin, distance_km, duration_s FROM trips WHERE rowid > ?1 ORDER BY rowid LIMIT 50")
-        .and_then(|mut st| st.query_map([*trips_rowid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect())
-        .unwrap_or_default();
-    for (rowid, vin, km, secs) in trips {
-        *trips_rowid = rowid;
-        out.push(format!(
-            "{vin} trip {:.1} km in {} min",
-            km.unwrap_or(0.0),
-            secs.unwrap_or(0) / 60
-        ));
-    }
-    out
-}
-
 /// The `status` lines: per vehicle SoC, data age and unavailable endpoints, and the projection.
 pub fn status_lines(conn: &rusqlite::Connection, cfg: &Config) -> String {
     use std::fmt::Write as _;
@@ -1113,57 +1053,6 @@ pub fn status_lines(conn: &rusqlite::Connection, cfg: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_demo_prints_each_charge_and_trip_once() {
-        use crate::store::telemetry::{Batch, StatusFetch};
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.sqlite");
-        let mut db = Db::open(&path).unwrap();
-        let id = db.account_id("a", "peugeot").unwrap();
-        let fetch = |at: i64, soc: f64, st: &str| {
-            let body = serde_json::json!({"createdAt": "2026-01-01T00:00:00Z", "energies": [{
-                "createdAt": format!("2026-01-01T00:{:02}:00Z", at), "type": "Electric", "level": soc,
-                "extension": {"electric": {"charging": {"status": st}}}}]})
-            .to_string();
-            StatusFetch {
-                vin: "VIN1".into(),
-                fetched_ts: at,
-                parsed: status::parse(body.as_bytes()).unwrap(),
-                body,
-            }
-        };
-        let seen = DemoSeen::default();
-        let conn = crate::store::open_read_only(&path).unwrap();
-        let write = |db: &mut Db, b: Batch| db.write_telemetry(id, &b, 3600).unwrap();
-        write(
-            &mut db,
-            Batch {
-                statuses: vec![fetch(1, 20.0, "InProgress")],
-                ..Batch::default()
-            },
-        );
-        assert_eq!(demo_lines(&conn, &seen), ["VIN1 charge started at 20%"]);
-        assert!(demo_lines(&conn, &seen).is_empty(), "printed once");
-        let trip = records::trip(&serde_json::json!({"id": "t1", "startedAt": "2026-01-01T00:00:00Z", "distance": 12.34, "duration": 900}))
-            .unwrap();
-        write(
-            &mut db,
-            Batch {
-                statuses: vec![fetch(2, 60.0, "Finished")],
-                trips: vec![("VIN1".into(), vec![trip])],
-                ..Batch::default()
-            },
-        );
-        assert_eq!(
-            demo_lines(&conn, &seen),
-            [
-                "VIN1 charge ended (finished): 20% → 60%",
-                "VIN1 trip 12.3 km in 15 min"
-            ]
-        );
-        assert!(demo_lines(&conn, &seen).is_empty());
-    }
 
     #[test]
     fn list_requests_follow_the_cron_schedule() {

@@ -1,18 +1,21 @@
 //! `stellantis-sync demo`: the whole system in one command. Starts the simulator in-process with
 //! a lively world (a few users whose vehicles come, go and change every few seconds), writes a
 //! configuration for it, and runs the real daemon on a five-second schedule into
-//! `./stellantis-sync-demo.sqlite`, printing what it records and how to query it. Ctrl-C ends it.
+//! `./stellantis-sync-demo.sqlite`. A live view ([`feed`]) prints one line per event it records;
+//! logs are at WARN unless `RUST_LOG` asks; Ctrl-C ends it with a summary and where to look.
 // Printing is this command's job: the demo talks to the person who started it.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{self, Checks};
 use crate::daemon::{self, Hooks};
 use crate::sim::{self, SimConfig};
 use crate::{exit, store};
+
+mod feed;
+pub use feed::{Event, Feed, Totals};
 
 /// Runs the demo; returns the exit code.
 pub async fn run(database: &Path, duration: Option<u64>) -> u8 {
@@ -90,55 +93,47 @@ pub async fn run(database: &Path, duration: Option<u64>) -> u8 {
             return exit::SOFTWARE;
         }
     };
-    println!("stellantis-sync demo");
-    println!(
-        "  simulator:     {} (users user1@example.com … with password1 …)",
-        sim.base_url()
-    );
-    println!("  configuration: {}", config_path.display());
+    println!("stellantis-sync demo: the daemon against a simulated Stellantis API");
     println!("  database:      {}", db_path.display());
+    println!("  configuration: {}", config_path.display());
     println!(
-        "The simulated owners add, remove and re-spray vehicles every few seconds and their cars live two\n\
-         minutes a second (drives, charges); a list pass runs every 5 s, each car's status every 2 to 5 s."
+        "The simulated owners add, remove and re-spray cars every few seconds; the cars live two\n\
+         minutes a second, from two days ago until they catch up with now, so charges and trips\n\
+         show their own (earlier) times. One line per event; Ctrl-C stops.\n"
     );
-    println!("Press Ctrl-C to stop.\n");
-    let printed = Arc::new(std::sync::atomic::AtomicI64::new(0));
-    let db_for_hook = db_path.clone();
-    let telemetry_seen = crate::telemetry::DemoSeen::default();
+    let started = std::time::Instant::now();
     let hooks = Hooks {
         shard: None,
         stop: tokio_util::sync::CancellationToken::new(),
-        on_pass: Some(Box::new(move |summary| {
-            println!("{}", summary.line());
-            if let Ok(conn) = store::open_read_only(&db_for_hook) {
-                let since = printed.load(std::sync::atomic::Ordering::Relaxed);
-                let rows = conn
-                    .prepare(
-                        "SELECT change_id, observed_at, account, vin, kind, coalesce(field, ''), coalesce(new_value, '')
-                         FROM vehicle_history WHERE change_id > ?1 ORDER BY change_id LIMIT 12",
-                    )
-                    .and_then(|mut st| {
-                        st.query_map([since], |r| {
-                            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?,
-                                r.get::<_, String>(4)?, r.get::<_, String>(5)?, r.get::<_, String>(6)?))
-                        })?
-                        .collect::<Result<Vec<_>, _>>()
-                    })
-                    .unwrap_or_default();
-                for (id, at, account, vin, kind, field, new) in rows {
-                    let new: String = new.chars().take(60).collect();
-                    println!(
-                        "  {at} {account:<6} {} {kind:<8} {field} {new}",
-                        vin.unwrap_or_default()
-                    );
-                    printed.store(id, std::sync::atomic::Ordering::Relaxed);
-                }
-                for line in crate::telemetry::demo_lines(&conn, &telemetry_seen) {
-                    println!("  {line}");
+        on_pass: None,
+    };
+    // The live view: what the database gained, read every half second as any reader would.
+    let view_stop = hooks.stop.clone();
+    let view_db = db_path.clone();
+    let view = tokio::spawn(async move {
+        let mut feed = Feed::default();
+        let mut conn = None;
+        loop {
+            let stopping = view_stop.is_cancelled();
+            if conn.is_none() && view_db.exists() {
+                conn = store::open_read_only(&view_db).ok();
+            }
+            if let Some(c) = &conn {
+                match feed.poll(c) {
+                    Ok(events) => events.iter().for_each(|e| println!("{e}")),
+                    // The schema is still being built, or a table is busy: next time.
+                    Err(_) => conn = None,
                 }
             }
-        })),
-    };
+            if stopping {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = view_stop.cancelled() => {}
+            }
+        }
+    });
     if let Some(secs) = duration {
         let stop = hooks.stop.clone();
         tokio::spawn(async move {
@@ -146,24 +141,54 @@ pub async fn run(database: &Path, duration: Option<u64>) -> u8 {
             stop.cancel();
         });
     }
+    let stop = hooks.stop.clone();
     let code = daemon::run(&config_path, cfg, hooks).await;
-    println!("\nQuery what was recorded:");
-    println!(
-        "  sqlite3 {} \"SELECT observed_at, account, vin, kind, field FROM vehicle_history ORDER BY change_id DESC LIMIT 20\"",
-        db_path.display()
-    );
-    println!(
-        "  sqlite3 {} \"SELECT * FROM sync_health\"",
-        db_path.display()
-    );
-    println!(
-        "  sqlite3 {} \"SELECT vin, datetime(started_ts, 'unixepoch'), start_soc, end_soc, energy_added_kwh, end_reason FROM charging_sessions\"",
-        db_path.display()
-    );
-    println!(
-        "  python3 -c \"import duckdb; print(duckdb.sql(\\\"SELECT kind, count(*) FROM sqlite_scan('{}', 'vehicle_changes') GROUP BY 1\\\"))\"",
-        db_path.display()
-    );
+    stop.cancel();
+    let _ = view.await;
     sim.shutdown().await;
+    print_summary(&db_path, started.elapsed());
     code
+}
+
+/// What was recorded, and where to look at it: queries, Datasette, the dashboards, DuckDB.
+fn print_summary(db: &Path, took: Duration) {
+    let file = db.display();
+    if let Ok(t) = store::open_read_only(db)
+        .map_err(|e| e.to_string())
+        .and_then(|c| feed::totals(&c).map_err(|e| e.to_string()))
+    {
+        println!(
+            "\nIn {} s: {} accounts, {} vehicles listed, {} changes, {} charges, {} trips, in {file}",
+            took.as_secs(),
+            t.accounts,
+            t.vehicles,
+            t.changes,
+            t.charges,
+            t.trips
+        );
+    }
+    println!("\nQueries to try (sqlite3):");
+    println!(
+        "  sqlite3 {file} \"SELECT observed_at, account, vin, kind, field FROM vehicle_history ORDER BY change_id DESC LIMIT 20\""
+    );
+    println!("  sqlite3 {file} \"SELECT * FROM sync_health\"");
+    println!(
+        "  sqlite3 {file} \"SELECT vin, datetime(started_ts, 'unixepoch'), start_soc, end_soc, energy_added_kwh, end_reason FROM charging_sessions\""
+    );
+    // The repository's tools, when the demo runs in a clone (`cargo run -- demo`).
+    if Path::new("tools/datasette.sh").exists() {
+        println!(
+            "\nBrowse it, with the canned queries and dashboards (Datasette, pinned by tools/test):"
+        );
+        println!("  PATH=target/ci-venv/bin:$PATH tools/datasette.sh {file}");
+    }
+    if Path::new("tools/fleet.py").exists() {
+        println!(
+            "\nDuckDB, offline (its SQLite extension comes with the pinned wheels tools/test installs):"
+        );
+        println!(
+            "  target/ci-venv/bin/python tools/fleet.py --query \"SELECT kind, count(*) FROM vehicle_changes GROUP BY ALL\" {file}"
+        );
+    }
+    println!("\nGrafana: dashboards/grafana/ (README, \"Dashboards\").");
 }
