@@ -6,6 +6,12 @@
 //! Each job has at most one pending occurrence and at most one run in progress, so two runs of
 //! the same job never overlap. When several jobs are overdue, they start in [`Job`] order (the
 //! list pass first), not by how late they are.
+//!
+//! Due times are wall-clock instants; the loop's sleeps are monotonic and it asks again on
+//! waking. A telemetry round is never scheduled more than [`ROUND_EVERY`] ahead, so one further
+//! ahead than that was scheduled before the clock stepped back, and is due now (otherwise a step
+//! back of 3 minutes would stop telemetry for 3 minutes). List passes and backups follow their
+//! cron on the wall clock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -26,6 +32,17 @@ pub enum Job {
 }
 
 impl Job {
+    /// The furthest ahead of now this job is ever scheduled, for jobs that run at intervals
+    /// rather than on a cron: an occurrence further ahead was scheduled under a clock since
+    /// stepped back, and is due now.
+    pub fn max_lead(self) -> Option<Duration> {
+        match self {
+            Job::TelemetryRound => Some(ROUND_EVERY + ROUND_PAUSE),
+            Job::Retention => Some(Duration::ZERO),
+            Job::ListPass | Job::Backup => None,
+        }
+    }
+
     /// For logs.
     pub fn name(self) -> &'static str {
         match self {
@@ -63,7 +80,16 @@ impl JobQueue {
     /// The next occurrence to act on and when: overdue occurrences count as due `now`, so among
     /// them the [`Job`] order decides. `None` when nothing is scheduled.
     pub fn next_due(&self, now: DateTime<Utc>) -> Option<(DateTime<Utc>, Job)> {
-        self.due.iter().map(|(&job, &at)| (at.max(now), job)).min()
+        self.due
+            .iter()
+            .map(|(&job, &at)| {
+                let stepped_back = job
+                    .max_lead()
+                    .and_then(|l| chrono::Duration::from_std(l).ok())
+                    .is_some_and(|l| at > now + l);
+                (if stepped_back { now } else { at.max(now) }, job)
+            })
+            .min()
     }
 
     /// Removes and returns the occurrence due at `now`, if one is.
@@ -111,14 +137,18 @@ pub fn next_telemetry_round(
     ended: DateTime<Utc>,
     next_due: Option<i64>,
 ) -> DateTime<Utc> {
-    const PAUSE: Duration = Duration::from_secs(1);
-    const RELOAD_EVERY: Duration = Duration::from_secs(5);
-    let earliest = ended + PAUSE;
+    let earliest = ended + ROUND_PAUSE;
     let Some(due) = next_due.and_then(|d| DateTime::from_timestamp(d, 0)) else {
         return earliest;
     };
-    due.min(started + RELOAD_EVERY).max(earliest)
+    due.min(started + ROUND_EVERY).max(earliest)
 }
+
+/// The pause between two telemetry rounds.
+pub const ROUND_PAUSE: Duration = Duration::from_secs(1);
+/// The longest time between the starts of two telemetry rounds (so vehicles the list pass adds
+/// or removes are followed).
+pub const ROUND_EVERY: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
@@ -148,6 +178,32 @@ mod tests {
         assert_eq!(q.pop_due(t(45)), None);
         assert_eq!(q.pop_due(t(61)), Some(Job::ListPass));
         assert_eq!(q.next_due(t(61)), None);
+    }
+
+    /// Issue 22, defect 7: the wall clock steps back 3 minutes after a round was scheduled.
+    #[test]
+    fn a_round_scheduled_before_the_clock_stepped_back_is_due_now() {
+        let mut q = JobQueue::default();
+        q.start(Job::TelemetryRound);
+        let next = next_telemetry_round(t(0), t(1), Some(t(600).timestamp()));
+        q.complete(Job::TelemetryRound, Some(next));
+        assert_eq!(q.due_at(Job::TelemetryRound), Some(t(5)));
+        q.schedule(Job::ListPass, t(600));
+        q.schedule(Job::Backup, t(3600));
+        assert_eq!(q.pop_due(t(4)), None, "not early on a steady clock");
+        // A step back within the round's lead only waits for the round's time.
+        assert_eq!(
+            q.next_due(t(5 - 6)),
+            Some((t(5), Job::TelemetryRound)),
+            "a step of 6 s"
+        );
+        // The loop wakes 5 s later (its sleep is monotonic); the clock reads 3 minutes earlier.
+        let now = t(5 - 180);
+        assert_eq!(q.next_due(now), Some((now, Job::TelemetryRound)));
+        assert_eq!(q.pop_due(now), Some(Job::TelemetryRound));
+        // The cron jobs keep their wall-clock times.
+        assert_eq!(q.pop_due(now), None);
+        assert_eq!(q.next_due(now), Some((t(600), Job::ListPass)));
     }
 
     #[test]
