@@ -7,11 +7,13 @@
 //! the same job never overlap. When several jobs are overdue, they start in [`Job`] order (the
 //! list pass first), not by how late they are.
 //!
-//! Due times are wall-clock instants; the loop's sleeps are monotonic and it asks again on
-//! waking. A telemetry round is never scheduled more than [`ROUND_EVERY`] ahead, so one further
-//! ahead than that was scheduled before the clock stepped back, and is due now (otherwise a step
-//! back of 3 minutes would stop telemetry for 3 minutes). List passes and backups follow their
-//! cron on the wall clock.
+//! Due times are wall-clock instants (a cron fires at wall times); the loop's sleeps are
+//! monotonic and it asks again on waking. A wall clock stepped back would leave every pending
+//! occurrence as far ahead as the step (a list pass planned under a clock a month ahead, a month
+//! away; a telemetry round 5 s ahead, 3 minutes away after a step of 3 minutes), so the loop
+//! measures the step ([`clock_step_back`]: the wall clock against the monotonic one) and
+//! [`JobQueue::stepped_back`] moves every occurrence earlier by it: each still comes after the
+//! same real time. A step forward leaves occurrences overdue: they run at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -32,17 +34,6 @@ pub enum Job {
 }
 
 impl Job {
-    /// The furthest ahead of now this job is ever scheduled, for jobs that run at intervals
-    /// rather than on a cron: an occurrence further ahead was scheduled under a clock since
-    /// stepped back, and is due now.
-    pub fn max_lead(self) -> Option<Duration> {
-        match self {
-            Job::TelemetryRound => Some(ROUND_EVERY + ROUND_PAUSE),
-            Job::Retention => Some(Duration::ZERO),
-            Job::ListPass | Job::Backup => None,
-        }
-    }
-
     /// For logs.
     pub fn name(self) -> &'static str {
         match self {
@@ -80,16 +71,7 @@ impl JobQueue {
     /// The next occurrence to act on and when: overdue occurrences count as due `now`, so among
     /// them the [`Job`] order decides. `None` when nothing is scheduled.
     pub fn next_due(&self, now: DateTime<Utc>) -> Option<(DateTime<Utc>, Job)> {
-        self.due
-            .iter()
-            .map(|(&job, &at)| {
-                let stepped_back = job
-                    .max_lead()
-                    .and_then(|l| chrono::Duration::from_std(l).ok())
-                    .is_some_and(|l| at > now + l);
-                (if stepped_back { now } else { at.max(now) }, job)
-            })
-            .min()
+        self.due.iter().map(|(&job, &at)| (at.max(now), job)).min()
     }
 
     /// Removes and returns the occurrence due at `now`, if one is.
@@ -117,6 +99,14 @@ impl JobQueue {
         }
     }
 
+    /// The wall clock was stepped back by `by`: every pending occurrence moves `by` earlier, so
+    /// it comes after the same real time as planned.
+    pub fn stepped_back(&mut self, by: chrono::Duration) {
+        for at in self.due.values_mut() {
+            *at -= by;
+        }
+    }
+
     /// Whether `job` has a run in progress.
     pub fn is_running(&self, job: Job) -> bool {
         self.running.contains(&job)
@@ -137,18 +127,31 @@ pub fn next_telemetry_round(
     ended: DateTime<Utc>,
     next_due: Option<i64>,
 ) -> DateTime<Utc> {
-    let earliest = ended + ROUND_PAUSE;
+    const PAUSE: Duration = Duration::from_secs(1);
+    const RELOAD_EVERY: Duration = Duration::from_secs(5);
+    let earliest = ended + PAUSE;
     let Some(due) = next_due.and_then(|d| DateTime::from_timestamp(d, 0)) else {
         return earliest;
     };
-    due.min(started + ROUND_EVERY).max(earliest)
+    due.min(started + RELOAD_EVERY).max(earliest)
 }
 
-/// The pause between two telemetry rounds.
-pub const ROUND_PAUSE: Duration = Duration::from_secs(1);
-/// The longest time between the starts of two telemetry rounds (so vehicles the list pass adds
-/// or removes are followed).
-pub const ROUND_EVERY: Duration = Duration::from_secs(5);
+/// A step back of the wall clock smaller than this is not acted on (reading the two clocks
+/// one after the other, and a clock slewed by NTP, differ by far less).
+pub const STEP_TOLERANCE: Duration = Duration::from_secs(1);
+
+/// How far the wall clock was stepped back since it read `last_wall`, `elapsed` ago on the
+/// monotonic clock: `None` for a steady clock (within [`STEP_TOLERANCE`]) or one stepped
+/// forward (a suspended machine's monotonic clock stands still while the wall clock runs).
+pub fn clock_step_back(
+    last_wall: DateTime<Utc>,
+    elapsed: Duration,
+    now: DateTime<Utc>,
+) -> Option<chrono::Duration> {
+    let expected = last_wall + chrono::Duration::from_std(elapsed).ok()?;
+    let back = expected - now;
+    (back > chrono::Duration::from_std(STEP_TOLERANCE).ok()?).then_some(back)
+}
 
 #[cfg(test)]
 mod tests {
@@ -180,30 +183,52 @@ mod tests {
         assert_eq!(q.next_due(t(61)), None);
     }
 
-    /// Issue 22, defect 7: the wall clock steps back 3 minutes after a round was scheduled.
     #[test]
-    fn a_round_scheduled_before_the_clock_stepped_back_is_due_now() {
+    fn a_step_back_is_measured_against_the_monotonic_clock() {
+        let secs = Duration::from_secs;
+        // (case, wall clock read before, monotonic time since, wall clock now, step back)
+        let cases = [
+            ("steady", t(0), secs(2), t(2), None),
+            ("within the tolerance", t(0), secs(2), t(1), None),
+            ("3 minutes back", t(0), secs(2), t(2 - 180), Some(180)),
+            (
+                "a month back",
+                t(0),
+                secs(5),
+                t(5 - 30 * 86_400),
+                Some(30 * 86_400),
+            ),
+            ("forward", t(0), secs(2), t(3600), None),
+            ("a suspended machine", t(0), secs(0), t(8 * 3600), None),
+        ];
+        for (case, last, elapsed, now, want) in cases {
+            assert_eq!(
+                clock_step_back(last, elapsed, now).map(|d| d.num_seconds()),
+                want,
+                "{case}"
+            );
+        }
+    }
+
+    /// Issue 22, defect 7: the wall clock steps back after the jobs were planned; each pending
+    /// occurrence still comes after the same real time.
+    #[test]
+    fn a_step_back_keeps_each_occurrence_at_its_real_time() {
         let mut q = JobQueue::default();
         q.start(Job::TelemetryRound);
         let next = next_telemetry_round(t(0), t(1), Some(t(600).timestamp()));
         q.complete(Job::TelemetryRound, Some(next));
         assert_eq!(q.due_at(Job::TelemetryRound), Some(t(5)));
-        q.schedule(Job::ListPass, t(600));
-        q.schedule(Job::Backup, t(3600));
-        assert_eq!(q.pop_due(t(4)), None, "not early on a steady clock");
-        // A step back within the round's lead only waits for the round's time.
-        assert_eq!(
-            q.next_due(t(5 - 6)),
-            Some((t(5), Job::TelemetryRound)),
-            "a step of 6 s"
-        );
+        // The list pass in 15 minutes.
+        q.schedule(Job::ListPass, t(900));
         // The loop wakes 5 s later (its sleep is monotonic); the clock reads 3 minutes earlier.
         let now = t(5 - 180);
-        assert_eq!(q.next_due(now), Some((now, Job::TelemetryRound)));
+        assert_eq!(q.pop_due(now), None, "obeyed blindly: 3 minutes of nothing");
+        q.stepped_back(clock_step_back(t(0), Duration::from_secs(5), now).unwrap());
         assert_eq!(q.pop_due(now), Some(Job::TelemetryRound));
-        // The cron jobs keep their wall-clock times.
-        assert_eq!(q.pop_due(now), None);
-        assert_eq!(q.next_due(now), Some((t(600), Job::ListPass)));
+        assert_eq!(q.due_at(Job::ListPass), Some(t(900 - 180)));
+        assert_eq!(q.pop_due(now), None, "the pass 15 minutes on, as planned");
+        assert_eq!(q.pop_due(t(900 - 180)), Some(Job::ListPass));
     }
 
     #[test]
