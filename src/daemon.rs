@@ -918,9 +918,19 @@ async fn event_loop(d: &mut Daemon<'_>, rx: &mut mpsc::UnboundedReceiver<Event>)
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     let stop = d.hooks.stop.clone();
     let mut heartbeat = tokio::time::interval(crate::health::BEAT_EVERY);
+    let mut clocks = (Utc::now(), Instant::now());
     loop {
         d.beat();
-        let wake = d.queue.next_due(Utc::now()).map(|(at, _)| at);
+        let now = Utc::now();
+        if let Some(back) = jobs::clock_step_back(clocks.0, clocks.1.elapsed(), now) {
+            tracing::warn!(
+                "the clock was stepped back by {} s; the pending jobs keep their real times",
+                back.num_seconds()
+            );
+            d.queue.stepped_back(back);
+        }
+        clocks = (now, Instant::now());
+        let wake = d.queue.next_due(now).map(|(at, _)| at);
         let event = tokio::select! {
             e = rx.recv() => match e { Some(e) => e, None => break },
             () = stop.cancelled() => Event::Signal(Sig::Terminate),

@@ -6,6 +6,14 @@
 //! Each job has at most one pending occurrence and at most one run in progress, so two runs of
 //! the same job never overlap. When several jobs are overdue, they start in [`Job`] order (the
 //! list pass first), not by how late they are.
+//!
+//! Due times are wall-clock instants (a cron fires at wall times); the loop's sleeps are
+//! monotonic and it asks again on waking. A wall clock stepped back would leave every pending
+//! occurrence as far ahead as the step (a list pass planned under a clock a month ahead, a month
+//! away; a telemetry round 5 s ahead, 3 minutes away after a step of 3 minutes), so the loop
+//! measures the step ([`clock_step_back`]: the wall clock against the monotonic one) and
+//! [`JobQueue::stepped_back`] moves every occurrence earlier by it: each still comes after the
+//! same real time. A step forward leaves occurrences overdue: they run at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -91,6 +99,14 @@ impl JobQueue {
         }
     }
 
+    /// The wall clock was stepped back by `by`: every pending occurrence moves `by` earlier, so
+    /// it comes after the same real time as planned.
+    pub fn stepped_back(&mut self, by: chrono::Duration) {
+        for at in self.due.values_mut() {
+            *at -= by;
+        }
+    }
+
     /// Whether `job` has a run in progress.
     pub fn is_running(&self, job: Job) -> bool {
         self.running.contains(&job)
@@ -118,6 +134,23 @@ pub fn next_telemetry_round(
         return earliest;
     };
     due.min(started + RELOAD_EVERY).max(earliest)
+}
+
+/// A step back of the wall clock smaller than this is not acted on (reading the two clocks
+/// one after the other, and a clock slewed by NTP, differ by far less).
+pub const STEP_TOLERANCE: Duration = Duration::from_secs(1);
+
+/// How far the wall clock was stepped back since it read `last_wall`, `elapsed` ago on the
+/// monotonic clock: `None` for a steady clock (within [`STEP_TOLERANCE`]) or one stepped
+/// forward (a suspended machine's monotonic clock stands still while the wall clock runs).
+pub fn clock_step_back(
+    last_wall: DateTime<Utc>,
+    elapsed: Duration,
+    now: DateTime<Utc>,
+) -> Option<chrono::Duration> {
+    let expected = last_wall + chrono::Duration::from_std(elapsed).ok()?;
+    let back = expected - now;
+    (back > chrono::Duration::from_std(STEP_TOLERANCE).ok()?).then_some(back)
 }
 
 #[cfg(test)]
@@ -148,6 +181,54 @@ mod tests {
         assert_eq!(q.pop_due(t(45)), None);
         assert_eq!(q.pop_due(t(61)), Some(Job::ListPass));
         assert_eq!(q.next_due(t(61)), None);
+    }
+
+    #[test]
+    fn a_step_back_is_measured_against_the_monotonic_clock() {
+        let secs = Duration::from_secs;
+        // (case, wall clock read before, monotonic time since, wall clock now, step back)
+        let cases = [
+            ("steady", t(0), secs(2), t(2), None),
+            ("within the tolerance", t(0), secs(2), t(1), None),
+            ("3 minutes back", t(0), secs(2), t(2 - 180), Some(180)),
+            (
+                "a month back",
+                t(0),
+                secs(5),
+                t(5 - 30 * 86_400),
+                Some(30 * 86_400),
+            ),
+            ("forward", t(0), secs(2), t(3600), None),
+            ("a suspended machine", t(0), secs(0), t(8 * 3600), None),
+        ];
+        for (case, last, elapsed, now, want) in cases {
+            assert_eq!(
+                clock_step_back(last, elapsed, now).map(|d| d.num_seconds()),
+                want,
+                "{case}"
+            );
+        }
+    }
+
+    /// Issue 22, defect 7: the wall clock steps back after the jobs were planned; each pending
+    /// occurrence still comes after the same real time.
+    #[test]
+    fn a_step_back_keeps_each_occurrence_at_its_real_time() {
+        let mut q = JobQueue::default();
+        q.start(Job::TelemetryRound);
+        let next = next_telemetry_round(t(0), t(1), Some(t(600).timestamp()));
+        q.complete(Job::TelemetryRound, Some(next));
+        assert_eq!(q.due_at(Job::TelemetryRound), Some(t(5)));
+        // The list pass in 15 minutes.
+        q.schedule(Job::ListPass, t(900));
+        // The loop wakes 5 s later (its sleep is monotonic); the clock reads 3 minutes earlier.
+        let now = t(5 - 180);
+        assert_eq!(q.pop_due(now), None, "obeyed blindly: 3 minutes of nothing");
+        q.stepped_back(clock_step_back(t(0), Duration::from_secs(5), now).unwrap());
+        assert_eq!(q.pop_due(now), Some(Job::TelemetryRound));
+        assert_eq!(q.due_at(Job::ListPass), Some(t(900 - 180)));
+        assert_eq!(q.pop_due(now), None, "the pass 15 minutes on, as planned");
+        assert_eq!(q.pop_due(t(900 - 180)), Some(Job::ListPass));
     }
 
     #[test]

@@ -869,3 +869,49 @@ async fn a_vehicle_that_leaves_the_list_is_no_longer_polled() {
         "only the listed vehicles are polled"
     );
 }
+
+/// Issue 22, defect 7: a `--once` under a clock 30 days ahead writes due times a month away
+/// (here: a real `--once`'s bookkeeping moved 30 days on, as that run would have written it).
+/// Back on the right clock, the daemon polls the vehicles in its first round instead of
+/// waiting a month, and rewrites the bookkeeping from the right clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_times_written_under_a_clock_a_month_ahead_do_not_silence_the_vehicles() {
+    let env = Env::new(
+        SimConfig::default(),
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts {
+            telemetry: "daily_request_budget = 10000000\n".into(),
+            ..Opts::idle()
+        },
+    )
+    .await;
+    assert_code(&env.once().await, 0);
+    let month = 30 * 86_400;
+    let moved = env
+        .db()
+        .execute(
+            "UPDATE telemetry_endpoints SET last_attempt_ts = last_attempt_ts + ?1, next_due_ts = next_due_ts + ?1",
+            [month],
+        )
+        .unwrap();
+    assert!(moved >= 8, "two vehicles' endpoints: {moved}");
+    let before = status_requests(&env.sim);
+    let mut child = env.spawn_daemon(&[]);
+    wait_for(20, "status polls on the right clock", || {
+        status_requests(&env.sim) >= before + 2
+    })
+    .await;
+    wait_for(10, "the bookkeeping rewritten", || {
+        try_count(
+            &env,
+            "SELECT count(*) FROM telemetry_endpoints WHERE next_due_ts > unixepoch() + 2 * 86400",
+        ) == 0
+    })
+    .await;
+    signal(&child, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

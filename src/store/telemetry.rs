@@ -832,12 +832,6 @@ mod tests {
     fn a_block_dated_a_day_ahead_does_not_pin_the_vehicles_time() {
         let (_d, mut db, a) = db();
         let t0 = 1_767_261_600; // 2026-01-01T10:00:00Z
-        let iso = |t: i64| {
-            chrono::DateTime::from_timestamp(t, 0)
-                .unwrap()
-                .format("%Y-%m-%dT%H:%M:%SZ")
-                .to_string()
-        };
         let mut parked = body(&iso(t0), 40.0, "Disconnected");
         parked["alarm"] =
             json!({"status": {"createdAt": iso(t0 + 86_400), "activation": "Deactivated"}});
@@ -927,6 +921,117 @@ mod tests {
                 "SELECT count(*) FROM vehicle_states WHERE state = 'charging'"
             ),
             1
+        );
+    }
+
+    /// A `charging_sessions` row (start, end, reason) and a `vehicle_states` row (state, start,
+    /// end), as the late-body tests compare them.
+    type SessionRow = (i64, Option<i64>, Option<String>);
+    type StateRowT = (String, i64, Option<i64>);
+    type Written = (tempfile::TempDir, Db, Vec<SessionRow>, Vec<StateRowT>);
+
+    /// Writes `(fetched_ts, body)` one poll at a time; returns the sessions and the states.
+    fn write_polls(polls: Vec<(i64, serde_json::Value)>) -> Written {
+        let (d, mut db, a) = db();
+        for (at, b) in polls {
+            write_one(&mut db, a, fetch("VIN1", at, b));
+        }
+        let sessions = db
+            .conn()
+            .prepare("SELECT started_ts, ended_ts, end_reason FROM charging_sessions ORDER BY started_ts")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let states = db
+            .conn()
+            .prepare("SELECT state, started_ts, ended_ts FROM vehicle_states ORDER BY started_ts, state_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        (d, db, sessions, states)
+    }
+
+    fn iso(t: i64) -> String {
+        chrono::DateTime::from_timestamp(t, 0)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    }
+
+    /// Issue 22, defect 2, through the parser and the store: parked, charging (T+600, T+1200),
+    /// finished (T+1800); the report of T+1500 (still charging) arrives late, then the finished
+    /// one again, then unplugged (T+2400). One session, 600-1800 finished; the late report is
+    /// in the status series at its own time; no charging state after 1800.
+    #[test]
+    fn a_late_body_is_stored_at_its_own_time_and_invents_no_session() {
+        let t = 1_767_261_600; // 2026-01-01T10:00:00Z
+        let mut unplugged = body(&iso(t + 2400), 60.0, "Disconnected");
+        unplugged["energies"][0]["extension"]["electric"]["charging"]["plugged"] = json!(false);
+        let polls = vec![
+            (t + 30, body(&iso(t), 40.0, "Disconnected")),
+            (t + 630, body(&iso(t + 600), 45.0, "InProgress")),
+            (t + 1230, body(&iso(t + 1200), 55.0, "InProgress")),
+            (t + 1830, body(&iso(t + 1800), 60.0, "Finished")),
+            (t + 1890, body(&iso(t + 1500), 58.0, "InProgress")),
+            (t + 1950, body(&iso(t + 1800), 60.0, "Finished")),
+            (t + 2430, unplugged),
+        ];
+        let (_d, db, sessions, states) = write_polls(polls);
+        assert_eq!(
+            sessions,
+            vec![(t + 600, Some(t + 1800), Some("finished".into()))]
+        );
+        assert_eq!(
+            states,
+            vec![
+                ("parked".into(), t, Some(t + 600)),
+                ("charging".into(), t + 600, Some(t + 1800)),
+                ("parked".into(), t + 1800, None),
+            ]
+        );
+        let late: (i64, Option<String>) = db
+            .conn()
+            .query_row(
+                "SELECT count(*), max(charging_status) FROM vehicle_status WHERE observed_ts = ?1",
+                [t + 1500],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            late,
+            (1, Some("InProgress".into())),
+            "stored at its own time"
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM vehicle_status"), 6);
+    }
+
+    /// Issue 22, defect 2: a late charging report after the car parked opens no session; a late
+    /// finished report mid-charge closes none.
+    #[test]
+    fn a_late_body_neither_opens_nor_closes_a_session() {
+        let t = 1_767_261_600;
+        let (_d, _db, sessions, states) = write_polls(vec![
+            (t + 630, body(&iso(t + 600), 40.0, "Disconnected")),
+            (t + 1230, body(&iso(t + 1200), 40.0, "Disconnected")),
+            (t + 1290, body(&iso(t + 900), 41.0, "InProgress")),
+        ]);
+        assert_eq!(sessions, vec![], "would open");
+        assert_eq!(states, vec![("parked".into(), t + 600, None)], "would open");
+        let (_d, _db, sessions, states) = write_polls(vec![
+            (t + 630, body(&iso(t + 600), 40.0, "InProgress")),
+            (t + 1230, body(&iso(t + 1200), 50.0, "InProgress")),
+            (t + 1290, body(&iso(t + 900), 45.0, "Finished")),
+            (t + 1830, body(&iso(t + 1800), 60.0, "InProgress")),
+        ]);
+        assert_eq!(sessions, vec![(t + 600, None, None)], "would close");
+        assert_eq!(
+            states,
+            vec![("charging".into(), t + 600, None)],
+            "would close"
         );
     }
 

@@ -14,6 +14,11 @@
 //! the last observation (it is not stretched), the state is `unreachable` from the last
 //! observation to the new one, and the new observation starts afresh. A parked car's status
 //! legitimately stays unchanged for days, so silence while parked is not a gap.
+//!
+//! Late observations: one older than the newest already derived (a body the API or a proxy
+//! sends late) is stored in the status series at its own time and changes no state and no
+//! session: the later observations already decided them, and placing it at the last time
+//! would open a charge after its finish or end one still under way (issue 22, defect 2).
 
 /// How far ahead of the fetch a block time may be and still be the vehicle's time (a vehicle's
 /// clock a little ahead of ours). Beyond it the block's date is wrong, not the vehicle's time.
@@ -243,8 +248,14 @@ fn follow(open: &Session, s: &Sample) -> Session {
 pub fn derive(before: &Before, s: &Sample, gap_limit: i64) -> Changes {
     let mut out = Changes::default();
     let last = before.last_ts;
-    // The vehicle's clock never runs backwards here: a stale body is placed at the last time.
-    let t = last.map_or(s.ts, |l| s.ts.max(l));
+    // A late observation (older than the newest one already derived) is in the status series
+    // at its own time, but changes nothing: the later observations already decided the
+    // sessions and states around it, and placing it at the last time would invent a charge or
+    // end one that was still under way.
+    if last.is_some_and(|l| s.ts < l) {
+        return out;
+    }
+    let t = s.ts;
     // A body without the charging fields (no `energies`/`energy` block) says nothing about
     // charging: a charge under way continues, it does not end as "unknown".
     let charging_before =
@@ -631,15 +642,101 @@ mod tests {
         assert_eq!(c.states.len(), 1);
     }
 
+    /// Issue 22, defect 2: an observation older than the newest one already derived is
+    /// stored at its own time; it opens, closes and extends nothing.
     #[test]
-    fn stale_bodies_never_move_time_backwards() {
-        let (c, _) = run(&[
-            charging(1000, 10.0, 3.0),
-            with_status(parked(900, 11.0), "Finished", true),
-        ]);
-        let closed = c[1].session_close.as_ref().unwrap();
-        assert_eq!(closed.ended_ts, Some(1000));
-        assert_eq!(c[1].close_state_at, Some(1000));
+    fn a_late_observation_changes_no_session_and_no_state() {
+        let finished = |ts, soc| with_status(parked(ts, soc), "Finished", true);
+        // (name, sequence, index of the late sample, closed sessions (start, end, reason),
+        // the open session's start, the open state at the end (state, since))
+        type Case = (
+            &'static str,
+            Vec<Sample>,
+            usize,
+            Vec<(i64, Option<i64>, &'static str)>,
+            Option<i64>,
+            (State, i64),
+        );
+        let cases: [Case; 4] = [
+            (
+                "the issue's sequence: still charging at 1500, after the finish at 1800",
+                vec![
+                    parked(0, 40.0),
+                    charging(600, 45.0, 10.0),
+                    charging(1200, 55.0, 10.0),
+                    finished(1800, 60.0),
+                    charging(1500, 58.0, 10.0),
+                    finished(1800, 60.0),
+                    parked(2400, 60.0),
+                ],
+                4,
+                vec![(600, Some(1800), "finished")],
+                None,
+                (State::Parked, 1800),
+            ),
+            (
+                "would open: charging at 900, after parked at 1200",
+                vec![
+                    parked(600, 40.0),
+                    parked(1200, 40.0),
+                    charging(900, 41.0, 10.0),
+                ],
+                2,
+                vec![],
+                None,
+                (State::Parked, 600),
+            ),
+            (
+                "would close: finished at 900, mid-charge",
+                vec![
+                    charging(600, 40.0, 10.0),
+                    charging(1200, 50.0, 10.0),
+                    finished(900, 45.0),
+                    charging(1800, 60.0, 10.0),
+                ],
+                2,
+                vec![],
+                Some(600),
+                (State::Charging, 600),
+            ),
+            (
+                "would end a drive: parked at 900, mid-drive",
+                vec![driving(600, 40.0), driving(1200, 39.0), parked(900, 39.5)],
+                2,
+                vec![],
+                None,
+                (State::Driving, 600),
+            ),
+        ];
+        for (name, seq, late, want_closed, want_open, (state, since)) in cases {
+            let (c, b) = run(&seq);
+            assert_eq!(c[late], Changes::default(), "{name}: the late sample");
+            let closed: Vec<_> = c
+                .iter()
+                .filter_map(|c| c.session_close.as_ref())
+                .map(|s| (s.started_ts, s.ended_ts, s.end_reason.as_deref().unwrap()))
+                .collect();
+            assert_eq!(closed, want_closed, "{name}: closed sessions");
+            assert_eq!(
+                b.session.map(|s| s.started_ts),
+                want_open,
+                "{name}: open session"
+            );
+            assert_eq!(
+                b.state,
+                Some(OpenState {
+                    state,
+                    started_ts: since
+                }),
+                "{name}: open state"
+            );
+            let opened = c.iter().filter(|c| c.session_open.is_some()).count();
+            assert_eq!(
+                opened,
+                want_closed.len() + usize::from(want_open.is_some()),
+                "{name}: opened"
+            );
+        }
     }
 
     #[test]
@@ -761,7 +858,11 @@ mod tests {
                         4 => with_status(parked(t, soc), "Finished", true),
                         _ => with_status(parked(t, soc), "Failure", false),
                     };
+                    let late = b.last_ts.is_some_and(|l| s.ts < l);
                     let c = derive(&b, &s, GAP);
+                    if late {
+                        prop_assert_eq!(&c, &Changes::default());
+                    }
                     // Model the table: the close affects the one open row.
                     if c.close_state_at.is_some() {
                         prop_assert_eq!(open_states, 1);
@@ -782,8 +883,11 @@ mod tests {
                     b = apply(&b, &c, s.ts);
                     prop_assert_eq!(open_states, usize::from(b.state.is_some()));
                     prop_assert_eq!(open_sessions, usize::from(b.session.is_some()));
-                    // A charging sample always leaves an open session, anything else none.
-                    prop_assert_eq!(b.session.is_some(), s.state() == State::Charging);
+                    // A charging sample in order always leaves an open session, anything else
+                    // none.
+                    if !late {
+                        prop_assert_eq!(b.session.is_some(), s.state() == State::Charging);
+                    }
                 }
             }
         }

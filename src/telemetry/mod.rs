@@ -284,6 +284,16 @@ impl Telemetry {
                 by_vin.entry(vin).or_default().insert(ep, b);
             }
             let states: HashMap<String, State> = states.into_iter().collect();
+            // The stored due time, unless the clock cannot explain it (a clock step).
+            let due_at = |ep: Endpoint, b: Option<&Book>| {
+                schedule::due_at(
+                    ep,
+                    b.and_then(|b| b.next_due_ts),
+                    b.and_then(|b| b.last_attempt_ts),
+                    now,
+                    &self.settings.intervals,
+                )
+            };
             let mut work = Vec::new();
             let mut next_due: Option<i64> = None;
             for v in vehicles {
@@ -292,17 +302,14 @@ impl Telemetry {
                     .into_iter()
                     .filter(|ep| {
                         let b = books.get(ep);
-                        let d = b.and_then(|b| b.next_due_ts);
                         // `--once` polls every status, except one resting after a 403/404.
                         let resting = b.is_some_and(|b| b.unavailable_since_ts.is_some());
-                        (all_status && *ep == Endpoint::Status && !resting)
-                            || d.is_none_or(|d| d <= now)
+                        (all_status && *ep == Endpoint::Status && !resting) || due_at(*ep, b) <= now
                     })
                     .collect();
                 for ep in Endpoint::ALL {
-                    if !due.contains(&ep)
-                        && let Some(d) = books.get(&ep).and_then(|b| b.next_due_ts)
-                    {
+                    if !due.contains(&ep) {
+                        let d = due_at(ep, books.get(&ep));
                         next_due = Some(next_due.map_or(d, |n| n.min(d)));
                     }
                 }

@@ -7,6 +7,9 @@
 //! - `/alerts`: every `alerts` seconds; `/maintenance`: every `maintenance` seconds.
 //! - A 403 or a 404 that means "nothing for this car" marks the endpoint unavailable and backs
 //!   off `unavailable_backoff`; other failures retry at the endpoint's normal interval.
+//! - A stored due time the clock cannot explain ([`due_at`]: last attempted after now, or
+//!   further ahead than any interval) is due now: a clock stepped back, or a `--once` run under a
+//!   clock a month ahead, does not silence a vehicle.
 //!
 //! The budget: the requests one app client id makes in a day (list passes included) must stay
 //! within `daily_request_budget`. [`stretch`] projects the day from the vehicles' current states
@@ -103,9 +106,13 @@ pub fn telemetry_per_day(iv: &Intervals, active: f64, parked: f64) -> f64 {
         + n * (per(iv.trips_safety) + DRIVES_PER_DAY + per(iv.alerts) + per(iv.maintenance))
 }
 
+/// The most [`stretch`] lengthens the intervals.
+pub const MAX_STRETCH: f64 = 1000.0;
+
 /// The factor (≥ 1) by which every interval is lengthened so that the projected day (at the
 /// current mix of active and parked vehicles, plus `list_per_day` list requests) fits in
-/// `budget`. When even the list passes do not fit, the telemetry is stretched as far as 1000×.
+/// `budget`. When even the list passes do not fit, the telemetry is stretched as far as
+/// [`MAX_STRETCH`].
 pub fn stretch(
     iv: &Intervals,
     budget: u64,
@@ -119,9 +126,9 @@ pub fn stretch(
     }
     let room = budget as f64 * BUDGET_USE - list_per_day;
     if room <= 0.0 {
-        return 1000.0;
+        return MAX_STRETCH;
     }
-    (want / room).clamp(1.0, 1000.0)
+    (want / room).clamp(1.0, MAX_STRETCH)
 }
 
 /// The next due time of an endpoint after a request that ended with `outcome` at `now`;
@@ -169,6 +176,48 @@ pub fn status_due_after_change(
         iv,
         stretch,
     ))
+}
+
+/// How far the wall clock may step back before the due times written before the step stop
+/// being obeyed (seconds). A smaller step delays a poll by at most the step.
+pub const CLOCK_STEP_TOLERANCE_SECS: i64 = 30;
+
+/// When an endpoint is due, at `now`, from its bookkeeping: its stored due time `stored`
+/// (never polled: now), unless the clock cannot explain it, and then now:
+/// - it was last attempted more than [`CLOCK_STEP_TOLERANCE_SECS`] after `now`: the clock has
+///   been stepped back since, or the run that wrote it (a `--once` under a clock a month ahead)
+///   ran ahead. Obeyed, its due time would silence the endpoint for as long as the step.
+/// - it is further ahead than the endpoint's longest interval at the longest stretch (a due
+///   time written with no attempt to explain it, under a clock ahead, or damaged).
+///
+/// Due now rather than clamped to now plus an interval: a clamp read afresh every round moves
+/// with the clock and is never reached. The poll rewrites the bookkeeping from the right clock.
+pub fn due_at(
+    ep: Endpoint,
+    stored: Option<i64>,
+    last_attempt: Option<i64>,
+    now: i64,
+    iv: &Intervals,
+) -> i64 {
+    let Some(due) = stored else {
+        return now;
+    };
+    let stepped_back =
+        last_attempt.is_some_and(|a| a > now.saturating_add(CLOCK_STEP_TOLERANCE_SECS));
+    let longest = [
+        (Outcome::Ok, true),
+        (Outcome::Ok, false),
+        (Outcome::Unavailable, false),
+    ]
+    .into_iter()
+    .map(|(o, active)| next_due(ep, o, now, active, iv, MAX_STRETCH))
+    .max()
+    .unwrap_or(now);
+    if stepped_back || due > longest {
+        now
+    } else {
+        due
+    }
 }
 
 /// The projection `status` and `check-config` print.
@@ -244,6 +293,77 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
+
+    /// Issue 22, defect 7: due times written under another clock are not obeyed blindly.
+    #[test]
+    fn a_due_time_the_clock_cannot_explain_is_due_now() {
+        let iv = Intervals::default();
+        let now = 1_800_000_000;
+        let day = 86_400;
+        // (case, endpoint, next_due, last_attempt, due at)
+        let cases = [
+            ("never polled", Endpoint::Status, None, None, now),
+            (
+                "due in a minute",
+                Endpoint::Status,
+                Some(now + 60),
+                Some(now - 60),
+                now + 60,
+            ),
+            (
+                "overdue",
+                Endpoint::Status,
+                Some(now - 5),
+                Some(now - 125),
+                now - 5,
+            ),
+            (
+                "attempted within the tolerance ahead",
+                Endpoint::Status,
+                Some(now + 150),
+                Some(now + CLOCK_STEP_TOLERANCE_SECS),
+                now + 150,
+            ),
+            (
+                "the clock stepped back 3 minutes after a poll",
+                Endpoint::Status,
+                Some(now + 180 + 120),
+                Some(now + 180),
+                now,
+            ),
+            (
+                "written by a --once under a clock 30 days ahead",
+                Endpoint::Status,
+                Some(now + 30 * day + 120),
+                Some(now + 30 * day),
+                now,
+            ),
+            (
+                "maintenance, 30 days ahead",
+                Endpoint::Maintenance,
+                Some(now + 31 * day),
+                Some(now + 30 * day),
+                now,
+            ),
+            (
+                "a long backoff at the longest stretch",
+                Endpoint::Alerts,
+                Some(now + 500 * day),
+                Some(now - 1),
+                now + 500 * day,
+            ),
+            (
+                "dated 2099, no attempt to explain it",
+                Endpoint::Trips,
+                Some(4_070_908_800),
+                None,
+                now,
+            ),
+        ];
+        for (case, ep, due, attempt, want) in cases {
+            assert_eq!(due_at(ep, due, attempt, now, &iv), want, "{case}");
+        }
+    }
 
     #[test]
     fn intervals_follow_the_state_and_the_outcome() {
