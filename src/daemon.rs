@@ -152,11 +152,16 @@ pub fn build(cfg: Config, prev: Option<&App>) -> Result<App, StartError> {
             Arc::new(Mutex::new(db))
         }
     };
-    let limits = Arc::new(Limits::new(
-        cfg.api.rate,
-        cfg.idp.rate,
-        Some(&cfg.state_dir),
-    ));
+    // One limiter per process: a reload changes its rates in place, so the jobs still running
+    // on the old configuration and those started on the new one share one budget.
+    let limits = match prev {
+        Some(p) => p.limits.clone(),
+        None => Arc::new(Limits::new(
+            cfg.api.rate,
+            cfg.idp.rate,
+            Some(&cfg.state_dir),
+        )),
+    };
     let tokens = Arc::new(match prev {
         Some(p) => {
             p.engine
@@ -177,6 +182,9 @@ pub fn build(cfg: Config, prev: Option<&App>) -> Result<App, StartError> {
         db,
         retry: cfg.retry,
     });
+    if prev.is_some() {
+        limits.set_rates(cfg.api.rate, cfg.idp.rate);
+    }
     Ok(App {
         cfg,
         engine,

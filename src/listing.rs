@@ -6,11 +6,17 @@
 //! A listing is complete only when:
 //! - every page carries `total` (required by the API in both the 2021 and the 2024 envelopes) and
 //!   it never changes while paging;
-//! - `currentPage`, where present, is the page number we are at, and `totalPage` stays the same
-//!   and matches the number of pages read;
+//! - `currentPage`, where present, is the page number we are at, and `totalPage` stays the same,
+//!   is never passed by a `next` link and matches the number of pages read;
 //! - no vehicle id repeats, and the last page (no `next`) brings the count to `total`;
-//! - no `next` link names a page already fetched, and the number of pages stays within what
-//!   `total` and the page size allow (a server whose `next` loops cannot burn the quota).
+//! - no `next` link names a page already fetched, every page but the last holds at least one
+//!   vehicle, and the number of pages stays within what `total` allows at the size the first page
+//!   shows (a server whose `next` loops, or that claims a huge total one vehicle a page, cannot
+//!   burn the quota: at most one request per vehicle, at most [`MAX_PAGES`]).
+//!
+//! The `pageSize` asked for is only the most a page may hold (the OpenAPI: "the maximum number of
+//! results to return per page"): a page shorter than asked is not a sign of anything, so
+//! completeness is judged from what the pages say and hold, never from the size asked for.
 //!
 //! A complete listing of several pages is still not one snapshot: see [`crate::diff`] for why a
 //! removal it implies waits for the next listing.
@@ -40,7 +46,7 @@ pub enum Step {
 /// Collects the pages of one listing.
 #[derive(Debug, Default)]
 pub struct ListingBuilder {
-    /// The `pageSize` asked for: every page but the last must be that full.
+    /// The `pageSize` asked for (the most a page may hold), for the plausibility of `total`.
     page_size: u64,
     pages: u32,
     total: Option<u64>,
@@ -102,7 +108,12 @@ impl ListingBuilder {
             (Some(a), Some(b)) if a != b => {
                 return bad(format!("totalPage changed from {a} to {b} while paging"));
             }
-            (None, Some(b)) => self.total_pages = Some(b),
+            (None, Some(b)) => {
+                if b > u64::from(MAX_PAGES) {
+                    return bad(format!("totalPage says {b} pages: more than {MAX_PAGES}"));
+                }
+                self.total_pages = Some(b);
+            }
             _ => {}
         }
         if n == 1 && total.div_ceil(self.page_size) > u64::from(MAX_PAGES) {
@@ -125,13 +136,25 @@ impl ListingBuilder {
         if count > total {
             return bad(format!("{count} vehicles arrived but total says {total}"));
         }
-        if page.next.is_some() && on_page != self.page_size {
-            // A page that is not the last one must be full: a server handing out one vehicle a
-            // page (or none) must not cost thousands of requests.
-            return bad(format!(
-                "page {n} holds {on_page} vehicles where {} were asked for, and is not the last",
-                self.page_size
-            ));
+        if page.next.is_some() {
+            // Every page but the last brings at least one vehicle, so a listing costs at most one
+            // request per vehicle (plus an empty last page); a total the server's own page size
+            // cannot deliver within MAX_PAGES is refused at the first page, before it costs more.
+            if on_page == 0 {
+                return bad(format!("page {n} holds no vehicles and is not the last"));
+            }
+            if n == 1 && total.div_ceil(on_page) > u64::from(MAX_PAGES) {
+                return bad(format!(
+                    "total says {total} vehicles at {on_page} a page: more than {MAX_PAGES} pages"
+                ));
+            }
+            if let Some(tp) = self.total_pages
+                && u64::from(n) >= tp
+            {
+                return bad(format!(
+                    "page {n} of {tp} (totalPage) links to another page"
+                ));
+            }
         }
         let Some(href) = page.next else {
             if count != total {
@@ -162,11 +185,10 @@ impl ListingBuilder {
         Ok(Step::Next(href))
     }
 
-    /// Pages `total` and the first page's size allow (plus one for an empty last page).
+    /// Pages `total` allows when every page but the last holds at least one vehicle (plus one
+    /// for an empty last page), at most [`MAX_PAGES`].
     fn max_pages(&self) -> u32 {
-        let total = self.total.unwrap_or(0);
-        let per_page = self.page_size;
-        let allowed = total.div_ceil(per_page) + 1;
+        let allowed = self.total.unwrap_or(0).saturating_add(1);
         u32::try_from(allowed).unwrap_or(MAX_PAGES).min(MAX_PAGES)
     }
 }
@@ -298,13 +320,49 @@ mod tests {
                         Some("https://api/x/user/vehicles?pageToken=p4"),
                     ),
                 ],
-                "incomplete: page 2 holds 0 vehicles where 2 were asked for, and is not the last",
+                "incomplete: page 2 holds no vehicles and is not the last",
             ),
-            // Adversarial review: one vehicle a page with a big total; an absurd total.
+            // Adversarial review: one vehicle a page with a big total; an absurd total. A total
+            // that fits the pages the server sends is read to the end, at most one request per
+            // vehicle (see "one a page with a total too big for that size").
             (
                 "one a page",
-                vec![page(Some(5), &["a"], n1)],
-                "incomplete: page 1 holds 1 vehicles where 2 were asked for, and is not the last",
+                vec![
+                    page(Some(3), &["a"], n1),
+                    page(Some(3), &["b"], n2),
+                    page(
+                        Some(3),
+                        &["c"],
+                        Some("https://api/x/user/vehicles?pageToken=p4"),
+                    ),
+                    page(Some(3), &[], None),
+                ],
+                "done 3 multi",
+            ),
+            // Issue 22 defect 1: `pageSize` is the most a page may hold; a server may send fewer.
+            (
+                "pages shorter than asked",
+                vec![
+                    page(Some(3), &["a"], n1),
+                    page(Some(3), &["b"], n2),
+                    page(Some(3), &["c"], None),
+                ],
+                "done 3 multi",
+            ),
+            (
+                "short pages that end early",
+                vec![page(Some(3), &["a"], n1), page(Some(3), &["b"], None)],
+                "incomplete: total says 3 vehicles but 2 arrived",
+            ),
+            (
+                "short pages with a repeat",
+                vec![page(Some(3), &["a"], n1), page(Some(3), &["a"], n2)],
+                "incomplete: vehicle a listed twice (the list changed while paging)",
+            ),
+            (
+                "one a page with a total too big for that size",
+                vec![page(Some(1001), &["a"], n1)],
+                "incomplete: total says 1001 vehicles at 1 a page: more than 1000 pages",
             ),
             (
                 "absurd total",
@@ -344,6 +402,78 @@ mod tests {
             run(vec![short]),
             "incomplete: totalPage says 2 pages but the listing ended after 1"
         );
+    }
+
+    /// Issue 22 defect 1: three vehicles served two a page (`pageSize` asked: 60) with every
+    /// number consistent is complete; the same pages with numbers that disagree are not.
+    #[test]
+    fn short_pages_are_judged_by_their_own_numbers() {
+        let numbered = |total: u64, ids: &[&str], next: Option<&str>, current, pages| {
+            let mut p = page(Some(total), ids, next);
+            p.current_page = Some(current);
+            p.total_pages = Some(pages);
+            p
+        };
+        let run60 = |pages: Vec<Page>| {
+            let mut b = ListingBuilder::new("https://api/x/user/vehicles?pageSize=60", 60);
+            for p in pages {
+                match b.push(p) {
+                    Ok(Step::Next(_)) => {}
+                    Ok(Step::Done(l)) => return format!("done {}", l.len()),
+                    Err(Incomplete(m)) => return format!("incomplete: {m}"),
+                }
+            }
+            "unfinished".into()
+        };
+        let n2 = Some("https://api/x/user/vehicles?pageToken=2");
+        let n3 = Some("https://api/x/user/vehicles?pageToken=3");
+        let cases: Vec<(&str, Vec<Page>, &str)> = vec![
+            (
+                "consistent",
+                vec![
+                    numbered(3, &["a", "b"], n2, 1, 2),
+                    numbered(3, &["c"], None, 2, 2),
+                ],
+                "done 3",
+            ),
+            (
+                "total says 3, the pages hold 2 and end",
+                vec![numbered(3, &["a", "b"], None, 1, 1)],
+                "incomplete: total says 3 vehicles but 2 arrived",
+            ),
+            (
+                "a next link past totalPage",
+                vec![
+                    numbered(3, &["a", "b"], n2, 1, 1),
+                    numbered(3, &["c"], None, 2, 1),
+                ],
+                "incomplete: page 1 of 1 (totalPage) links to another page",
+            ),
+            (
+                "fewer pages than totalPage",
+                vec![
+                    numbered(3, &["a", "b"], n2, 1, 3),
+                    numbered(3, &["c"], None, 2, 3),
+                ],
+                "incomplete: totalPage says 3 pages but the listing ended after 2",
+            ),
+            (
+                "an empty page in the middle",
+                vec![
+                    numbered(3, &["a", "b"], n2, 1, 3),
+                    numbered(3, &[], n3, 2, 3),
+                ],
+                "incomplete: page 2 holds no vehicles and is not the last",
+            ),
+            (
+                "an absurd totalPage",
+                vec![numbered(3, &["a", "b"], n2, 1, 5000)],
+                "incomplete: totalPage says 5000 pages: more than 1000",
+            ),
+        ];
+        for (name, pages, want) in cases {
+            assert_eq!(run60(pages), want, "{name}");
+        }
     }
 
     #[test]

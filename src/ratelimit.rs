@@ -1,6 +1,11 @@
-//! Client-side rate limiting. Two governor limiters, one for every request to the API (all
-//! accounts together) and one for the identity provider, plus a shared cooldown: a 429 slows the
-//! whole client, not only the request that got it.
+//! Client-side rate limiting. Two limiters ([`Pacer`], GCRA), one for every request to the API
+//! (all accounts together) and one for the identity provider, plus a shared cooldown: a 429 slows
+//! the whole client, not only the request that got it.
+//!
+//! There is one [`Limits`] per process: a reload (SIGHUP) changes its rates in place
+//! ([`Limits::set_rates`]) instead of building another one, so the jobs still running on the old
+//! configuration and those started on the new one draw on the same budget (issue 22: a limiter
+//! per reload put 4–5 requests in one second at `requests_per_second = 2`).
 //!
 //! The budget outlives the process: the time of the last API request and any `Retry-After`
 //! cooldown are written to `state_dir/budget.json`, so a restart or a `--once` run from cron every
@@ -23,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Rate;
@@ -82,15 +86,79 @@ impl Budget {
     }
 }
 
+/// A GCRA limiter (the generic cell rate algorithm, as a leaky bucket seen from the next
+/// request): one permit per `period`, up to `burst` at once after a quiet spell. Its rate can
+/// change in place while requests wait: the new rate applies to what was already spent (the
+/// theoretical arrival time is kept), so a reload with the same rate changes nothing and never
+/// grants an extra permit. The decision ([`Pacer::take_at`]) is pure: it is given the instant.
+#[derive(Debug)]
+pub struct Pacer {
+    state: Mutex<PacerState>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PacerState {
+    period: Duration,
+    burst: u32,
+    /// The theoretical arrival time of the next request (`None`: never used).
+    tat: Option<std::time::Instant>,
+}
+
+impl Pacer {
+    /// A limiter of one permit per `period`, `burst` at once.
+    pub fn new(period: Duration, burst: NonZeroU32) -> Pacer {
+        Pacer {
+            state: Mutex::new(PacerState {
+                period,
+                burst: burst.get(),
+                tat: None,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PacerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the rate for every later permit, keeping what was already spent.
+    pub fn set_rate(&self, period: Duration, burst: NonZeroU32) {
+        let mut s = self.state();
+        s.period = period;
+        s.burst = burst.get();
+    }
+
+    /// Takes a permit at `now`, or says how long to wait before asking again.
+    pub fn take_at(&self, now: std::time::Instant) -> Result<(), Duration> {
+        let mut s = self.state();
+        let tat = s.tat.unwrap_or(now).max(now);
+        // The burst tolerance: a request may come this long before its theoretical time.
+        let tolerance = s.period.saturating_mul(s.burst.saturating_sub(1));
+        let allowed_from = tat.checked_sub(tolerance).unwrap_or(now);
+        if now < allowed_from {
+            return Err(allowed_from - now);
+        }
+        s.tat = Some(tat + s.period);
+        Ok(())
+    }
+
+    /// Waits for a permit.
+    pub async fn until_ready(&self) {
+        while let Err(wait) = self.take_at(std::time::Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// The limiters shared by every account.
 pub struct Limits {
-    api: DefaultDirectRateLimiter,
-    idp: DefaultDirectRateLimiter,
-    api_period: Duration,
+    api: Pacer,
+    idp: Pacer,
+    /// The API's spacing, in milliseconds (what the persisted last request is spaced by).
+    api_period_ms: std::sync::atomic::AtomicU64,
     budget: Mutex<Budget>,
     path: Option<PathBuf>,
     /// Whether this process has sent an API request yet: the previous process's last request
-    /// matters only before our first one (after that, governor spaces the requests).
+    /// matters only before our first one (after that, the pacer spaces the requests).
     started: std::sync::atomic::AtomicBool,
     /// Where requests are counted (src/metrics.rs), once the operations runtime attaches it.
     metrics: std::sync::OnceLock<std::sync::Arc<crate::metrics::Metrics>>,
@@ -98,12 +166,12 @@ pub struct Limits {
     pub usage: crate::api::usage::Usage,
 }
 
-/// The governor quota for a configured rate. GCRA admits at most `burst + n - 1` requests in
-/// any one-second window at `n` per second. Timers wake up to a millisecond late; with a burst of
+/// The period and burst of the limiter for a configured rate. GCRA admits at most
+/// `burst + n - 1` requests in any one-second window at `n` per second. Timers wake up to a millisecond late; with a burst of
 /// 1 every late wake-up is lost for good (at 200/s that costs about 10 %). So at rates of 20/s
 /// and more, a configured burst of 1 becomes an internal burst of 2 at `n - 1` per second: the
 /// limiter can catch up after a late wake-up, and no window ever holds more than `n`.
-fn quota(rate: Rate) -> (Quota, Duration) {
+fn quota(rate: Rate) -> (Duration, NonZeroU32) {
     let n = rate.per_second.get();
     let (per_second, burst) = if rate.burst.get() == 1 && n >= 20 {
         (n - 1, NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN))
@@ -121,10 +189,11 @@ fn quota(rate: Rate) -> (Quota, Duration) {
             Duration::ZERO
         });
     let period = Duration::from_secs(1) / per_second + guard;
-    let q = Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(rate.per_second))
-        .allow_burst(burst);
-    (q, period)
+    (period, burst)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -135,8 +204,8 @@ fn unix_ms(t: SystemTime) -> u64 {
 impl Limits {
     /// Limiters for these rates; with a state directory, the saved budget is loaded from it.
     pub fn new(api: Rate, idp: Rate, state_dir: Option<&Path>) -> Limits {
-        let (api_quota, api_period) = quota(api);
-        let (idp_quota, _) = quota(idp);
+        let (api_period, api_burst) = quota(api);
+        let (idp_period, idp_burst) = quota(idp);
         let path = state_dir.map(|d| d.join("budget.json"));
         let budget = path
             .as_deref()
@@ -145,9 +214,9 @@ impl Limits {
             .unwrap_or_default()
             .clamped(unix_ms(SystemTime::now()));
         Limits {
-            api: RateLimiter::direct(api_quota),
-            idp: RateLimiter::direct(idp_quota),
-            api_period,
+            api: Pacer::new(api_period, api_burst),
+            idp: Pacer::new(idp_period, idp_burst),
+            api_period_ms: std::sync::atomic::AtomicU64::new(millis(api_period)),
             budget: Mutex::new(budget),
             path,
             started: std::sync::atomic::AtomicBool::new(false),
@@ -163,6 +232,17 @@ impl Limits {
             burst: NonZeroU32::new(1_000_000).unwrap_or(NonZeroU32::MAX),
         };
         Limits::new(big, big, None)
+    }
+
+    /// A reload: new rates for every later permit, on the same budget (the requests already
+    /// sent and the cooldown count against the new rates too).
+    pub fn set_rates(&self, api: Rate, idp: Rate) {
+        let (api_period, api_burst) = quota(api);
+        let (idp_period, idp_burst) = quota(idp);
+        self.api.set_rate(api_period, api_burst);
+        self.idp.set_rate(idp_period, idp_burst);
+        self.api_period_ms
+            .store(millis(api_period), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Counts this limiter's requests into `m` (the first call wins).
@@ -186,7 +266,10 @@ impl Limits {
         let mut until = b.cooldown_until_ms.unwrap_or(0);
         let started = self.started.load(std::sync::atomic::Ordering::Relaxed);
         if let Some(last) = b.last_api_request_ms.filter(|_| !started) {
-            let next = last + u64::try_from(self.api_period.as_millis()).unwrap_or(0);
+            let period = self
+                .api_period_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let next = last.saturating_add(period);
             until = until.max(next);
         }
         Duration::from_millis(until.saturating_sub(now))
@@ -307,10 +390,68 @@ mod tests {
     #[test]
     fn low_rates_keep_a_guard_band_for_connection_jitter() {
         // Adversarial review: at 2/s three token requests arrived within 979 ms.
-        let (_, period) = quota(rate(2, 1));
+        let (period, _) = quota(rate(2, 1));
         assert!(period >= Duration::from_millis(530), "{period:?}");
-        let (_, period) = quota(rate(200, 1));
+        let (period, _) = quota(rate(200, 1));
         assert!(period < Duration::from_millis(6), "{period:?}");
+    }
+
+    /// Issue 22 defect 8: a reload changes the rate of the one limiter in place. Simulated
+    /// time, 1 ms steps: a request is tried every millisecond for 5 s at 2/s with a reload
+    /// every 50 ms (100 reloads), and no one-second window holds more than 2 permits; a change
+    /// to a faster rate mid-burst grants nothing before the spacing already promised.
+    #[test]
+    fn a_reload_mid_burst_keeps_one_budget() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let (period, burst) = quota(rate(2, 1));
+        let p = Pacer::new(period, burst);
+        let mut permits = Vec::new();
+        for ms in 0..5000u64 {
+            if ms % 50 == 25 {
+                p.set_rate(period, burst);
+            }
+            if p.take_at(at(ms)).is_ok() {
+                permits.push(ms);
+            }
+        }
+        assert_eq!(permits.len(), 10, "{permits:?}");
+        for (i, first) in permits.iter().enumerate() {
+            let in_window = permits[i..]
+                .iter()
+                .take_while(|t| **t < first + 1000)
+                .count();
+            assert!(
+                in_window <= 2,
+                "{in_window} permits from {first} ms: {permits:?}"
+            );
+        }
+        // Now 10/s (130 ms with the guard band) with a burst of 3: what was spent stays spent.
+        // The next permit comes at the time the last 2/s permit promised (530 ms after it)
+        // less the new burst's tolerance (2 × 130 ms), not at once as from a new limiter.
+        let last = *permits.last().unwrap();
+        let (fast, fast_burst) = quota(rate(10, 3));
+        p.set_rate(fast, fast_burst);
+        let next = (last + 1..last + 2000)
+            .find(|ms| p.take_at(at(*ms)).is_ok())
+            .unwrap();
+        assert_eq!(next, last + 530 - 2 * 130);
+    }
+
+    #[test]
+    fn a_burst_is_granted_after_a_quiet_spell_and_then_spaced() {
+        let t0 = std::time::Instant::now();
+        let p = Pacer::new(Duration::from_millis(100), NonZeroU32::new(3).unwrap());
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for _ in 0..3 {
+            assert_eq!(p.take_at(at(0)), Ok(()));
+        }
+        assert_eq!(p.take_at(at(0)), Err(Duration::from_millis(100)));
+        assert_eq!(p.take_at(at(100)), Ok(()));
+        assert_eq!(p.take_at(at(150)), Err(Duration::from_millis(50)));
+        // After a quiet second the full burst is back, not more.
+        let granted = (0..5).filter(|_| p.take_at(at(1300)).is_ok()).count();
+        assert_eq!(granted, 3);
     }
 
     #[tokio::test]

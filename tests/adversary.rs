@@ -212,6 +212,84 @@ async fn a_next_link_that_loops_costs_a_bounded_number_of_requests() {
     );
 }
 
+/// The fake's vehicle list, served at most two a page whatever `pageSize` asks for (the OpenAPI:
+/// `pageSize` is "the maximum number of results to return per page"), with `total`,
+/// `currentPage`, `totalPage` and `_links.next` that agree. `lie_total`, when set, replaces the
+/// `total` every page claims.
+fn two_a_page(path_and_query: &str, ids: &[&str], lie_total: Option<u64>) -> FakeResponse {
+    let n: usize = path_and_query
+        .split_once("pageToken=")
+        .and_then(|(_, t)| t.split('&').next()?.parse().ok())
+        .unwrap_or(1);
+    let pages = ids.len().div_ceil(2).max(1);
+    let on_page: Vec<&str> = ids.iter().skip((n - 1) * 2).take(2).copied().collect();
+    let next = (n < pages).then(|| format!("/connectedcar/v4/user/vehicles?pageToken={}", n + 1));
+    let mut body = page(Some(lie_total.unwrap_or(ids.len() as u64)), &on_page, next);
+    body["currentPage"] = json!(n);
+    body["totalPage"] = json!(pages);
+    json_response(200, &body)
+}
+
+/// Issue 22 defect 1: an account whose server pages are shorter than asked (3 vehicles, 2 a page,
+/// 60 asked for) failed every pass with exit 75, for ever. Now its listings are judged by what
+/// the pages say and hold: they sync, a vehicle that truly left is removed once (confirmed by a
+/// second listing, as for any listing of several pages), and a listing whose numbers disagree
+/// removes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_shorter_than_asked_sync_and_remove_only_what_left() {
+    let pass = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let p = pass.clone();
+    let fake = Fake::start(move |r| {
+        let n = p.load(std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let q = r.path_and_query.as_str();
+            match n {
+                0 => two_a_page(q, &["A", "B", "C"], None),
+                // Inconsistent: total says 3, the pages hold 2 and end.
+                1 => two_a_page(q, &["A", "B"], Some(3)),
+                2 => two_a_page(q, &["A", "B", "C", "D"], None),
+                // B truly left, with a consistent total: [A, C], [D].
+                _ => two_a_page(q, &["A", "C", "D"], None),
+            }
+        }
+    })
+    .await;
+    let env = env_with_api(&fake, 60).await;
+    let out = env.once().await;
+    assert_code(&out, 0);
+    assert_eq!(env.count("SELECT count(*) FROM vehicles"), 3);
+
+    pass.store(1, std::sync::atomic::Ordering::SeqCst);
+    let out = env.once().await;
+    assert_code(&out, 75);
+    assert!(
+        text(&out).contains("total says 3 vehicles but 2 arrived"),
+        "{}",
+        text(&out)
+    );
+    assert!(removed_ids(&env).is_empty(), "{:?}", removed_ids(&env));
+
+    pass.store(2, std::sync::atomic::Ordering::SeqCst);
+    assert_code(&env.once().await, 0);
+    assert_eq!(
+        env.count("SELECT count(*) FROM vehicles WHERE removed_at IS NULL"),
+        4
+    );
+    // The first listing without B only marks it missing (several pages are not one snapshot);
+    // the next one confirms it.
+    pass.store(3, std::sync::atomic::Ordering::SeqCst);
+    assert_code(&env.once().await, 0);
+    assert!(removed_ids(&env).is_empty(), "{:?}", removed_ids(&env));
+    for _ in 0..2 {
+        assert_code(&env.once().await, 0);
+    }
+    assert_eq!(removed_ids(&env), vec!["B".to_owned()]);
+    assert_eq!(
+        env.count("SELECT count(*) FROM vehicles WHERE removed_at IS NULL"),
+        3
+    );
+}
+
 /// Item 12: an API body over the cap is refused without being kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_page_is_refused() {

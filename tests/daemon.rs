@@ -356,6 +356,53 @@ async fn the_rate_limit_holds_against_the_simulators_counters() {
     );
 }
 
+/// Issue 22 defect 8: every SIGHUP built a new limiter while the running jobs kept the old one,
+/// so at `requests_per_second = 2` a burst of reloads during a telemetry round put 4–5 requests
+/// in one second. One limiter now outlives reloads. Ten SIGHUPs 200 ms apart (4 requests in one
+/// second on the old code; 20 gave the same, at twice the CPU for a loaded CI machine). With
+/// `burst = 1` the limiter allows no burst: no one-second window of arrivals (the simulator's
+/// sliding count) may hold more than 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighups_during_a_round_keep_the_per_second_rate() {
+    // More demand than 2/s: list passes of three accounts every 2 s beside telemetry rounds
+    // polling five vehicles every second, so a pass started before a reload overlaps the rounds
+    // started after it.
+    let env = Env::new(
+        SimConfig::default(),
+        |s| (1..=3).map(|n| Acct::bootstrapped(s, n)).collect(),
+        Opts {
+            rps: 2,
+            burst: 1,
+            telemetry: "active_interval = \"1s\"\nparked_interval = \"1s\"\ngap_limit = \"1d\"\ndaily_request_budget = 10000000\n".into(),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let mut child = env.spawn_daemon(&[]);
+    wait_for(20, "the first telemetry requests", || {
+        env.sim.stats().api_requests >= 3
+    })
+    .await;
+    for _ in 0..10 {
+        signal(&child, "HUP");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal(&child, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let s = env.sim.stats();
+    assert!(s.api_requests >= 8, "{} API requests", s.api_requests);
+    assert!(
+        s.peak_api_rps <= 2,
+        "{} API requests within one second at requests_per_second = 2",
+        s.peak_api_rps
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_cooldown_slows_every_account_and_survives_a_restart() {
     let opts = Opts {
