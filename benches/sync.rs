@@ -455,6 +455,120 @@ async fn scenario6(rows: &mut Vec<String>, vehicles: usize) {
     sim.shutdown().await;
 }
 
+/// The daily budget (issue 22, defect 9): `check-config`'s forecast against the requests a
+/// simulated day actually sends, at the default intervals, first with room to spare, then with
+/// a budget of half the forecast (the planner stretches the intervals and the ceiling holds).
+/// The day is one UTC day on the simulator's clock (the day's count follows it), from 00:00.
+async fn scenario10(rows: &mut Vec<String>, vehicles: usize) {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let users = vehicles.div_ceil(4);
+    let midnight = chrono::DateTime::parse_from_rfc3339("2026-03-02T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let mut cells = Vec::new();
+    for half in [false, true] {
+        let sim = sim::spawn(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            SimConfig {
+                users,
+                vehicle_counts: vec![4; users],
+                burst_per_second: 0,
+                daily_limit: 0,
+                seed: 10,
+                time_scale: 0.0,
+                start_time: Some(midnight),
+                access_ttl: Duration::from_secs(30 * 86_400),
+                refresh_ttl: Duration::from_secs(60 * 86_400),
+                ..SimConfig::default()
+            },
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let text = |budget: u64| {
+            format!(
+                "[telemetry]\nenabled = true\ndaily_request_budget = {budget}\nmax_concurrent_vehicles = 16\n"
+            )
+        };
+        let probe = load(&write_config_with(
+            dir.path(),
+            &sim,
+            users,
+            1_000_000,
+            32,
+            "0 0 0 1 1 *",
+            &text(1_000_000),
+        ));
+        let n = users * 4;
+        let forecast = stellantis_sync::telemetry::schedule::projection(
+            &probe.telemetry.intervals,
+            1_000_000,
+            n,
+            0.0,
+        )
+        .requests_per_day;
+        let budget = if half {
+            (forecast / 2.0) as u64
+        } else {
+            1_000_000
+        };
+        let cfg = load(&write_config_with(
+            dir.path(),
+            &sim,
+            users,
+            1_000_000,
+            32,
+            "0 0 0 1 1 *",
+            &text(budget),
+        ));
+        let app = daemon::build(cfg, None).unwrap();
+        let clock = Arc::new(AtomicI64::new(sim.now().timestamp()));
+        let c = clock.clone();
+        app.limits.daily.set_clock(Arc::new(move || {
+            chrono::DateTime::from_timestamp(c.load(Ordering::Relaxed), 0).unwrap_or_default()
+        }));
+        let listed = daemon::run_pass(
+            app.engine.clone(),
+            app.cfg.accounts.clone(),
+            app.cfg.schedule.max_concurrent_accounts,
+            CancellationToken::new(),
+            Default::default(),
+        )
+        .await;
+        assert_eq!(listed.outcomes.len(), users);
+        let t = stellantis_sync::telemetry::Telemetry::new(&app.cfg, app.engine.clone());
+        let mut day = stellantis_sync::telemetry::TelemetrySummary::default();
+        // Every minute of the day, as the daemon's loop polls what is due; the last minute
+        // ends at 23:59 (the next would count into the next day).
+        for minute in 0..24 * 60 {
+            if minute > 0 {
+                sim.advance_clock(Duration::from_secs(60));
+            }
+            let now = sim.now().timestamp();
+            clock.store(now, Ordering::Relaxed);
+            day.merge(t.run_due(now, CancellationToken::new()).await);
+        }
+        let sent = sim.stats().api_requests;
+        if half {
+            cells.push(format!(
+                "budget {budget} (half the forecast): **{sent} sent, {:.3} of the budget**, {} deferred",
+                sent as f64 / budget as f64,
+                day.deferred
+            ));
+            assert!(sent <= budget, "{sent} > {budget}");
+        } else {
+            cells.push(format!(
+                "{n} vehicles: forecast {forecast:.0}/day, **measured {sent} ({:.2} of the forecast)**",
+                sent as f64 / forecast
+            ));
+        }
+        sim.shutdown().await;
+    }
+    rows.push(format!(
+        "| 10 | the daily budget: `check-config`'s forecast against a simulated day at the default intervals, then a budget of half the forecast | {} | the day within the budget (≤ 1.00) |",
+        cells.join("; ")
+    ));
+}
+
 /// The unchanged-status path without HTTP: `vehicles` status bodies parsed (JSON, canonical
 /// hash, observation) and written, then the same bodies again, as a poll of cars that did not
 /// report meanwhile; CPU per unchanged poll, and the database growth of that round.
@@ -774,6 +888,9 @@ fn main() {
         }
         if want("scenario9") {
             scenario9(&mut rows, if quick { 400 } else { 10_000 }).await;
+        }
+        if want("scenario10") {
+            scenario10(&mut rows, if quick { 40 } else { 100 }).await;
         }
         if want("scenario4") {
             scenario4(&mut rows, if quick { &[1000] } else { &[1000, 10_000] }).await;

@@ -185,6 +185,7 @@ pub fn build(cfg: Config, prev: Option<&App>) -> Result<App, StartError> {
     if prev.is_some() {
         limits.set_rates(cfg.api.rate, cfg.idp.rate);
     }
+    limits.set_daily_budget(crate::telemetry::budget_plan(&cfg));
     Ok(App {
         cfg,
         engine,

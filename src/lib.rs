@@ -34,6 +34,7 @@ pub mod redact;
 pub mod retention;
 pub mod shard;
 pub mod sim;
+pub mod spend;
 pub mod status;
 pub mod store;
 pub mod sync;
@@ -253,6 +254,7 @@ async fn login(path: &std::path::Path, args: cli::LoginArgs, shard: Option<(u32,
         cfg.idp.rate,
         Some(&cfg.state_dir),
     ));
+    limits.set_daily_budget(telemetry::budget_plan(&cfg));
     let tokens = auth::TokenManager::in_dir(&cfg.state_dir, cfg.tokens, &cfg.idp, limits.clone());
     if let Err(e) = tokens.login(&account, args.code).await {
         eprintln!("stellantis-sync: {e}");

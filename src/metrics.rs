@@ -87,6 +87,8 @@ pub struct Source {
     pub refresh_token_max_age: Duration,
     /// The pass schedule (cron), exported as its period for alert rules.
     pub schedule: String,
+    /// `[telemetry] daily_request_budget`, per app client id (this instance's share).
+    pub daily_request_budget: u64,
 }
 
 /// Every metric of the process.
@@ -681,6 +683,31 @@ fn collect(src: &Source, now: SystemTime) -> Vec<Series> {
             }
         }
     }
+    let mut budget = Series::new(
+        "daily_request_budget",
+        "Requests a day each app client id may send (daily_request_budget; this instance's share)",
+        G,
+    );
+    let mut spent = Series::new(
+        "api_requests_today",
+        "API requests sent today (UTC) per app client id and purpose (list, telemetry), counted against daily_request_budget",
+        G,
+    );
+    if src.daily_request_budget > 0 {
+        budget.push(vec![], src.daily_request_budget as f64);
+    }
+    let today = crate::spend::today(&src.state_dir, chrono::DateTime::<chrono::Utc>::from(now));
+    for (client, s) in today.map(|d| d.clients).unwrap_or_default() {
+        for (purpose, n) in [("list", s.list), ("telemetry", s.telemetry)] {
+            spent.push(
+                vec![
+                    ("client_id", client.clone()),
+                    ("purpose", purpose.to_owned()),
+                ],
+                n as f64,
+            );
+        }
+    }
     if let Some(b) = crate::backup::last_backup(&src.state_dir) {
         if let Some(t) = crate::timefmt::parse(&b.finished_at) {
             backup.push(vec![], t.timestamp_millis() as f64 / 1000.0);
@@ -702,6 +729,8 @@ fn collect(src: &Source, now: SystemTime) -> Vec<Series> {
         soc,
         age,
         unavailable,
+        budget,
+        spent,
     ]
 }
 

@@ -259,6 +259,7 @@ impl Ops {
                 .collect(),
             refresh_token_max_age: app.cfg.tokens.max_age,
             schedule: app.cfg.schedule.cron.clone(),
+            daily_request_budget: app.cfg.telemetry.daily_request_budget,
         });
         *self.shared.view.lock().unwrap_or_else(|e| e.into_inner()) =
             (app.cfg.database.clone(), app.cfg.schedule.cron.clone());

@@ -51,12 +51,46 @@ pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(60);
 /// The longest back-off after 429s without a hint.
 pub const MAX_UNHINTED_BACKOFF: Duration = Duration::from_secs(3600);
 
-/// The API asked us to wait longer than a pass should block.
+/// No request was sent: the API asked us to wait longer than a pass should block, or the day's
+/// request budget cannot afford it ([`crate::spend`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the API asked every request to wait until {until} (rate limit); no request sent")]
+#[error("{}", describe(self))]
 pub struct CoolingDown {
     /// When requests may resume (RFC 3339).
     pub until: TimeText,
+    /// Whose rule it is.
+    pub why: Wait,
+}
+
+/// Why no request may go out now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// A cooldown the server asked for (429).
+    Server,
+    /// `daily_request_budget`: spent, or telemetry ahead of the day's pace.
+    Budget(crate::spend::Refusal),
+}
+
+fn describe(c: &CoolingDown) -> String {
+    use crate::spend::Refusal;
+    match c.why {
+        Wait::Server => format!(
+            "the API asked every request to wait until {} (rate limit); no request sent",
+            c.until
+        ),
+        Wait::Budget(Refusal::Spent { spent, budget }) => format!(
+            "the day's request budget is spent ({spent} of daily_request_budget = {budget} for this app client id, the rest kept for list passes); no request sent until {}",
+            c.until
+        ),
+        Wait::Budget(Refusal::AheadOfPace { telemetry, allowed }) => format!(
+            "telemetry is ahead of the day's pace ({telemetry} requests today, {allowed} affordable by now under daily_request_budget); no request sent"
+        ),
+    }
+}
+
+/// The next midnight UTC after `now_ms` (when the day's budget starts afresh).
+fn next_midnight_ms(now_ms: u64) -> u64 {
+    (now_ms / 86_400_000 + 1) * 86_400_000
 }
 
 /// A Unix-millisecond instant that prints as RFC 3339.
@@ -164,6 +198,8 @@ pub struct Limits {
     metrics: std::sync::OnceLock<std::sync::Arc<crate::metrics::Metrics>>,
     /// Per-account requests and quota headers, recorded in `sync_runs`.
     pub usage: crate::api::usage::Usage,
+    /// The day's requests against `daily_request_budget` (set by [`Limits::set_daily_budget`]).
+    pub daily: crate::spend::DailyBudget,
 }
 
 /// The period and burst of the limiter for a configured rate. GCRA admits at most
@@ -222,6 +258,7 @@ impl Limits {
             started: std::sync::atomic::AtomicBool::new(false),
             metrics: std::sync::OnceLock::new(),
             usage: crate::api::usage::Usage::default(),
+            daily: crate::spend::DailyBudget::new(state_dir),
         }
     }
 
@@ -243,6 +280,12 @@ impl Limits {
         self.idp.set_rate(idp_period, idp_burst);
         self.api_period_ms
             .store(millis(api_period), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The daily budget and the list passes' share of it per app client id (at start and on
+    /// every reload).
+    pub fn set_daily_budget(&self, plan: crate::spend::Plan) {
+        self.daily.set_plan(plan);
     }
 
     /// Counts this limiter's requests into `m` (the first call wins).
@@ -275,9 +318,15 @@ impl Limits {
         Duration::from_millis(until.saturating_sub(now))
     }
 
-    /// Waits until an API request may be sent, then takes a permit; fails at once when the
-    /// cooldown lasts longer than [`MAX_BLOCKING_WAIT`].
-    pub async fn api_permit(&self) -> Result<(), CoolingDown> {
+    /// Waits until an API request may be sent, then takes a permit and counts the request into
+    /// the day's budget; fails at once when the cooldown lasts longer than
+    /// [`MAX_BLOCKING_WAIT`], or when the day cannot afford the request (`client`: the account's
+    /// app client id, whose budget it is).
+    pub async fn api_permit(
+        &self,
+        client: &str,
+        purpose: crate::spend::Purpose,
+    ) -> Result<(), CoolingDown> {
         loop {
             let wait = self.wait_from_budget();
             if wait.is_zero() {
@@ -288,11 +337,20 @@ impl Limits {
                     .saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
                 return Err(CoolingDown {
                     until: TimeText(until),
+                    why: Wait::Server,
                 });
             }
             tokio::time::sleep(wait).await;
         }
         self.api.until_ready().await;
+        let now = self.daily.now();
+        if let Err(refusal) = self.daily.take(client, purpose, now) {
+            let now_ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+            return Err(CoolingDown {
+                until: TimeText(next_midnight_ms(now_ms)),
+                why: Wait::Budget(refusal),
+            });
+        }
         self.started
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.budget().last_api_request_ms = Some(unix_ms(SystemTime::now()));
@@ -460,7 +518,9 @@ mod tests {
         let l = Limits::new(rate(10, 1), rate(1, 1), None);
         let start = std::time::Instant::now();
         for _ in 0..11 {
-            l.api_permit().await.unwrap();
+            l.api_permit("c", crate::spend::Purpose::List)
+                .await
+                .unwrap();
         }
         assert!(
             start.elapsed() >= Duration::from_millis(1000),
@@ -476,7 +536,9 @@ mod tests {
         let start = std::time::Instant::now();
         let mut times = Vec::new();
         while start.elapsed() < Duration::from_millis(1500) {
-            l.api_permit().await.unwrap();
+            l.api_permit("c", crate::spend::Purpose::List)
+                .await
+                .unwrap();
             times.push(std::time::Instant::now());
         }
         for (i, t) in times.iter().enumerate() {
@@ -502,7 +564,10 @@ mod tests {
         let again = Limits::new(rate(100, 1), rate(1, 1), Some(dir.path()));
         assert!(again.cooldown_remaining() > Duration::from_millis(200));
         let start = std::time::Instant::now();
-        again.api_permit().await.unwrap();
+        again
+            .api_permit("c", crate::spend::Purpose::List)
+            .await
+            .unwrap();
         assert!(start.elapsed() >= Duration::from_millis(200));
     }
 
@@ -520,7 +585,10 @@ mod tests {
         assert!(l.cooldown_remaining() <= MAX_COOLDOWN);
         // A long cooldown is not slept through: the permit fails at once, saying until when.
         let start = std::time::Instant::now();
-        let err = l.api_permit().await.unwrap_err();
+        let err = l
+            .api_permit("c", crate::spend::Purpose::List)
+            .await
+            .unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(1));
         assert!(err.to_string().contains("wait until"), "{err}");
     }

@@ -107,10 +107,33 @@ pub fn render(cfg: &Config) -> String {
             "rate limit: the API asked every request to wait until {until}; passes fail fast (rate_limited) until then"
         );
     }
+    out.push_str(&spend_lines(cfg, chrono::Utc::now()));
     if let Some(c) = &conn {
         out.push_str(&crate::telemetry::status_lines(c, cfg));
     }
     let _ = writeln!(out, "{}", last_backup_line(cfg));
+    out
+}
+
+/// `requests today: <n> of <budget> (<list> list, <telemetry> telemetry) for app client <id>`,
+/// one line per app client id of the configuration.
+fn spend_lines(cfg: &Config, now: chrono::DateTime<chrono::Utc>) -> String {
+    let budget = cfg.telemetry.daily_request_budget;
+    let today = crate::spend::today(&cfg.state_dir, now).unwrap_or_default();
+    let mut clients: Vec<&str> = cfg.accounts.iter().map(|a| a.client_id.as_str()).collect();
+    clients.sort_unstable();
+    clients.dedup();
+    let mut out = String::new();
+    for c in clients {
+        let s = today.clients.get(c).copied().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "requests today (UTC): {} of daily_request_budget {budget} ({} list, {} telemetry), app client {c}",
+            s.total(),
+            s.list,
+            s.telemetry
+        );
+    }
     out
 }
 

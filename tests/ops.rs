@@ -160,7 +160,9 @@ async fn metrics_health_and_a_real_prometheus() {
     let opts = Opts {
         schedule: "*/2 * * * * *".into(),
         extra_top: format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
-        telemetry: "enabled = true".into(),
+        // Three accounts listed every 2 s are 129,600 requests a day: over the default budget,
+        // which would leave telemetry nothing (src/spend.rs).
+        telemetry: "enabled = true\ndaily_request_budget = 10000000".into(),
         ..Opts::default()
     };
     let accounts = std::sync::Mutex::new(Vec::new());

@@ -915,3 +915,85 @@ async fn due_times_written_under_a_clock_a_month_ahead_do_not_silence_the_vehicl
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Issue 22, defect 9: `daily_request_budget` is a ceiling, not a forecast. Under the timer
+/// (`--once` run again and again: every run polls every car) and in the daemon (cars awake, the
+/// shortest intervals), the API never sees more requests in the day than the budget; the runs
+/// refused say why, `status` and `/metrics` show the spend. On the old code 20 `--once` runs sent
+/// about 20 x (1 list page + 3 statuses + trips, alerts, maintenance) requests with a budget of 30.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_request_budget_is_a_ceiling_under_the_timer_and_in_the_daemon() {
+    let budget: u64 = 30;
+    let env = Env::new(
+        SimConfig {
+            users: 1,
+            vehicle_counts: vec![3],
+            ..SimConfig::default()
+        },
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts {
+            schedule: "0 0 0 1 1 *".into(),
+            telemetry: format!(
+                "active_interval = \"1s\"\nparked_interval = \"1s\"\ntrips_safety_interval = \"1s\"\nalerts_interval = \"1s\"\nmaintenance_interval = \"1s\"\ndaily_request_budget = {budget}\n"
+            ),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let mut refused = 0;
+    for _ in 0..20 {
+        let o = env.once().await;
+        match o.status.code() {
+            Some(0) => {}
+            Some(75) => {
+                refused += 1;
+                assert!(text(&o).contains("request budget"), "{}", text(&o));
+            }
+            c => panic!("exit {c:?}: {}", text(&o)),
+        }
+    }
+    let sent = env.sim.stats().api_requests;
+    assert!(
+        sent <= budget,
+        "{sent} API requests with a budget of {budget}"
+    );
+    assert!(sent >= budget / 2, "the budget was used: {sent}");
+    assert!(refused > 0, "the runs past the budget are refused");
+    let st = env.run(&["status"], &[]).await;
+    assert!(
+        text(&st).contains(&format!(
+            "requests today (UTC): {sent} of daily_request_budget {budget}"
+        )),
+        "{}",
+        text(&st)
+    );
+
+    // The daemon, on the same state directory and day: nothing more goes out.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon =
+        env.spawn_daemon(&[("STELLANTIS_SYNC_HTTP__LISTEN", &format!("127.0.0.1:{port}"))]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    signal(&daemon, "TERM");
+    let _ = tokio::time::timeout(Duration::from_secs(10), daemon.wait()).await;
+    assert_eq!(env.sim.stats().api_requests, sent, "the daemon sent more");
+    assert!(
+        metrics.contains(&format!("stellantis_sync_daily_request_budget {budget}")),
+        "{metrics}"
+    );
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("stellantis_sync_api_requests_today{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted as u64, sent, "{metrics}");
+}

@@ -17,6 +17,7 @@ use url::Url;
 use crate::config::Account;
 use crate::http::{BodyError, TransportError, TransportKind};
 use crate::ratelimit::Limits;
+use crate::spend::Purpose;
 pub use model::{ListedVehicle, Page, parse_page};
 
 /// How a request failed.
@@ -175,7 +176,7 @@ impl ApiClient {
         url: &str,
         token: &SecretString,
     ) -> Result<Page, ApiError> {
-        let (status, body) = self.get(a, url, token).await?;
+        let (status, body) = self.get(a, url, token, Purpose::List).await?;
         match status {
             200 => parse_page(&body),
             404 if model::is_no_vehicle(&body) => Err(ApiError::NoVehicles),
@@ -183,15 +184,17 @@ impl ApiClient {
         }
     }
 
-    /// One authorised GET through the rate limiter, with the body read under the size cap.
-    /// 401 and 429 are errors here already; any other status is returned with its body.
+    /// One authorised GET through the rate limiter and the day's budget (`purpose`: whose
+    /// share of it), with the body read under the size cap. 401 and 429 are errors here
+    /// already; any other status is returned with its body.
     pub async fn get(
         &self,
         a: &Account,
         url: &str,
         token: &SecretString,
+        purpose: Purpose,
     ) -> Result<(u16, Vec<u8>), ApiError> {
-        self.limits.api_permit().await?;
+        self.limits.api_permit(&a.client_id, purpose).await?;
         let started = std::time::Instant::now();
         let sent = self
             .http
@@ -265,7 +268,7 @@ impl ApiClient {
         url: &str,
         token: &SecretString,
     ) -> Result<RawResponse, ApiError> {
-        let (status, body) = self.get(a, url, token).await?;
+        let (status, body) = self.get(a, url, token, Purpose::Telemetry).await?;
         Ok(RawResponse {
             status,
             retry_after: None,

@@ -61,6 +61,8 @@ pub struct TelemetrySummary {
     pub unavailable: usize,
     /// Requests that failed for another reason (retried at the next interval).
     pub failures: usize,
+    /// Requests not sent: a cooldown, or the day's request budget (due again at the interval).
+    pub deferred: usize,
     /// A database write failed (exit 74 for `--once`).
     pub local_io: Option<String>,
     /// Charges and drives, as (account, vin, event), for the logs and the demo.
@@ -79,6 +81,7 @@ impl TelemetrySummary {
         self.trips += o.trips;
         self.unavailable += o.unavailable;
         self.failures += o.failures;
+        self.deferred += o.deferred;
         self.local_io = self.local_io.take().or(o.local_io);
         self.events.extend(o.events);
         self.next_due = match (self.next_due, o.next_due) {
@@ -90,14 +93,15 @@ impl TelemetrySummary {
     /// One line for the logs.
     pub fn line(&self) -> String {
         format!(
-            "telemetry: {} requests, {} statuses ({} new, {} unchanged), {} trips, {} unavailable, {} failed",
+            "telemetry: {} requests, {} statuses ({} new, {} unchanged), {} trips, {} unavailable, {} failed, {} deferred",
             self.requests,
             self.statuses,
             self.new_observations,
             self.unchanged,
             self.trips,
             self.unavailable,
-            self.failures
+            self.failures,
+            self.deferred
         )
     }
 }
@@ -120,6 +124,22 @@ pub fn list_requests_per_day(schedule: &str, accounts: usize) -> f64 {
         .take(86_401)
         .count();
     passes as f64 * accounts as f64
+}
+
+/// The day's budget and the list passes' share of it, per app client id: what
+/// [`crate::spend`] enforces on every API request.
+pub fn budget_plan(cfg: &Config) -> crate::spend::Plan {
+    let mut accounts_per_client: HashMap<String, usize> = HashMap::new();
+    for a in &cfg.accounts {
+        *accounts_per_client.entry(a.client_id.clone()).or_default() += 1;
+    }
+    crate::spend::Plan {
+        budget: cfg.telemetry.daily_request_budget,
+        list_per_day: accounts_per_client
+            .into_iter()
+            .map(|(c, n)| (c, list_requests_per_day(&cfg.schedule.cron, n)))
+            .collect(),
+    }
 }
 
 /// The projection `status` and `check-config` print, per app client id: (client id, projection).
@@ -182,19 +202,11 @@ struct VehicleResult {
 impl Telemetry {
     /// The runner for a configuration, sharing the engine's API client, tokens and database.
     pub fn new(cfg: &Config, engine: Arc<Engine>) -> Telemetry {
-        let mut accounts_per_client: HashMap<String, usize> = HashMap::new();
-        for a in &cfg.accounts {
-            *accounts_per_client.entry(a.client_id.clone()).or_default() += 1;
-        }
-        let list_per_day = accounts_per_client
-            .into_iter()
-            .map(|(c, n)| (c, list_requests_per_day(&cfg.schedule.cron, n)))
-            .collect();
         Telemetry {
             settings: cfg.telemetry.clone(),
             engine,
             accounts: cfg.accounts.clone(),
-            list_per_day,
+            list_per_day: budget_plan(cfg).list_per_day,
         }
     }
 
@@ -548,7 +560,13 @@ impl TelemetryAccount {
     ) {
         let iv = self.settings.intervals;
         let vin = w.vehicle.vin.clone();
-        summary.requests += r.requests;
+        // A deferred request was counted when tried but never sent.
+        let deferred = r
+            .outcomes
+            .iter()
+            .filter(|(_, o, _)| *o == Outcome::Deferred)
+            .count();
+        summary.requests += r.requests.saturating_sub(deferred);
         // The state after this round: the new observation's, else the stored one.
         let prev = w.state;
         let state = r
@@ -589,6 +607,7 @@ impl TelemetryAccount {
                     b.consecutive_failures += 1;
                     summary.failures += 1;
                 }
+                Outcome::Deferred => summary.deferred += 1,
             }
             b.next_due_ts = Some(schedule::next_due(
                 *ep,
@@ -697,11 +716,11 @@ impl TelemetryAccount {
                         .cooldown(retry_after.unwrap_or(Duration::from_secs(60)));
                 }
                 if matches!(api, ApiError::CoolingDown(_)) {
-                    // Nothing was sent: the client waits out a server-asked cooldown.
+                    // Nothing was sent: a server-asked cooldown, or the day's budget.
                     tracing::debug!(account = %self.account.name, vin, endpoint = ep.as_str(), "telemetry waits: {e}");
-                } else {
-                    tracing::warn!(account = %self.account.name, vin, endpoint = ep.as_str(), kind = %e.kind(), "telemetry request failed: {e}");
+                    return (ep, Outcome::Deferred, None);
                 }
+                tracing::warn!(account = %self.account.name, vin, endpoint = ep.as_str(), kind = %e.kind(), "telemetry request failed: {e}");
                 (ep, Outcome::Failed, None)
             }
         }
