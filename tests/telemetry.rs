@@ -409,12 +409,7 @@ async fn a_slow_account_does_not_stall_the_others_telemetry() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(14)).await;
-    signal(&child, "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(stop_daemon(&mut child).await.code(), Some(0));
     let polls = polls.lock().unwrap().clone();
     let longest = polls
         .windows(2)
