@@ -340,6 +340,8 @@ impl Telemetry {
         };
         let mut set = tokio::task::JoinSet::new();
         let mut accounts = Vec::new();
+        // Per account, the earliest due time of the endpoints its last plan did not poll.
+        let mut unpolled_due: Vec<Option<i64>> = Vec::new();
         // Accounts due again before the round ends: (due time, account).
         let mut waiting: Vec<(i64, usize)> = Vec::new();
         // Accounts whose first poll of the round is still in flight.
@@ -350,6 +352,7 @@ impl Telemetry {
             total.next_due = earliest(total.next_due, next_due);
             let i = accounts.len();
             accounts.push((a, k));
+            unpolled_due.push(next_due);
             if work.is_empty() {
                 if let Some(d) = next_due.filter(|_| !all_status) {
                     waiting.push((d, i));
@@ -401,6 +404,9 @@ impl Telemetry {
             let finished = tokio::select! {
                 r = set.join_next() => r,
                 () = sleep_until_round_time(wake, now, started) => {
+                    if stop.is_cancelled() {
+                        continue;
+                    }
                     let t = round_now();
                     let (ready, later) = waiting.into_iter().partition(|(d, _)| *d <= t);
                     waiting = later;
@@ -409,6 +415,7 @@ impl Telemetry {
                         match self.load(a).await {
                             Ok((account_id, vehicles, books, states)) => {
                                 let (work, next_due) = plan(vehicles, books, states, t, false);
+                                unpolled_due[i] = next_due;
                                 if work.is_empty() {
                                     waiting.extend(next_due.map(|d| (d.max(t + 1), i)));
                                 } else {
@@ -429,8 +436,10 @@ impl Telemetry {
             match r {
                 Ok((i, s)) => {
                     first.remove(&i);
-                    if s.local_io.is_none() && !all_status {
-                        waiting.push((round_now() + 1, i));
+                    // Due again: the earliest of what it just polled and what it did not.
+                    let due = earliest(unpolled_due[i], s.next_due);
+                    if let Some(d) = due.filter(|_| s.local_io.is_none() && !all_status) {
+                        waiting.push((d.max(round_now() + 1), i));
                     }
                     total.merge(s);
                 }
