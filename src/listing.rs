@@ -228,9 +228,15 @@ mod tests {
         }
     }
 
-    /// Feeds pages in order; renders the outcome as `done N single|multi`, or the error.
+    /// Feeds pages in order to a listing of `pageSize = 2`; renders the outcome as
+    /// `done N single|multi`, or the error.
     fn run(pages: Vec<Page>) -> String {
-        let mut b = ListingBuilder::new("https://api/x/user/vehicles?client_id=c&pageSize=2", 2);
+        run_sized(pages, 2)
+    }
+
+    fn run_sized(pages: Vec<Page>, page_size: u32) -> String {
+        let first = format!("https://api/x/user/vehicles?client_id=c&pageSize={page_size}");
+        let mut b = ListingBuilder::new(&first, page_size);
         for p in pages {
             match b.push(p) {
                 Ok(Step::Next(_)) => {}
@@ -414,17 +420,6 @@ mod tests {
             p.total_pages = Some(pages);
             p
         };
-        let run60 = |pages: Vec<Page>| {
-            let mut b = ListingBuilder::new("https://api/x/user/vehicles?pageSize=60", 60);
-            for p in pages {
-                match b.push(p) {
-                    Ok(Step::Next(_)) => {}
-                    Ok(Step::Done(l)) => return format!("done {}", l.len()),
-                    Err(Incomplete(m)) => return format!("incomplete: {m}"),
-                }
-            }
-            "unfinished".into()
-        };
         let n2 = Some("https://api/x/user/vehicles?pageToken=2");
         let n3 = Some("https://api/x/user/vehicles?pageToken=3");
         let cases: Vec<(&str, Vec<Page>, &str)> = vec![
@@ -434,7 +429,7 @@ mod tests {
                     numbered(3, &["a", "b"], n2, 1, 2),
                     numbered(3, &["c"], None, 2, 2),
                 ],
-                "done 3",
+                "done 3 multi",
             ),
             (
                 "total says 3, the pages hold 2 and end",
@@ -472,7 +467,7 @@ mod tests {
             ),
         ];
         for (name, pages, want) in cases {
-            assert_eq!(run60(pages), want, "{name}");
+            assert_eq!(run_sized(pages, 60), want, "{name}");
         }
     }
 

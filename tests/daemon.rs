@@ -388,12 +388,7 @@ async fn sighups_during_a_round_keep_the_per_second_rate() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    signal(&child, "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(stop_daemon(&mut child).await.code(), Some(0));
     let s = env.sim.stats();
     assert!(s.api_requests >= 8, "{} API requests", s.api_requests);
     assert!(

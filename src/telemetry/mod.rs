@@ -7,6 +7,10 @@
 //! `telemetry_endpoints`), at most `max_concurrent_vehicles` vehicles at a time, and writes an
 //! account's finished vehicles as the round goes, one transaction per 16 vehicles or 2 s
 //! (`store::telemetry`), so a crash loses at most the last few answers.
+//! Within a round, no account may hold every vehicle permit while another has work, and until
+//! every account's first poll of the round has finished, an account that finished is polled again
+//! when its vehicles are due: a slow account (answers that take seconds) makes the round last,
+//! not the other accounts' cars wait (issue 22: a charging car due every 5 s waited 49 s).
 //! [`Telemetry::run_once_pass`] is the `--once` variant: a status poll of every current vehicle,
 //! the rest when due. The daemon runs `run_due` as its `Job::TelemetryRound` (see `jobs`), one
 //! round at a time. The vehicles are those the list pass recorded as current
@@ -229,6 +233,62 @@ impl Telemetry {
         self.run(now, stop, true).await
     }
 
+    /// One account's vehicles, endpoint books and states, as the database has them.
+    async fn load(&self, a: &Account) -> Result<Loaded, DbError> {
+        let (name, brand) = (a.name.clone(), a.brand.key().to_owned());
+        self.db(move |db| {
+            let id = db.account_id(&name, &brand)?;
+            let vehicles = db.telemetry_vehicles(id)?;
+            let (books, states) = db.telemetry_books(id)?;
+            Ok((id, vehicles, books, states))
+        })
+        .await
+    }
+
+    /// Starts one account's round at `now` (with its account permit, or waiting for one).
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_account(
+        &self,
+        set: &mut tokio::task::JoinSet<(usize, TelemetrySummary)>,
+        round: &Round,
+        i: usize,
+        account: &Account,
+        account_id: i64,
+        stretch: f64,
+        now: i64,
+        work: Vec<Work>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        let this = TelemetryAccount {
+            settings: self.settings.clone(),
+            engine: self.engine.clone(),
+            account: account.clone(),
+            account_id,
+            stretch,
+        };
+        let (accounts, vehicles, stop) = (
+            round.accounts.clone(),
+            round.vehicles.clone(),
+            round.stop.clone(),
+        );
+        let own = Arc::new(Semaphore::new(round.per_account));
+        set.spawn(async move {
+            let permit = match permit {
+                Some(p) => p,
+                None => match tokio::select! {
+                    p = accounts.acquire_owned() => p.ok(),
+                    () = stop.cancelled() => None,
+                } {
+                    Some(p) => p,
+                    None => return (i, TelemetrySummary::default()),
+                },
+            };
+            let s = this.poll(now, work, vehicles, own, stop).await;
+            drop(permit);
+            (i, s)
+        });
+    }
+
     async fn run(&self, now: i64, stop: CancellationToken, all_status: bool) -> TelemetrySummary {
         let mut total = TelemetrySummary::default();
         if !self.settings.enabled {
@@ -237,16 +297,7 @@ impl Telemetry {
         // Load every account's vehicles, books and states.
         let mut plans = Vec::new();
         for a in &self.accounts {
-            let (name, brand) = (a.name.clone(), a.brand.key().to_owned());
-            let loaded = self
-                .db(move |db| {
-                    let id = db.account_id(&name, &brand)?;
-                    let vehicles = db.telemetry_vehicles(id)?;
-                    let (books, states) = db.telemetry_books(id)?;
-                    Ok((id, vehicles, books, states))
-                })
-                .await;
-            match loaded {
+            match self.load(a).await {
                 Ok(l) => plans.push((a.clone(), l)),
                 Err(e) => {
                     tracing::error!(account = %a.name, "telemetry: cannot read the database: {e}");
@@ -286,95 +337,137 @@ impl Telemetry {
                 (c, k)
             })
             .collect();
-        let sem = Arc::new(Semaphore::new(self.settings.max_concurrent_vehicles.max(1)));
-        let accounts_sem = Arc::new(Semaphore::new(self.settings.max_concurrent_vehicles.max(1)));
+        let max = self.settings.max_concurrent_vehicles.max(1);
+        let round = Round {
+            vehicles: Arc::new(Semaphore::new(max)),
+            accounts: Arc::new(Semaphore::new(max)),
+            // With several accounts, none may hold every vehicle permit: a slow account's
+            // vehicles must not keep the others' waiting (issue 22 defect 10).
+            per_account: if plans.len() > 1 {
+                (max - 1).max(1)
+            } else {
+                max
+            },
+            stop: stop.clone(),
+        };
         let mut set = tokio::task::JoinSet::new();
+        let mut accounts = Vec::new();
+        // Per account, the earliest due time of the endpoints its last plan did not poll.
+        let mut unpolled_due: Vec<Option<i64>> = Vec::new();
+        // Accounts due again before the round ends: (due time, account).
+        let mut waiting: Vec<(i64, usize)> = Vec::new();
+        // Accounts whose first poll of the round is still in flight.
+        let mut first = HashSet::new();
         for (a, (account_id, vehicles, books, states)) in plans {
             let k = stretch.get(&a.client_id).copied().unwrap_or(1.0);
-            let mut by_vin: HashMap<String, HashMap<Endpoint, Book>> = HashMap::new();
-            for (vin, ep, b) in books {
-                by_vin.entry(vin).or_default().insert(ep, b);
-            }
-            let states: HashMap<String, State> = states.into_iter().collect();
-            // The stored due time, unless the clock cannot explain it (a clock step).
-            let due_at = |ep: Endpoint, b: Option<&Book>| {
-                schedule::due_at(
-                    ep,
-                    b.and_then(|b| b.next_due_ts),
-                    b.and_then(|b| b.last_attempt_ts),
-                    now,
-                    &self.settings.intervals,
-                )
-            };
-            let mut work = Vec::new();
-            let mut next_due: Option<i64> = None;
-            for v in vehicles {
-                let books = by_vin.remove(&v.vin).unwrap_or_default();
-                let due: Vec<Endpoint> = Endpoint::ALL
-                    .into_iter()
-                    .filter(|ep| {
-                        let b = books.get(ep);
-                        // `--once` polls every status, except one resting after a 403/404.
-                        let resting = b.is_some_and(|b| b.unavailable_since_ts.is_some());
-                        (all_status && *ep == Endpoint::Status && !resting) || due_at(*ep, b) <= now
-                    })
-                    .collect();
-                for ep in Endpoint::ALL {
-                    if !due.contains(&ep) {
-                        let d = due_at(ep, books.get(&ep));
-                        next_due = Some(next_due.map_or(d, |n| n.min(d)));
-                    }
-                }
-                if !due.is_empty() {
-                    let state = states.get(&v.vin).copied();
-                    work.push(Work {
-                        vehicle: v,
-                        due,
-                        books,
-                        state,
-                    });
-                }
-            }
-            total.next_due = match (total.next_due, next_due) {
-                (Some(x), Some(y)) => Some(x.min(y)),
-                (x, y) => x.or(y),
-            };
+            let (work, next_due) = plan(
+                vehicles,
+                books,
+                states,
+                now,
+                all_status,
+                &self.settings.intervals,
+            );
+            total.next_due = earliest(total.next_due, next_due);
+            let i = accounts.len();
+            accounts.push((a, k));
+            unpolled_due.push(next_due);
             if work.is_empty() {
+                if let Some(d) = next_due.filter(|_| !all_status) {
+                    waiting.push((d, i));
+                }
                 continue;
             }
             if stop.is_cancelled() {
                 break;
             }
-            let this = TelemetryAccount {
-                settings: self.settings.clone(),
-                engine: self.engine.clone(),
-                account: a,
-                account_id,
-                stretch: k,
-            };
             // Accounts in flight are bounded like vehicles: with every account started at once,
             // the vehicle permits went round all accounts' first vehicles before any account's
             // second, so nearly every account held fetched bodies until its last vehicle came
             // (86 MiB at 10,000 vehicles; bench scenario 9).
             let account_permit = tokio::select! {
-                p = accounts_sem.clone().acquire_owned() => p,
+                p = round.accounts.clone().acquire_owned() => p,
                 () = stop.cancelled() => break,
             };
             let Ok(account_permit) = account_permit else {
                 break;
             };
-            let sem = sem.clone();
-            let stop = stop.clone();
-            set.spawn(async move {
-                let s = this.poll(now, work, sem, stop).await;
-                drop(account_permit);
-                s
-            });
+            let (a, k) = &accounts[i];
+            self.spawn_account(
+                &mut set,
+                &round,
+                i,
+                a,
+                account_id,
+                *k,
+                now,
+                work,
+                Some(account_permit),
+            );
+            first.insert(i);
         }
-        while let Some(r) = set.join_next().await {
+        // Until every account's first poll of the round has finished, an account that finished
+        // (or had nothing due) is polled again when its vehicles are due, at least a second
+        // after it finished, on the round's own clock: the round waits for its slowest account,
+        // the others do not. It still ends: nothing starts once every first poll is done, so the
+        // budget's stretch and the vehicle list are planned afresh at every round. `--once`
+        // polls each vehicle once.
+        let started = std::time::Instant::now();
+        let round_now =
+            || now.saturating_add(i64::try_from(started.elapsed().as_secs()).unwrap_or(0));
+        loop {
+            if first.is_empty() || stop.is_cancelled() {
+                waiting.clear();
+            }
+            let wake = waiting.iter().map(|(d, _)| *d).min();
+            let finished = tokio::select! {
+                r = set.join_next() => r,
+                () = sleep_until_round_time(wake, now, started) => {
+                    if stop.is_cancelled() {
+                        continue;
+                    }
+                    let t = round_now();
+                    let (ready, later) = waiting.into_iter().partition(|(d, _)| *d <= t);
+                    waiting = later;
+                    for (_, i) in ready {
+                        let (a, k) = &accounts[i];
+                        match self.load(a).await {
+                            Ok((account_id, vehicles, books, states)) => {
+                                let (work, next_due) =
+                                    plan(vehicles, books, states, t, false, &self.settings.intervals);
+                                unpolled_due[i] = next_due;
+                                if work.is_empty() {
+                                    waiting.extend(next_due.map(|d| (d.max(t + 1), i)));
+                                } else {
+                                    let (r, ai) = (&round, account_id);
+                                    self.spawn_account(&mut set, r, i, a, ai, *k, t, work, None);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!(account = %a.name, "telemetry: cannot read the database: {e}");
+                                total.local_io = Some(e.to_string());
+                            }
+                        }
+                    }
+                    continue;
+                }
+            };
+            let Some(r) = finished else { break };
             match r {
-                Ok(s) => total.merge(s),
-                Err(e) => tracing::error!("a telemetry task failed: {e}"),
+                Ok((i, s)) => {
+                    first.remove(&i);
+                    // Due again: the earliest of what it just polled and what it did not.
+                    let due = earliest(unpolled_due[i], s.next_due);
+                    if let Some(d) = due.filter(|_| s.local_io.is_none() && !all_status) {
+                        waiting.push((d.max(round_now() + 1), i));
+                    }
+                    total.merge(s);
+                }
+                Err(e) => {
+                    // Which account it was is unknown: start nothing more this round.
+                    tracing::error!("a telemetry task failed: {e}");
+                    first.clear();
+                }
             }
         }
         for (account, vin, e) in &total.events {
@@ -397,6 +490,102 @@ impl Telemetry {
         }
         total
     }
+}
+
+/// What [`Telemetry::load`] reads for one account: its id, vehicles, books and states.
+type Loaded = (
+    i64,
+    Vec<PolledVehicle>,
+    Vec<(String, Endpoint, Book)>,
+    Vec<(String, State)>,
+);
+
+/// What the accounts of one round share.
+struct Round {
+    /// Vehicles in flight, all accounts together (`max_concurrent_vehicles`).
+    vehicles: Arc<Semaphore>,
+    /// Accounts in flight.
+    accounts: Arc<Semaphore>,
+    /// The most vehicles one account may have in flight.
+    per_account: usize,
+    stop: CancellationToken,
+}
+
+/// The earlier of two optional due times.
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+/// Sleeps until the round's clock (`now` at `started`, then counted by the monotonic clock)
+/// reaches `at` (forever when `None`).
+async fn sleep_until_round_time(at: Option<i64>, now: i64, started: std::time::Instant) {
+    match at {
+        Some(at) => {
+            let secs = u64::try_from(at.saturating_sub(now)).unwrap_or(0);
+            tokio::time::sleep_until((started + Duration::from_secs(secs)).into()).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// One account's work at `now`: its vehicles with the endpoints due, and the earliest due time
+/// of the endpoints not due. `all_status` (`--once`): every status is due, except one resting
+/// after a 403/404.
+fn plan(
+    vehicles: Vec<PolledVehicle>,
+    books: Vec<(String, Endpoint, Book)>,
+    states: Vec<(String, State)>,
+    now: i64,
+    all_status: bool,
+    intervals: &schedule::Intervals,
+) -> (Vec<Work>, Option<i64>) {
+    let mut by_vin: HashMap<String, HashMap<Endpoint, Book>> = HashMap::new();
+    for (vin, ep, b) in books {
+        by_vin.entry(vin).or_default().insert(ep, b);
+    }
+    let states: HashMap<String, State> = states.into_iter().collect();
+    // The stored due time, unless the clock cannot explain it (a clock step).
+    let due_at = |ep: Endpoint, b: Option<&Book>| {
+        schedule::due_at(
+            ep,
+            b.and_then(|b| b.next_due_ts),
+            b.and_then(|b| b.last_attempt_ts),
+            now,
+            intervals,
+        )
+    };
+    let mut work = Vec::new();
+    let mut next_due: Option<i64> = None;
+    for v in vehicles {
+        let books = by_vin.remove(&v.vin).unwrap_or_default();
+        let due: Vec<Endpoint> = Endpoint::ALL
+            .into_iter()
+            .filter(|ep| {
+                let b = books.get(ep);
+                // `--once` polls every status, except one resting after a 403/404.
+                let resting = b.is_some_and(|b| b.unavailable_since_ts.is_some());
+                (all_status && *ep == Endpoint::Status && !resting) || due_at(*ep, b) <= now
+            })
+            .collect();
+        for ep in Endpoint::ALL {
+            if !due.contains(&ep) {
+                next_due = earliest(next_due, Some(due_at(ep, books.get(&ep))));
+            }
+        }
+        if !due.is_empty() {
+            let state = states.get(&v.vin).copied();
+            work.push(Work {
+                vehicle: v,
+                due,
+                books,
+                state,
+            });
+        }
+    }
+    (work, next_due)
 }
 
 /// One account's round.
@@ -446,6 +635,7 @@ impl TelemetryAccount {
         now: i64,
         work: Vec<Work>,
         sem: Arc<Semaphore>,
+        own: Arc<Semaphore>,
         stop: CancellationToken,
     ) -> TelemetrySummary {
         let mut summary = TelemetrySummary::default();
@@ -464,8 +654,13 @@ impl TelemetryAccount {
         let mut plans = Vec::new();
         let mut done = Finished::default();
         for (i, w) in work.into_iter().enumerate() {
+            // The account's own share first, then a permit of the round's.
             let permit = tokio::select! {
-                p = sem.clone().acquire_owned() => p,
+                p = async {
+                    let own = own.clone().acquire_owned().await?;
+                    let shared = sem.clone().acquire_owned().await?;
+                    Ok::<_, tokio::sync::AcquireError>((own, shared))
+                } => p,
                 () = stop.cancelled() => break,
             };
             let Ok(permit) = permit else { break };

@@ -282,6 +282,15 @@ pub fn signal(child: &tokio::process::Child, sig: &str) {
     assert!(ok.success());
 }
 
+/// Sends SIGTERM to the daemon and waits (at most 10 s) for it to exit.
+pub async fn stop_daemon(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    signal(child, "TERM");
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the daemon did not exit within 10 s of SIGTERM")
+        .unwrap()
+}
+
 /// Waits until `f` holds (polling every 100 ms) or panics after `secs`.
 pub async fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
