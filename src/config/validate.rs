@@ -260,8 +260,13 @@ fn limits(v: &mut Validator<'_>, raw: &RawConfig) -> Limits {
         .base_url
         .as_deref()
         .and_then(|u| v.url("idp.base_url", u));
-    if !raw.state_dir.is_absolute() && raw.state_dir.as_os_str().is_empty() {
+    if raw.state_dir.as_os_str().is_empty() {
         v.bad("state_dir", "must not be empty");
+    } else if !raw.state_dir.is_absolute() {
+        v.bad("state_dir", RELATIVE);
+    }
+    if raw.database.as_ref().is_some_and(|d| !d.is_absolute()) {
+        v.bad("database", RELATIVE);
     }
     Limits {
         api_rate,
@@ -437,6 +442,9 @@ fn one_account_per_token(
 }
 
 /// The state directory and the database's directory are usable (nothing is created).
+/// Why a relative state directory or database is refused (issue 23, F12).
+const RELATIVE: &str = "must be an absolute path: a relative one is resolved against the directory the command runs in, so the same configuration run from another directory would use another token store, present the configured refresh_token again and end the account's live chain";
+
 fn directories(v: &mut Validator<'_>, state_dir: &Path, database: &Path) {
     check_dir_usable(v, "state_dir", state_dir);
     // The daemon creates `state_dir` (and the database's directory inside it); any other
