@@ -49,6 +49,7 @@ use cli::{Cli, Command};
 /// Runs a parsed command line and returns the process exit code.
 #[allow(clippy::print_stdout, clippy::print_stderr)] // the command line's own output
 pub fn run(cli: Cli) -> u8 {
+    no_core_dumps();
     // The demo is a live view for a person: its events are printed, logs only say what is wrong.
     let default_level = match cli.command {
         Some(Command::Demo(_)) => "warn",
@@ -120,6 +121,21 @@ pub fn run(cli: Cli) -> u8 {
             },
         }
     })
+}
+
+/// A core dump of this process would hold its tokens and secrets in plain text (export, import
+/// and login are run by hand, outside the units' `LimitCORE=0`): the process is made
+/// non-dumpable and its core size limit 0, for every command, before anything is read.
+fn no_core_dumps() {
+    use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
+    let _ = setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    );
+    let _ = set_dumpable_behavior(DumpableBehavior::NotDumpable);
 }
 
 /// Refuses global flags a command does not honour (`demo --once` would otherwise run forever

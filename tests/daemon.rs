@@ -314,6 +314,19 @@ async fn a_second_instance_is_refused() {
     let o = env.once().await;
     assert_code(&o, 75);
     assert!(text(&o).contains("already running"), "{}", text(&o));
+    // A core dump would hold the tokens in plain text (issue 23, F16 of the adversarial
+    // review): the process sets its core limit to 0 (and makes itself non-dumpable) whatever
+    // the shell's `ulimit -c` or the unit says.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().unwrap())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
     signal(&child, "TERM");
     assert!(child.wait().await.unwrap().success());
 }
