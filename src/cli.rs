@@ -65,6 +65,9 @@ pub enum Command {
     ExportAccount(ExportArgs),
     /// Add the account history of an export FILE to this instance's database.
     ImportAccount(ImportArgs),
+    /// Make this state directory the holder of its token chains after a restore or a move to
+    /// another disk (never while the original still runs: one chain in two places dies).
+    AdoptState,
 }
 
 #[derive(Debug, Args)]

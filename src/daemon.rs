@@ -53,6 +53,9 @@ pub enum StartError {
     AlreadyRunning { dir: String, lock: String },
     #[error("cannot create or open the state directory {dir}: {reason}")]
     StateDir { dir: String, reason: String },
+    /// The token store is a copy of another state directory's (issue 23): nothing is presented.
+    #[error(transparent)]
+    CopiedState(crate::auth::store::StoreError),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -124,9 +127,12 @@ pub fn instance_lock(state_dir: &Path) -> Result<File, StartError> {
 /// and the token manager's records kept in memory and exchanges in flight.
 pub fn build(cfg: Config, prev: Option<&App>) -> Result<App, StartError> {
     let tokens_store = TokenStore::new(&cfg.state_dir);
-    tokens_store.prepare().map_err(|e| StartError::StateDir {
-        dir: cfg.state_dir.display().to_string(),
-        reason: e.to_string(),
+    tokens_store.prepare().map_err(|e| match e {
+        e @ crate::auth::store::StoreError::Copied { .. } => StartError::CopiedState(e),
+        e => StartError::StateDir {
+            dir: cfg.state_dir.display().to_string(),
+            reason: e.to_string(),
+        },
     })?;
     {
         use std::os::unix::fs::PermissionsExt;

@@ -56,6 +56,7 @@ pub fn for_start(e: &StartError) -> u8 {
     match e {
         StartError::AlreadyRunning { .. } => TEMPFAIL,
         StartError::StateDir { .. } => IOERR,
+        StartError::CopiedState(_) => CONFIG,
         StartError::Db(e) if e.is_io() => IOERR,
         StartError::Db(e) if e.is_busy() => TEMPFAIL,
         StartError::Db(DbError::TooNew { .. }) => CONFIG,

@@ -90,6 +90,7 @@ pub fn run(cli: Cli) -> u8 {
                 Err(code) => code,
             },
             Some(Command::Init(args)) => init::command(&cli.config, args),
+            Some(Command::AdoptState) => adopt_state(&cli.config, shard),
             Some(Command::Login(args)) => login(&cli.config, args, shard).await,
             Some(Command::ExportAccount(a)) => {
                 transfer::export_cmd(&cli.config, &a.name, &a.to, a.with_tokens, a.remove).await
@@ -123,6 +124,37 @@ pub fn run(cli: Cli) -> u8 {
     })
 }
 
+/// `adopt-state`: after a restore or a move to another disk, this state directory's token store
+/// becomes the one its chains live in (a copy is refused until then: `auth::store`).
+#[allow(clippy::print_stdout, clippy::print_stderr)] // the command's own output
+fn adopt_state(path: &std::path::Path, shard: Option<(u32, u32)>) -> u8 {
+    let cfg = match load(path, config::Checks::Full, shard) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let store = auth::store::TokenStore::new(&cfg.state_dir);
+    match store.adopt() {
+        Ok(true) => {
+            println!(
+                "{} now holds its token chains (it was a copy or a restore). If the original state directory still exists, remove it or its tokens/ now: run both and every chain ends.",
+                cfg.state_dir.display()
+            );
+            exit::OK
+        }
+        Ok(false) => {
+            println!(
+                "{} already holds its token chains: nothing to adopt",
+                cfg.state_dir.display()
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("stellantis-sync: {e}");
+            exit::IOERR
+        }
+    }
+}
+
 /// A core dump of this process would hold its tokens and secrets in plain text (export, import
 /// and login are run by hand, outside the units' `LimitCORE=0`): the process is made
 /// non-dumpable and its core size limit 0, for every command, before anything is read.
@@ -148,6 +180,7 @@ fn check_global_flags(cli: &Cli) -> Result<(), String> {
         | Some(Command::ImportAccount(_))
         | Some(Command::Login(_))
         | Some(Command::Backup(_))
+        | Some(Command::AdoptState)
         | Some(Command::ExportAccount(_)) => {
             // `--shard` says which instance's files they work on, as the unit has it (status:
             // its accounts; import: refuses another shard's account; login: only its own

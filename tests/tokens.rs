@@ -504,3 +504,85 @@ async fn a_running_daemon_picks_up_a_login_without_a_restart() {
     signal(&daemon, "TERM");
     assert!(daemon.wait().await.unwrap().success());
 }
+
+/// Issue 23, F2 of the adversarial review: a copied state directory (`cp -a`, `rsync`, a
+/// restore from an archive) is told from the original, whose chain it would end: the copy
+/// presents nothing and exits 78 naming `adopt-state`; the original syncs on. After a restore
+/// (the original gone) `adopt-state` makes the copy the holder. On the old code the copy synced
+/// (exit 0) and the original then exited 77: its chain had been revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_state_directory_presents_nothing_until_adopted() {
+    let env = Env::new(
+        SimConfig {
+            family_revocation: true,
+            ..SimConfig::default()
+        },
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts::default(),
+    )
+    .await;
+    assert_code(&env.once().await, 0);
+    let copy = tempfile::tempdir().unwrap();
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(env.state_dir())
+        .arg(copy.path().join("state"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let copy_config = copy.path().join("config.toml");
+    let accounts = vec![Acct::bootstrapped(&env.sim, 1)];
+    std::fs::write(
+        &copy_config,
+        config_text(&env.sim, copy.path(), &accounts, &Opts::default()),
+    )
+    .unwrap();
+    let run = |args: &'static [&'static str]| {
+        let config = copy_config.clone();
+        async move {
+            tokio::process::Command::new(BIN)
+                .arg("--config")
+                .arg(&config)
+                .args(args)
+                .env_remove("NOTIFY_SOCKET")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let o = run(&["--once"]).await;
+    assert_code(&o, 78);
+    assert!(
+        text(&o).contains("copy or a restore") && text(&o).contains("adopt-state"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(env.sim.stats().reused_refresh, 0);
+    assert_code(&env.once().await, 0);
+    assert_eq!(
+        env.sim.stats().reused_refresh,
+        0,
+        "the original's chain lives"
+    );
+
+    // A restore: the original is gone; the copy is adopted and carries the chain on.
+    std::fs::remove_dir_all(env.state_dir()).unwrap();
+    let o = run(&["adopt-state"]).await;
+    assert_code(&o, 0);
+    assert!(
+        text(&o).contains("now holds its token chains"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["--once"]).await;
+    assert_code(&o, 0);
+    assert_eq!(env.sim.stats().reused_refresh, 0);
+    assert!(
+        text(&run(&["adopt-state"]).await).contains("nothing to adopt"),
+        "adopting twice changes nothing"
+    );
+    // A store from before the check (no tokens/.home) adopts itself on first use.
+    std::fs::remove_file(copy.path().join("state/tokens/.home")).unwrap();
+    assert_code(&run(&["--once"]).await, 0);
+    assert!(copy.path().join("state/tokens/.home").exists());
+}

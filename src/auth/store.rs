@@ -104,6 +104,16 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("token store {path} is locked by another process (a login or another run)")]
     Locked { path: PathBuf },
+    /// The store is a copy (or a restore) of another state directory's: its directory is not
+    /// the one its chains were written in ([`TokenStore::prepare`]).
+    #[error(
+        "token store {path} is a copy or a restore of another state directory (its tokens were written in directory inode {recorded}, this one is {found}): two state directories presenting one refresh-token chain end it for both. If the original no longer runs (a restore, a move to another disk), run `stellantis-sync adopt-state` with this configuration; if it still runs, remove this copy"
+    )]
+    Copied {
+        path: PathBuf,
+        recorded: u64,
+        found: u64,
+    },
 }
 
 /// SHA-256 of a secret as hex (for forensic comparisons; never the secret itself).
@@ -164,9 +174,68 @@ impl TokenStore {
                 }
             }
         }
+        self.check_home()?;
         self.restore_ballast();
         self.sweep_temporaries();
         Ok(())
+    }
+
+    /// `tokens/.home`: the inode of the directory the chains were written in. A copy of a state
+    /// directory (`cp -a`, `rsync`, a restore from an archive) gets new inodes, so its store is
+    /// told from the original and refused ([`StoreError::Copied`]); a rename in place or a
+    /// volume attached elsewhere keeps it. Written on first use (a store from before it adopts
+    /// itself).
+    fn home(&self) -> PathBuf {
+        self.dir.join(".home")
+    }
+
+    fn dir_inode(&self) -> Result<u64, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.dir)
+            .map(|m| m.ino())
+            .map_err(|e| self.io(&self.dir, e))
+    }
+
+    fn check_home(&self) -> Result<(), StoreError> {
+        let found = self.dir_inode()?;
+        let recorded = std::fs::read_to_string(self.home())
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        match recorded {
+            Some(r) if r == found => Ok(()),
+            Some(recorded) => Err(StoreError::Copied {
+                path: self.dir.clone(),
+                recorded,
+                found,
+            }),
+            None => self.write_home(found),
+        }
+    }
+
+    fn write_home(&self, inode: u64) -> Result<(), StoreError> {
+        let path = self.home();
+        crate::fsutil::write_atomic(&path, format!("{inode}\n").as_bytes(), 0o600, true)
+            .map_err(|e| self.io(&path, e))
+    }
+
+    /// `adopt-state`: this directory is now the one its chains live in (the original is gone).
+    /// It also takes a new instance id, so that an export claimed by the original is not
+    /// imported here as if this were it. Returns whether it was a copy.
+    pub fn adopt(&self) -> Result<bool, StoreError> {
+        if !self.dir.exists() {
+            return Ok(false);
+        }
+        let copied = matches!(self.check_home(), Err(StoreError::Copied { .. }));
+        if copied {
+            let id = self.dir.join(".instance-id");
+            match std::fs::remove_file(&id) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io(&id, e)),
+            }
+            self.write_home(self.dir_inode()?)?;
+        }
+        Ok(copied)
     }
 
     fn temporaries(&self) -> PathBuf {
