@@ -606,8 +606,17 @@ async fn backup_rotation_orders_copies_by_what_they_are_and_removes_leftovers() 
     assert_code(&env.once().await, 0);
     let bdir = env.state_dir().join("backups");
     std::fs::create_dir_all(&bdir).unwrap();
+    // A copy is a real SQLite database (rotation ignores files that are not: F9); a leftover
+    // temporary file is whatever a killed writer left.
     let put = |name: &str| {
-        std::fs::write(bdir.join(name), b"x").unwrap();
+        if name.starts_with('.') {
+            std::fs::write(bdir.join(name), b"x").unwrap();
+        } else {
+            rusqlite::Connection::open(bdir.join(name))
+                .unwrap()
+                .execute_batch("CREATE TABLE t(x)")
+                .unwrap();
+        }
         bdir.join(name)
     };
     // Case 7: …Z.sqlite, …Z-2.sqlite, …Z-10.sqlite of one second, keep = 3: the oldest goes.
