@@ -7,7 +7,8 @@
 //! destination, checked with `PRAGMA integrity_check`, fsynced, renamed into place and the
 //! directory fsynced: a crash leaves either no backup or a complete, checked one. The temporary
 //! file is owned by its writer's lock ([`crate::fsutil::OwnedTemp`]): every failure removes it
-//! and its `-journal`, and the next backup into that directory removes what a killed one left.
+//! and its `-journal`, and the next run (`--once`, the daemon's start, `backup`: see
+//! [`sweep_leftovers`]) removes what a killed one left in the backup directory.
 //!
 //! Scheduled backups go to `[backup] dir` as `stellantis-sync-NNNNNN-YYYYMMDDTHHMMSSZ.sqlite`:
 //! a sequence number one past the highest in the directory, then the time. Only the newest
@@ -22,7 +23,6 @@
 //! database that already holds a schema, [`before_migration`] copies it next to the database as
 //! `<file>.pre-schema-<version>-<time>.sqlite`.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -357,6 +357,22 @@ pub fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
+/// Removes what killed writers left where every run writes, once no live writer holds it
+/// ([`crate::fsutil::sweep`]): the temporary copies of backups (and their `-journal`) in the
+/// backup directory, and the temporary files of the small state files in `state_dir`
+/// (`backup.json`, `budget.json`, ...: `.NAME.tmp-<hex>`, see [`crate::fsutil::write_atomic`]).
+/// Also removes the `.tmpXXXXXX` files earlier builds left in `state_dir` (no lock told a dead
+/// writer's from a live one's; no process of this build writes such a name). Run by `--once`,
+/// the daemon's start and `backup`.
+pub fn sweep_leftovers(state_dir: &Path, backup_dir: &Path) {
+    remove_stale_temporaries(backup_dir);
+    let mut removed = crate::fsutil::sweep(state_dir, "", false);
+    removed.extend(crate::fsutil::sweep_legacy_temporaries(state_dir));
+    for f in removed {
+        tracing::info!(file = %f.display(), "removed what an interrupted write left");
+    }
+}
+
 fn record_path(state_dir: &Path) -> PathBuf {
     state_dir.join("backup.json")
 }
@@ -364,13 +380,9 @@ fn record_path(state_dir: &Path) -> PathBuf {
 /// Writes the record of the last backup (temporary file and rename); failures are logged.
 pub fn record(state_dir: &Path, rec: &BackupRecord) {
     let path = record_path(state_dir);
-    let result = (|| -> std::io::Result<()> {
-        let mut tmp = tempfile::NamedTempFile::new_in(state_dir)?;
-        tmp.write_all(&serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&path).map_err(|e| e.error)?;
-        Ok(())
-    })();
+    let result = serde_json::to_vec_pretty(rec)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| crate::fsutil::write_atomic(&path, &bytes, 0o600, true));
     if let Err(e) = result {
         tracing::warn!("cannot record the backup in {}: {e}", path.display());
     }
@@ -438,6 +450,7 @@ pub async fn command(cfg: &crate::config::Config, to: Option<PathBuf>) -> u8 {
         );
         return crate::exit::IOERR;
     }
+    sweep_leftovers(&cfg.state_dir, &cfg.ops.backup_dir);
     let (db, state_dir) = (cfg.database.clone(), cfg.state_dir.clone());
     let (dir, keep) = (cfg.ops.backup_dir.clone(), cfg.ops.backup_keep);
     let job = tokio::task::spawn_blocking(move || match to {

@@ -164,6 +164,8 @@ impl TokenStore {
                 }
             }
         }
+        // What a killed write_atomic left (`.NAME.tmp-<hex>`), unless its writer is alive.
+        crate::fsutil::sweep(&self.dir, "", false);
         self.restore_ballast();
         self.sweep_temporaries();
         Ok(())
