@@ -7,19 +7,22 @@
 //! destination, checked with `PRAGMA integrity_check`, fsynced, renamed into place and the
 //! directory fsynced: a crash leaves either no backup or a complete, checked one. The temporary
 //! file is owned by its writer's lock ([`crate::fsutil::OwnedTemp`]): every failure removes it
-//! and its `-journal`, and the next backup into that directory removes what a killed one left.
+//! and its `-journal`, and the next run (`--once`, the daemon's start, `backup`: see
+//! [`sweep_leftovers`]) removes what a killed one left in the backup directory.
 //!
 //! Scheduled backups go to `[backup] dir` as `stellantis-sync-NNNNNN-YYYYMMDDTHHMMSSZ.sqlite`:
 //! a sequence number one past the highest in the directory, then the time. Only the newest
 //! `keep` are kept, newest by sequence number: a clock stepped back or forward never makes a
 //! stale copy look new (names of earlier builds, without a sequence, count as older than every
-//! numbered one, and among themselves by time and collision counter). Backups into one
+//! numbered one, and among themselves by time and collision counter). Only real copies count
+//! ([`is_real_copy`]: SQLite's header and a whole number of pages), for `keep` and for the next
+//! sequence number; a file named like a backup that is not one is left alone and named in a
+//! warning (it may be an operator's, and is never deleted). Backups into one
 //! directory take its lock (`.stellantis-sync-backup.lock`) for naming, copying and rotation. The last backup is recorded in `state_dir/backup.json`
 //! (time, file, size, duration) for `status` and the metrics. Before a schema migration of a
 //! database that already holds a schema, [`before_migration`] copies it next to the database as
 //! `<file>.pre-schema-<version>-<time>.sqlite`.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -215,25 +218,74 @@ pub fn is_backup_name(name: &str) -> bool {
     backup_key(name).is_some()
 }
 
-/// Our backups in `dir`, oldest first by [`BackupKey`].
-fn backups_in(dir: &Path) -> Vec<(BackupKey, PathBuf)> {
-    let mut files: Vec<(BackupKey, PathBuf)> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let key = backup_key(e.file_name().to_str()?)?;
-                    Some((key, e.path()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
+/// The 16 bytes every SQLite database file starts with.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// Whether the file at `path` can be a copy this program wrote: a regular file that starts with
+/// SQLite's header magic, whose page size (header bytes 16-17, big-endian; 1 means 65536) is a
+/// power of two from 512 to 65536, and whose size is a whole number of pages, at least one. An
+/// empty file, a few bytes of junk or a truncated copy is not one. Cheap (one 18-byte read): the
+/// full `PRAGMA integrity_check` each copy passed was run when it was written.
+pub fn is_real_copy(path: &Path) -> bool {
+    use std::io::Read as _;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let Ok(meta) = f.metadata() else {
+        return false;
+    };
+    let mut head = [0u8; 18];
+    if !meta.is_file() || f.read_exact(&mut head).is_err() || &head[..16] != SQLITE_MAGIC {
+        return false;
+    }
+    let page = match u16::from_be_bytes([head[16], head[17]]) {
+        1 => 65536,
+        n => u64::from(n),
+    };
+    (512..=65536).contains(&page)
+        && page.is_power_of_two()
+        && meta.len() >= page
+        && meta.len() % page == 0
 }
 
-/// The name of the next backup in `dir`: one past the highest sequence number there.
+/// Our backups in `dir`, oldest first by [`BackupKey`]: the files named as ours
+/// ([`backup_key`]) that are real copies ([`is_real_copy`]). The second list holds the files
+/// named as ours that are not: they neither count toward `keep` nor give a sequence number, and
+/// are never removed (they may be an operator's).
+fn scan(dir: &Path) -> (Vec<(BackupKey, PathBuf)>, Vec<PathBuf>) {
+    let mut copies = Vec::new();
+    let mut not_copies = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Some(key) = e.file_name().to_str().and_then(backup_key) else {
+            continue;
+        };
+        if is_real_copy(&e.path()) {
+            copies.push((key, e.path()));
+        } else {
+            not_copies.push(e.path());
+        }
+    }
+    copies.sort();
+    not_copies.sort();
+    (copies, not_copies)
+}
+
+/// The real copies in `dir`, oldest first ([`scan`]).
+fn backups_in(dir: &Path) -> Vec<(BackupKey, PathBuf)> {
+    scan(dir).0
+}
+
+/// The name of the next backup in `dir`: one past the highest sequence number of a real copy
+/// there. Names a file named like a backup that is not a copy in a warning.
 fn next_name(dir: &Path) -> PathBuf {
-    let seq = backups_in(dir).last().map_or(0, |(k, _)| k.seq) + 1;
+    let (copies, not_copies) = scan(dir);
+    for f in not_copies {
+        tracing::warn!(
+            file = %f.display(),
+            "named like a backup but not an SQLite database: ignored by rotation, left in place"
+        );
+    }
+    let seq = copies.last().map_or(0, |(k, _)| k.seq) + 1;
     dir.join(format!("{FILE_PREFIX}{seq:06}-{}.sqlite", stamp()))
 }
 
@@ -272,7 +324,7 @@ pub fn backup_into_dir(
 }
 
 /// Removes the oldest backups in `dir` beyond `keep` (at least 1); returns what it removed. Only
-/// files named as ours ([`backup_key`]) count, ordered by sequence number (then time), never by
+/// files named as ours ([`backup_key`]) that are real copies ([`is_real_copy`]) count, ordered by sequence number (then time), never by
 /// the clock alone; the copy just written (`newest`) is always kept, and so is the database
 /// itself.
 pub fn prune(dir: &Path, keep: usize, newest: &Path, db: &Path) -> Vec<PathBuf> {
@@ -305,6 +357,22 @@ pub fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
+/// Removes what killed writers left where every run writes, once no live writer holds it
+/// ([`crate::fsutil::sweep`]): the temporary copies of backups (and their `-journal`) in the
+/// backup directory, and the temporary files of the small state files in `state_dir`
+/// (`backup.json`, `budget.json`, ...: `.NAME.tmp-<hex>`, see [`crate::fsutil::write_atomic`]).
+/// Also removes the `.tmpXXXXXX` files earlier builds left in `state_dir` (no lock told a dead
+/// writer's from a live one's; no process of this build writes such a name). Run by `--once`,
+/// the daemon's start and `backup`.
+pub fn sweep_leftovers(state_dir: &Path, backup_dir: &Path) {
+    remove_stale_temporaries(backup_dir);
+    let mut removed = crate::fsutil::sweep(state_dir, "", false);
+    removed.extend(crate::fsutil::sweep_legacy_temporaries(state_dir));
+    for f in removed {
+        tracing::info!(file = %f.display(), "removed what an interrupted write left");
+    }
+}
+
 fn record_path(state_dir: &Path) -> PathBuf {
     state_dir.join("backup.json")
 }
@@ -312,13 +380,9 @@ fn record_path(state_dir: &Path) -> PathBuf {
 /// Writes the record of the last backup (temporary file and rename); failures are logged.
 pub fn record(state_dir: &Path, rec: &BackupRecord) {
     let path = record_path(state_dir);
-    let result = (|| -> std::io::Result<()> {
-        let mut tmp = tempfile::NamedTempFile::new_in(state_dir)?;
-        tmp.write_all(&serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&path).map_err(|e| e.error)?;
-        Ok(())
-    })();
+    let result = serde_json::to_vec_pretty(rec)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| crate::fsutil::write_atomic(&path, &bytes, 0o600, true));
     if let Err(e) = result {
         tracing::warn!("cannot record the backup in {}: {e}", path.display());
     }
@@ -386,6 +450,7 @@ pub async fn command(cfg: &crate::config::Config, to: Option<PathBuf>) -> u8 {
         );
         return crate::exit::IOERR;
     }
+    sweep_leftovers(&cfg.state_dir, &cfg.ops.backup_dir);
     let (db, state_dir) = (cfg.database.clone(), cfg.state_dir.clone());
     let (dir, keep) = (cfg.ops.backup_dir.clone(), cfg.ops.backup_keep);
     let job = tokio::task::spawn_blocking(move || match to {
@@ -452,6 +517,14 @@ mod tests {
         p
     }
 
+    /// Writes a small real SQLite database at `path` (what rotation counts as a copy).
+    fn fake_copy(path: &Path) {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x)")
+            .unwrap();
+    }
+
     #[test]
     fn a_backup_is_a_checked_copy_and_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
@@ -484,7 +557,7 @@ mod tests {
         let bdir = dir.path().join("backups");
         std::fs::create_dir_all(&bdir).unwrap();
         for old in ["20200101T000000Z", "20200102T000000Z", "20200103T000000Z"] {
-            std::fs::write(bdir.join(format!("{FILE_PREFIX}{old}.sqlite")), b"x").unwrap();
+            fake_copy(&bdir.join(format!("{FILE_PREFIX}{old}.sqlite")));
         }
         std::fs::write(bdir.join("unrelated.sqlite"), b"x").unwrap();
         // Files that look like ours but are not (the adversarial pass: keep deleted them).
@@ -524,7 +597,7 @@ mod tests {
         let future = dir
             .path()
             .join(format!("{FILE_PREFIX}29990101T000000Z.sqlite"));
-        std::fs::write(&future, b"x").unwrap();
+        fake_copy(&future);
         let rec = backup_into_dir(&live, dir.path(), 1, dir.path(), "scheduled").unwrap();
         assert!(rec.path.exists(), "the new copy was rotated away");
         assert!(live.exists(), "the database was rotated away");
@@ -587,10 +660,10 @@ mod tests {
             "20200101T000000Z-2",
             "20200101T000000Z-10",
         ] {
-            std::fs::write(name(s), b"x").unwrap();
+            fake_copy(&name(s));
         }
         let newest = name("20200101T000001Z");
-        std::fs::write(&newest, b"x").unwrap();
+        fake_copy(&newest);
         let removed = prune(&bdir, 3, &newest, &db);
         assert_eq!(removed, vec![name("20200101T000000Z")]);
         // This build's copies, three in a row with keep = 2: the last two stay.
@@ -623,7 +696,7 @@ mod tests {
         std::fs::create_dir_all(&bdir).unwrap();
         let ahead = ["20990101T000000Z", "20990101T000100Z", "20990101T000200Z"];
         for s in ahead {
-            std::fs::write(bdir.join(format!("{FILE_PREFIX}{s}.sqlite")), b"x").unwrap();
+            fake_copy(&bdir.join(format!("{FILE_PREFIX}{s}.sqlite")));
         }
         let first = backup_into_dir(&db, &bdir, 3, dir.path(), "manual").unwrap();
         let second = backup_into_dir(&db, &bdir, 3, dir.path(), "manual").unwrap();
@@ -642,7 +715,7 @@ mod tests {
         // A numbered copy taken while the clock was a century ahead, then copies at the right
         // time: the sequence orders them.
         let far = bdir.join(format!("{FILE_PREFIX}000099-21990101T000000Z.sqlite"));
-        std::fs::write(&far, b"x").unwrap();
+        fake_copy(&far);
         let third = backup_into_dir(&db, &bdir, 2, dir.path(), "manual").unwrap();
         assert!(third.path.exists() && far.exists());
         assert_eq!(
@@ -652,6 +725,73 @@ mod tests {
             100
         );
         assert_eq!(backups_in(&bdir).len(), 2);
+    }
+
+    /// Issue 23, F9: files named like backups that are not SQLite databases (an empty file, five
+    /// bytes of junk) with higher sequence numbers neither count toward `keep` nor give the next
+    /// sequence number; they are left alone (they may be an operator's), and the real copies stay.
+    #[test]
+    fn rotation_counts_only_real_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sample_db(dir.path());
+        let bdir = dir.path().join("backups");
+        std::fs::create_dir_all(&bdir).unwrap();
+        let real: Vec<PathBuf> = (0..3)
+            .map(|_| {
+                backup_into_dir(&db, &bdir, 3, dir.path(), "manual")
+                    .unwrap()
+                    .path
+            })
+            .collect();
+        let empty = bdir.join(format!("{FILE_PREFIX}000999-20991231T000000Z.sqlite"));
+        let junk = bdir.join(format!("{FILE_PREFIX}000998-20991230T000000Z.sqlite"));
+        std::fs::write(&empty, b"").unwrap();
+        std::fs::write(&junk, b"junk\n").unwrap();
+        // SQLite's magic but a size no database has (not a whole page).
+        let torn = bdir.join(format!("{FILE_PREFIX}000997-20991229T000000Z.sqlite"));
+        let mut head = std::fs::read(&real[0]).unwrap();
+        head.truncate(100);
+        std::fs::write(&torn, &head).unwrap();
+        let rec = backup_into_dir(&db, &bdir, 3, dir.path(), "manual").unwrap();
+        let seq = |p: &Path| {
+            backup_key(&p.file_name().unwrap().to_string_lossy())
+                .unwrap()
+                .seq
+        };
+        assert_eq!(
+            seq(&rec.path),
+            4,
+            "the next sequence came from a file that is no copy"
+        );
+        assert!(!real[0].exists(), "keep = 3: the oldest real copy goes");
+        assert!(real[1].exists() && real[2].exists() && rec.path.exists());
+        assert!(
+            empty.exists() && junk.exists() && torn.exists(),
+            "not ours to delete"
+        );
+        assert_eq!(backups_in(&bdir).len(), 3);
+    }
+
+    #[test]
+    fn a_real_copy_is_recognised_by_its_header_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sample_db(dir.path());
+        let copy = dir.path().join("c.sqlite");
+        backup_to(&db, &copy).unwrap();
+        assert!(is_real_copy(&copy));
+        let bytes = std::fs::read(&copy).unwrap();
+        let p = dir.path().join("x.sqlite");
+        for (what, b) in [
+            ("empty", Vec::new()),
+            ("junk", b"junk\n".to_vec()),
+            ("header only", bytes[..100].to_vec()),
+            ("a page and a bit", bytes[..bytes.len() - 1].to_vec()),
+            ("zeros", vec![0u8; bytes.len()]),
+        ] {
+            std::fs::write(&p, &b).unwrap();
+            assert!(!is_real_copy(&p), "{what}");
+        }
+        assert!(!is_real_copy(dir.path()), "a directory");
     }
 
     #[test]

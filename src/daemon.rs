@@ -134,6 +134,7 @@ pub fn build(cfg: Config, prev: Option<&App>) -> Result<App, StartError> {
             reason: e.to_string(),
         },
     })?;
+    crate::backup::sweep_leftovers(&cfg.state_dir, &cfg.ops.backup_dir);
     {
         use std::os::unix::fs::PermissionsExt;
         if std::fs::metadata(&cfg.state_dir).is_ok_and(|m| m.permissions().mode() & 0o002 != 0) {

@@ -3,7 +3,8 @@
 //! - [`write_atomic`]: the one way this program replaces a small file: write a temporary file in
 //!   the same directory, fsync it, rename it over the target, fsync the directory. A crash at any
 //!   instant leaves the old file or the new one, never a torn one. Used by the token store, the
-//!   pending logins, the rate budget and every other small state file.
+//!   pending logins, the rate budget, the backup record and every other small state file. The
+//!   temporary file is an [`OwnedTemp`], so what a killed writer left is swept by the next run.
 //! - [`OwnedTemp`]: the temporary file a large copy is built in (an export, a backup): named
 //!   `.NAME.tmp-<16 hex digits>` next to its destination, and owned by an exclusive `flock` on it
 //!   for as long as the writer lives. A writer that dies (SIGKILL, a full disk, a container's
@@ -34,25 +35,16 @@ fn write(path: &Path, bytes: &[u8], mode: u32, durable: bool, marked: bool) -> s
             crate::faultpoint::hit(name);
         }
     };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp")
-        .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)?;
+    // An owned temporary (`.NAME.tmp-<hex>`, locked): a writer killed before the rename leaves a
+    // file that the next run's sweep ([`sweep`]) knows for its own and removes.
+    let tmp = OwnedTemp::beside(path)?;
     hit("store_temp_created");
-    tmp.write_all(bytes)?;
-    if durable {
-        tmp.as_file().sync_all()?;
-    }
+    let mut f = tmp.file();
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(bytes)?;
     hit("store_temp_synced");
-    tmp.persist(path).map_err(|e| e.error)?;
+    tmp.replace(path, durable)?;
     hit("store_renamed");
-    if durable {
-        File::open(dir)?.sync_all()?;
-    }
     Ok(())
 }
 
@@ -115,6 +107,27 @@ impl OwnedTemp {
     /// The temporary file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The open (and locked) file.
+    fn file(&self) -> &File {
+        self.lock
+            .as_ref()
+            .expect("an OwnedTemp holds its file until it is renamed")
+    }
+
+    /// Renames the file over `dest` (replacing it). With `durable`, the data is fsynced before
+    /// and the directory after. On an error the temporary file is removed.
+    fn replace(mut self, dest: &Path, durable: bool) -> std::io::Result<()> {
+        if durable {
+            self.file().sync_all()?;
+        }
+        std::fs::rename(&self.path, dest)?;
+        self.lock = None;
+        if durable {
+            File::open(parent_dir(dest))?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// Fsyncs the file, renames it to `dest` (refusing an existing `dest`) and fsyncs the
@@ -223,6 +236,27 @@ pub fn sweep(dir: &Path, prefix: &str, legacy_pids: bool) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+/// Whether `name` is what `tempfile`'s default naming made for earlier builds' atomic writes:
+/// `.tmp` and six letters or digits.
+fn is_legacy_temp_name(name: &str) -> bool {
+    name.strip_prefix(".tmp")
+        .is_some_and(|r| r.len() == 6 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Removes the `.tmpXXXXXX` files earlier builds' [`write_atomic`] left in `dir` (they carried
+/// no lock; this build never writes such a name); returns what it removed.
+pub fn sweep_legacy_temporaries(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| e.file_name().to_str().is_some_and(is_legacy_temp_name))
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .map(|e| e.path())
+        .collect()
 }
 
 #[cfg(test)]

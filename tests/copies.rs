@@ -606,8 +606,17 @@ async fn backup_rotation_orders_copies_by_what_they_are_and_removes_leftovers() 
     assert_code(&env.once().await, 0);
     let bdir = env.state_dir().join("backups");
     std::fs::create_dir_all(&bdir).unwrap();
+    // A copy is a real SQLite database (rotation ignores files that are not: F9); a leftover
+    // temporary file is whatever a killed writer left.
     let put = |name: &str| {
-        std::fs::write(bdir.join(name), b"x").unwrap();
+        if name.starts_with('.') {
+            std::fs::write(bdir.join(name), b"x").unwrap();
+        } else {
+            rusqlite::Connection::open(bdir.join(name))
+                .unwrap()
+                .execute_batch("CREATE TABLE t(x)")
+                .unwrap();
+        }
         bdir.join(name)
     };
     // Case 7: …Z.sqlite, …Z-2.sqlite, …Z-10.sqlite of one second, keep = 3: the oldest goes.
@@ -660,6 +669,63 @@ async fn backup_rotation_orders_copies_by_what_they_are_and_removes_leftovers() 
         "{:?}",
         names_in(&bdir)
     );
+}
+
+/// Issue 23, F7 and F6: a `backup` killed mid-copy leaves its temporary copy and `-journal` in the
+/// backup directory; only the next `backup` removed them. Now `--once` (and the daemon's start,
+/// which builds the engine the same way) removes what a dead writer left (its lock is gone)
+/// and leaves a live writer's copy (the test holds its lock) alone. The same for the temporary
+/// file of a state file's replacement (`backup.json`): before, `.tmpXXXXXX` stayed for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backups_temporary_copy_is_removed_by_the_next_once() {
+    let env = Env::new(
+        revoking(1),
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts::default(),
+    )
+    .await;
+    let bdir = env.state_dir().join("backups");
+    std::fs::create_dir_all(&bdir).unwrap();
+    let temp = |tag: &str| {
+        bdir.join(format!(
+            ".stellantis-sync-000001-20261207T120000Z.sqlite.tmp-{tag}"
+        ))
+    };
+    let dead = temp("0123456789abcdef");
+    let dead_journal = bdir.join(format!(
+        "{}-journal",
+        dead.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&dead, vec![0u8; 8192]).unwrap();
+    std::fs::write(&dead_journal, b"journal").unwrap();
+    let live = temp("fedcba9876543210");
+    let held = std::fs::File::create(&live).unwrap();
+    held.try_lock().unwrap();
+    // F6: a `backup` (or any run) killed while replacing a state file in state_dir: this
+    // build's owned temporary and an earlier build's `.tmpXXXXXX`.
+    let state = env.state_dir();
+    let json_dead = state.join(".backup.json.tmp-00000000000000aa");
+    let legacy = state.join(".tmpo9ARy1");
+    std::fs::write(&json_dead, b"{}").unwrap();
+    std::fs::write(&legacy, b"{}").unwrap();
+    let json_live = state.join(".budget.json.tmp-00000000000000bb");
+    let json_held = std::fs::File::create(&json_live).unwrap();
+    json_held.try_lock().unwrap();
+    assert_code(&env.once().await, 0);
+    assert!(
+        !json_dead.exists() && !legacy.exists(),
+        "a killed state-file write stays: {:?}",
+        names_in(&state)
+    );
+    assert!(json_live.exists(), "a live state-file write was removed");
+    drop(json_held);
+    assert!(
+        !dead.exists() && !dead_journal.exists(),
+        "a dead writer's copy stays: {:?}",
+        names_in(&bdir)
+    );
+    assert!(live.exists(), "a live writer's copy was removed");
+    drop(held);
 }
 
 /// Case 10: with `external_checkpointing = true` (Litestream mode), a start after a SIGKILL

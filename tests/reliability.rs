@@ -644,7 +644,8 @@ async fn token_store_writes_fsync_rename_fsync_dir() {
                 .collect();
             for (i, line) in lines.iter().enumerate() {
                 if !(line.starts_with("rename")
-                    && line.contains("/tokens/.tmp")
+                    && line.contains("/tokens/.")
+                    && line.contains(".json.tmp-")
                     && line.contains(".json\""))
                 {
                     continue;

@@ -277,7 +277,7 @@ async fn crash_points_around_a_refresh() {
             !std::fs::read_dir(env.state_dir().join("tokens"))
                 .unwrap()
                 .flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with(".tmp")),
+                .any(|e| e.file_name().to_string_lossy().contains(".tmp")),
             "{point}: stale temporary file left after restart"
         );
     }

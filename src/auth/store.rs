@@ -174,6 +174,8 @@ impl TokenStore {
                 }
             }
         }
+        // What a killed write_atomic left (`.NAME.tmp-<hex>`), unless its writer is alive.
+        crate::fsutil::sweep(&self.dir, "", false);
         self.check_home()?;
         self.restore_ballast();
         self.sweep_temporaries();
