@@ -432,7 +432,11 @@ async fn a_vin_that_changes_case_is_the_same_vehicle() {
     let mut finished = charging(10, 60);
     finished["energies"][0]["extension"]["electric"]["charging"]["status"] = json!("Finished");
     finished["energies"][0]["extension"]["electric"]["charging"]["plugged"] = json!(false);
-    set(&VIN.to_lowercase(), finished);
+    // And with a space inside (the second adversarial review: it split the car in two).
+    set(
+        &format!("{} {}", &VIN[..11], &VIN[11..]).to_lowercase(),
+        finished,
+    );
     all_due(&env);
     assert_code(&env.once().await, 0);
     for table in [

@@ -41,12 +41,17 @@ impl ListedVehicle {
     }
 }
 
-/// A VIN as a vehicle's identity: without surrounding whitespace and in upper case (a VIN is
-/// ASCII capitals and digits, ISO 3779), so that a listing that spells it ` vr3… ` names the car
-/// it named as `VR3…`. `None` for an empty one. The vehicle's JSON keeps it as received.
+/// A VIN as a vehicle's identity: without any whitespace (around it or inside it) and in upper
+/// case (a VIN is 17 ASCII capitals and digits, ISO 3779, never a space), so that a listing that
+/// spells it ` vr3… ` or `VR3UHZKXZMT 000001` names the car it named as `VR3…`. `None` for an
+/// empty one. The vehicle's JSON keeps it as received.
 pub fn normalize_vin(raw: &str) -> Option<String> {
-    let vin = raw.trim_matches(|c: char| c.is_ascii_whitespace());
-    (!vin.is_empty()).then(|| vin.to_ascii_uppercase())
+    let vin: String = raw
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    (!vin.is_empty()).then_some(vin)
 }
 
 /// The normalized `vin` of a listed vehicle's JSON ([`normalize_vin`]).
@@ -273,6 +278,11 @@ mod tests {
         );
         assert_eq!(
             normalize_vin("VR3UHZKXZMT000001").as_deref(),
+            Some("VR3UHZKXZMT000001")
+        );
+        // Issue 22, second adversarial review (F2): an inner space split the car in two.
+        assert_eq!(
+            normalize_vin("VR3UHZKXZMT 000001").as_deref(),
             Some("VR3UHZKXZMT000001")
         );
         assert_eq!(normalize_vin(" \n"), None);

@@ -235,7 +235,15 @@ fn record_status(
         .query_row(params![account_id, f.vin], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     let o = &f.parsed.observation;
-    let observed_ts = derive::observation_time(o.observed_ts, f.fetched_ts);
+    // A body whose every block is dated ahead has no time we can believe: it is kept at the
+    // newest time known (never after it, so it cannot shadow the reports that follow) and
+    // derives nothing.
+    let dated = derive::observation_time(&o.block_times, f.fetched_ts);
+    let observed_ts = dated.unwrap_or_else(|| {
+        latest
+            .as_ref()
+            .map_or(f.fetched_ts, |(_, _, t)| (*t).min(f.fetched_ts))
+    });
     // The same observation as one already recorded only moves its `last_fetched_ts`: usually
     // the newest (the API keeps returning the last report), or an older one a server sends
     // again (its block times are older than the newest observation's), which must not become a
@@ -278,7 +286,11 @@ fn record_status(
         state: open_state(tx, account_id, &f.vin)?,
         session: open_session(tx, account_id, &f.vin)?,
     };
-    let changes = derive::derive(&before, &sample(o, observed_ts), gap_limit);
+    let changes = if dated.is_some() {
+        derive::derive(&before, &sample(o, observed_ts), gap_limit)
+    } else {
+        derive::Changes::default()
+    };
     apply_changes(tx, account_id, &f.vin, &changes)?;
     tx.prepare_cached(
         "INSERT INTO vehicle_status (account_id, vin, observed_ts, first_fetched_ts, last_fetched_ts, soc, range_km,
@@ -304,7 +316,9 @@ fn record_status(
         o.charging_remaining_min,
         o.latitude,
         o.longitude,
-        o.position_ts,
+        // A position dated ahead (2099) is a wrong date: unknown.
+        o.position_ts
+            .filter(|t| *t <= f.fetched_ts + derive::MAX_FUTURE_SKEW_SECS),
         o.ignition,
         o.moving,
         o.speed_kmh,
@@ -876,6 +890,74 @@ mod tests {
         );
     }
 
+    /// Issue 22, second adversarial review (F1, F1b): a block dated ahead (an energy block a day
+    /// on, a position from 2099) gave the whole body the fetch time, hours after the reports that
+    /// followed, which then looked late and derived nothing: one session at the fetch instants,
+    /// the next real charge lost. Now the other blocks date the body; a body dated ahead in
+    /// every block derives nothing and shadows nothing; the 2099 position is not stored.
+    #[test]
+    fn blocks_dated_ahead_neither_retime_a_body_nor_hide_the_reports_after_it() {
+        let (_d, mut db, a) = db();
+        let t0 = 1_767_261_600; // 2026-01-01T10:00:00Z
+        let fetched = t0 + 4 * 3600; // the reports reach us hours later, a minute apart
+        let mut with_2099 = body(&iso(t0 + 600), 55.0, "InProgress");
+        with_2099["lastPosition"] = json!({"type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [2.35, 48.85]},
+            "properties": {"createdAt": "2099-01-01T00:00:00Z", "type": "Acquire"}});
+        let mut energy_ahead = body(&iso(t0 + 1200), 60.0, "InProgress");
+        energy_ahead["energies"][0]["createdAt"] = json!(iso(t0 + 1200 + 86_400));
+        let all_ahead = body(&iso(t0 + 2400 + 86_400), 62.0, "Disconnected");
+        let seq = [
+            body(&iso(t0), 50.0, "Disconnected"),
+            with_2099,
+            energy_ahead,
+            body(&iso(t0 + 1800), 62.0, "Disconnected"),
+            all_ahead,
+            body(&iso(t0 + 3000), 63.0, "InProgress"),
+            body(&iso(t0 + 3600), 70.0, "Disconnected"),
+        ];
+        for (i, b) in seq.into_iter().enumerate() {
+            let batch = Batch {
+                statuses: vec![fetch("VIN1", fetched + 60 * i as i64, b)],
+                ..Batch::default()
+            };
+            db.write_telemetry(a, &batch, 3600).unwrap();
+        }
+        type Row = (i64, Option<i64>);
+        let sessions: Vec<Row> = db
+            .conn()
+            .prepare("SELECT started_ts, ended_ts FROM charging_sessions ORDER BY started_ts")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            sessions,
+            vec![(t0 + 600, Some(t0 + 1800)), (t0 + 3000, Some(t0 + 3600))]
+        );
+        assert_eq!(
+            count(&db, "SELECT max(observed_ts) FROM vehicle_status"),
+            t0 + 3600,
+            "no body took a fetch time"
+        );
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM vehicle_status WHERE position_ts > 4000000000"
+            ),
+            0,
+            "the 2099 position is not a fact"
+        );
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM vehicle_states WHERE ended_ts IS NULL AND state = 'parked'"
+            ),
+            1
+        );
+    }
+
     /// Issue 22, defect 3, through the parser and the store: a body without `energies`/`energy`
     /// in the middle of a charge leaves one session, with the energy of the whole charge.
     #[test]
@@ -1330,6 +1412,7 @@ mod tests {
 
     #[test]
     fn identical_polls_move_last_fetched_only_and_sessions_follow() {
+        const T: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z: fetched after the reports
         let (_d, mut db, id) = db();
         let one = |db: &mut Db, f: StatusFetch| {
             db.write_telemetry(
@@ -1345,28 +1428,44 @@ mod tests {
         };
         let r = one(
             &mut db,
-            fetch("V1", 100, body("2026-01-01T00:00:00Z", 20.0, "InProgress")),
+            fetch(
+                "V1",
+                T + 100,
+                body("2026-01-01T00:00:00Z", 20.0, "InProgress"),
+            ),
         );
         assert!(r.new_observation);
         assert_eq!(r.state, Some(State::Charging));
         let r = one(
             &mut db,
-            fetch("V1", 160, body("2026-01-01T00:00:00Z", 20.0, "InProgress")),
+            fetch(
+                "V1",
+                T + 160,
+                body("2026-01-01T00:00:00Z", 20.0, "InProgress"),
+            ),
         );
         assert!(!r.new_observation);
         assert_eq!(count(&db, "SELECT count(*) FROM vehicle_status"), 1);
         assert_eq!(
             count(&db, "SELECT last_fetched_ts FROM vehicle_status"),
-            160
+            T + 160
         );
         assert_eq!(count(&db, "SELECT count(*) FROM status_bodies"), 1);
         one(
             &mut db,
-            fetch("V1", 220, body("2026-01-01T00:10:00Z", 30.0, "InProgress")),
+            fetch(
+                "V1",
+                T + 660,
+                body("2026-01-01T00:10:00Z", 30.0, "InProgress"),
+            ),
         );
         one(
             &mut db,
-            fetch("V1", 280, body("2026-01-01T00:20:00Z", 45.0, "Finished")),
+            fetch(
+                "V1",
+                T + 1260,
+                body("2026-01-01T00:20:00Z", 45.0, "Finished"),
+            ),
         );
         assert_eq!(count(&db, "SELECT count(*) FROM vehicle_status"), 3);
         assert_eq!(
@@ -1398,6 +1497,7 @@ mod tests {
 
     #[test]
     fn a_new_connection_continues_the_open_session() {
+        const T: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.sqlite");
         {
@@ -1406,7 +1506,7 @@ mod tests {
             let b = Batch {
                 statuses: vec![fetch(
                     "V1",
-                    1,
+                    T + 60,
                     body("2026-01-01T00:00:00Z", 20.0, "InProgress"),
                 )],
                 ..Batch::default()
@@ -1418,7 +1518,7 @@ mod tests {
         let b = Batch {
             statuses: vec![fetch(
                 "V1",
-                2,
+                T + 360,
                 body("2026-01-01T00:05:00Z", 25.0, "InProgress"),
             )],
             ..Batch::default()

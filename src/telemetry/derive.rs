@@ -24,14 +24,20 @@
 /// clock a little ahead of ours). Beyond it the block's date is wrong, not the vehicle's time.
 pub const MAX_FUTURE_SKEW_SECS: i64 = 300;
 
-/// The observation's time: its newest block time, unless that is more than
-/// [`MAX_FUTURE_SKEW_SECS`] after the fetch (one block dated a day ahead would otherwise pin
-/// the vehicle's time, and every later report would look older): then the fetch time.
-pub fn observation_time(newest_block: Option<i64>, fetched_ts: i64) -> i64 {
-    match newest_block {
-        Some(t) if t <= fetched_ts + MAX_FUTURE_SKEW_SECS => t,
-        _ => fetched_ts,
+/// The observation's time: its newest block time that is not more than
+/// [`MAX_FUTURE_SKEW_SECS`] after the fetch. A block dated ahead (one energy block a day on, a
+/// position from 2099) is a wrong date, not the vehicle's time: it is passed over, and the other
+/// blocks date the body. `None` when every block is dated ahead: the body has no time we can
+/// believe (it is kept, but derives nothing). A body without any block time is the fetch's.
+pub fn observation_time(block_times: &[i64], fetched_ts: i64) -> Option<i64> {
+    if block_times.is_empty() {
+        return Some(fetched_ts);
     }
+    block_times
+        .iter()
+        .copied()
+        .filter(|t| *t <= fetched_ts + MAX_FUTURE_SKEW_SECS)
+        .max()
 }
 
 /// One of `vehicle_states.state`.
@@ -742,14 +748,20 @@ mod tests {
     #[test]
     fn a_block_time_beyond_the_skew_is_not_the_observation_time() {
         let f = 10_000;
-        for (block, want) in [
-            (None, f),
-            (Some(f - 600), f - 600),
-            (Some(f + MAX_FUTURE_SKEW_SECS), f + MAX_FUTURE_SKEW_SECS),
-            (Some(f + MAX_FUTURE_SKEW_SECS + 1), f),
-            (Some(f + 86_400), f),
-        ] {
-            assert_eq!(observation_time(block, f), want, "{block:?}");
+        let skew = MAX_FUTURE_SKEW_SECS;
+        let cases: [(&[i64], Option<i64>); 7] = [
+            (&[], Some(f)),
+            (&[f - 600], Some(f - 600)),
+            (&[f + skew], Some(f + skew)),
+            // Issue 22, adversarial review: a block dated ahead is passed over, the others date
+            // the body (before, the whole body took the fetch time and shadowed later reports).
+            (&[f - 600, f + skew + 1], Some(f - 600)),
+            (&[f - 900, f - 600, f + 86_400], Some(f - 600)),
+            (&[f + skew + 1], None),
+            (&[f + 86_400, 4_070_908_800], None),
+        ];
+        for (blocks, want) in cases {
+            assert_eq!(observation_time(blocks, f), want, "{blocks:?}");
         }
     }
 

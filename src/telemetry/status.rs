@@ -26,6 +26,10 @@ use serde_json::Value;
 pub struct Observation {
     /// The vehicle's own newest block time (Unix seconds).
     pub observed_ts: Option<i64>,
+    /// Every block time of the body (`createdAt`/`updatedAt` below the top level, else the
+    /// body's own), ascending: the store dates the body by the newest that is not in the future
+    /// (`derive::observation_time`).
+    pub block_times: Vec<i64>,
     pub soc: Option<f64>,
     pub range_km: Option<i64>,
     pub fuel_pct: Option<f64>,
@@ -388,7 +392,12 @@ pub fn iso_duration_minutes(s: &str) -> Option<i64> {
 /// The newest `createdAt`/`updatedAt` of the body's blocks (below the top level); the top-level
 /// times when no block carries one.
 fn newest_block_time(v: &Value) -> Option<i64> {
-    fn walk(v: &Value, depth: usize, best: &mut Option<i64>) {
+    block_times(v).last().copied()
+}
+
+/// Every block's time, ascending (see [`Observation::block_times`]).
+fn block_times(v: &Value) -> Vec<i64> {
+    fn walk(v: &Value, depth: usize, out: &mut Vec<i64>) {
         match v {
             Value::Object(m) => {
                 for (k, x) in m {
@@ -396,24 +405,28 @@ fn newest_block_time(v: &Value) -> Option<i64> {
                         && matches!(k.as_str(), "createdAt" | "updatedAt")
                         && let Some(t) = x.as_str().and_then(ts)
                     {
-                        *best = Some(best.map_or(t, |b| b.max(t)));
+                        out.push(t);
                     } else if k != "_links" {
-                        walk(x, depth + 1, best);
+                        walk(x, depth + 1, out);
                     }
                 }
             }
-            Value::Array(a) => a.iter().for_each(|x| walk(x, depth + 1, best)),
+            Value::Array(a) => a.iter().for_each(|x| walk(x, depth + 1, out)),
             _ => {}
         }
     }
-    let mut best = None;
-    walk(v, 0, &mut best);
-    best.or_else(|| {
-        [ts_at(v, &["createdAt"]), ts_at(v, &["updatedAt"])]
-            .into_iter()
-            .flatten()
-            .max()
-    })
+    let mut out = Vec::new();
+    walk(v, 0, &mut out);
+    if out.is_empty() {
+        out.extend(
+            [ts_at(v, &["createdAt"]), ts_at(v, &["updatedAt"])]
+                .into_iter()
+                .flatten(),
+        );
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// The entry of `energies` (or `energy`) of this `type`.
@@ -486,6 +499,7 @@ fn observe_bounded(v: &Value) -> (Observation, Vec<&'static str>) {
 
     let o = Observation {
         observed_ts: newest_block_time(v),
+        block_times: block_times(v),
         soc: LEVEL.check("soc", num(electric(&["level"], &["level"])), &mut out),
         range_km: RANGE.check_int(
             "range_km",
@@ -684,6 +698,7 @@ mod tests {
                         *o,
                         Observation {
                             observed_ts: t("2024-05-01T08:00:00Z"),
+                            block_times: t("2024-05-01T08:00:00Z").into_iter().collect(),
                             ..Observation::default()
                         }
                     );
