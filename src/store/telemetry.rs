@@ -227,12 +227,14 @@ fn record_status(
     gap_limit: i64,
 ) -> rusqlite::Result<StatusRecorded> {
     let hash = f.parsed.hash.to_vec();
-    let latest: Option<(i64, Vec<u8>, i64)> = tx
+    let latest: Option<(i64, Vec<u8>, i64, Option<f64>)> = tx
         .prepare_cached(
-            "SELECT status_id, body_hash, observed_ts FROM vehicle_status WHERE account_id = ?1 AND vin = ?2
+            "SELECT status_id, body_hash, observed_ts, soc FROM vehicle_status WHERE account_id = ?1 AND vin = ?2
              ORDER BY observed_ts DESC, status_id DESC LIMIT 1",
         )?
-        .query_row(params![account_id, f.vin], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row(params![account_id, f.vin], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
     let o = &f.parsed.observation;
     // A body whose every block is dated ahead has no time we can believe: it is kept at the
@@ -242,14 +244,14 @@ fn record_status(
     let observed_ts = dated.unwrap_or_else(|| {
         latest
             .as_ref()
-            .map_or(f.fetched_ts, |(_, _, t)| (*t).min(f.fetched_ts))
+            .map_or(f.fetched_ts, |(_, _, t, _)| (*t).min(f.fetched_ts))
     });
     // The same observation as one already recorded only moves its `last_fetched_ts`: usually
     // the newest (the API keeps returning the last report), or an older one a server sends
     // again (its block times are older than the newest observation's), which must not become a
     // new row at every poll either.
     let same = match &latest {
-        Some((id, h, _)) if *h == hash => Some(*id),
+        Some((id, h, _, _)) if *h == hash => Some(*id),
         _ => tx
             .prepare_cached(
                 "SELECT status_id FROM vehicle_status
@@ -262,7 +264,7 @@ fn record_status(
     if let Some(id) = same {
         tx.prepare_cached("UPDATE vehicle_status SET last_fetched_ts = max(last_fetched_ts, ?2) WHERE status_id = ?1")?
             .execute(params![id, f.fetched_ts])?;
-        if latest.as_ref().is_some_and(|(l, _, _)| *l != id) {
+        if latest.as_ref().is_some_and(|(l, _, _, _)| *l != id) {
             // Not the newest: retention may have pruned its body; store it again if so.
             store_body(tx, account_id, f, &hash, None)?;
         }
@@ -279,15 +281,17 @@ fn record_status(
         account_id,
         f,
         &hash,
-        latest.as_ref().map(|(_, h, _)| h.as_slice()),
+        latest.as_ref().map(|(_, h, _, _)| h.as_slice()),
     )?;
     let before = Before {
-        last_ts: latest.map(|(_, _, t)| t),
+        last_ts: latest.as_ref().map(|(_, _, t, _)| *t),
+        last_soc: latest.as_ref().and_then(|(_, _, _, soc)| *soc),
         state: open_state(tx, account_id, &f.vin)?,
         session: open_session(tx, account_id, &f.vin)?,
     };
+    let observed = sample(o, observed_ts);
     let changes = if dated.is_some() {
-        derive::derive(&before, &sample(o, observed_ts), gap_limit)
+        derive::derive(&before, &observed, gap_limit)
     } else {
         derive::Changes::default()
     };
@@ -326,7 +330,7 @@ fn record_status(
         o.doors_locked,
         hash
     ])?;
-    let after = derive::apply(&before, &changes, observed_ts);
+    let after = derive::apply(&before, &changes, &observed);
     Ok(StatusRecorded {
         vin: f.vin.clone(),
         new_observation: true,
