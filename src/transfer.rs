@@ -706,7 +706,8 @@ fn spent_bootstraps(record: &TokenRecord) -> Vec<&str> {
 /// The file is built in a lock-owned temporary file next to `to` (no journal, no WAL: nothing
 /// else beside it ever holds its pages), listed in the token store while it is written, and
 /// renamed into place when complete; every failure removes it, and the next export, import or
-/// start removes what a killed one left. Errors name the file that failed: the export file for
+/// start removes what a killed one left. With `--with-tokens` the record is marked as moving out
+/// before the rename and removed last, after the history (`TokenStore::begin_move_out`). Errors name the file that failed: the export file for
 /// its writes, the database for its reads.
 pub async fn export(
     cfg: &Config,
@@ -764,6 +765,19 @@ pub async fn export(
     let tmp_path = tmp.path().to_owned();
     tokens.note_temporary(&tmp_path)?;
     let written = write_export(cfg, name, to, &tmp_path, record.as_ref());
+    // The token moves out before the rename makes the export file: from here a crash at any
+    // instant leaves it usable in one place (`TokenStore::recover_moves` decides by whether the
+    // temporary is still there), and this state directory never presents its bootstrap again.
+    let moving = match (&written, &record) {
+        (Ok(_), Some(record)) => {
+            let abs = |p: &Path| std::path::absolute(p).map_err(io(p));
+            tokens.begin_move_out(name, &abs(&tmp_path)?, &abs(to)?)?;
+            crate::faultpoint::hit("export_moving_out");
+            tokens.mark_bootstraps_used(&spent_bootstraps(record))?;
+            true
+        }
+        _ => false,
+    };
     let persisted = written.and_then(|counts| {
         tmp.persist(to)
             .map_err(|e| match e.kind() {
@@ -776,18 +790,21 @@ pub async fn export(
     });
     // Renamed or removed (persist and drop remove it on every failure).
     tokens.forget_temporary(&tmp_path);
-    let counts = persisted?;
-    if remove {
-        // The token leaves first (one token lives in one place: the export file now); if the
-        // history cannot be removed, the token goes back and the export file is deleted, so
-        // nothing has changed.
-        if let Some(record) = &record {
-            // This state directory must never present the bootstrap token again either.
-            tokens.mark_bootstraps_used(&spent_bootstraps(record))?;
-            let path = tokens.path(name);
-            std::fs::remove_file(&path).map_err(io(&path))?;
-            sync_dir(&path)?;
+    let counts = match persisted {
+        Ok(counts) => counts,
+        Err(e) => {
+            if moving {
+                tokens.end_move_out(name)?;
+            }
+            return Err(e);
         }
+    };
+    crate::faultpoint::hit("export_renamed");
+    if remove {
+        // The history goes next; if it cannot, the export file is renamed back to its
+        // temporary name (which undoes the move, as after a crash) and removed, so nothing
+        // has changed. The token record goes last, once the export file alone holds the
+        // account.
         let removed = (|| {
             if crate::faultpoint::fails("transfer_remove") {
                 return Err(TransferError::Io {
@@ -803,17 +820,28 @@ pub async fn export(
             Ok::<_, TransferError>(())
         })();
         if let Err(e) = removed {
-            if let Some(record) = &record {
-                tokens.save(record)?;
-            }
-            std::fs::remove_file(to).map_err(io(to))?;
+            std::fs::rename(to, &tmp_path).map_err(io(to))?;
+            sync_dir(to)?;
+            crate::faultpoint::hit("export_undo_renamed");
+            std::fs::remove_file(&tmp_path).map_err(io(&tmp_path))?;
             let _ = sync_dir(to);
+            if moving {
+                tokens.end_move_out(name)?;
+            }
             return Err(TransferError::RemoveUndone {
                 path: cfg.database.clone(),
                 name: name.to_owned(),
                 reason: e.to_string(),
                 export: to.to_owned(),
             });
+        }
+        crate::faultpoint::hit("export_history_removed");
+        if moving {
+            let path = tokens.path(name);
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            sync_dir(&path)?;
+            crate::faultpoint::hit("export_record_removed");
+            tokens.end_move_out(name)?;
         }
     }
     Ok(counts)
