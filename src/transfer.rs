@@ -1050,6 +1050,9 @@ pub struct Imported {
     pub token_erased: bool,
     /// The file's token record was saved in this instance's token store.
     pub token_imported: bool,
+    /// This store already held the file's chain (an import cut off after it saved the token):
+    /// its token, maybe rotated since, was kept and the file's older one not restored.
+    pub kept_live: bool,
     /// A record without a refresh token (`needs_reauth`) was replaced by the file's.
     pub replaced_reauth: bool,
     /// An earlier import of this file here had committed; this run only finished the file.
@@ -1234,8 +1237,19 @@ pub async fn import(
     let existing = tokens.load(&name)?;
     let live_here = existing.as_ref().and_then(|r| r.refresh_token.as_ref());
     let file_token = file_record.as_ref().and_then(|r| r.refresh_token.as_ref());
-    let same_chain =
-        matches!((live_here, file_token), (Some(a), Some(b)) if fingerprint(a) == fingerprint(b));
+    // One chain, whatever its current token: the same token, or the same chain start (kept
+    // through every rotation). An import cut off after it saved the file's token leaves the
+    // store holding that chain, maybe rotated since: the file's token is then older and must
+    // never be restored over it.
+    let same_chain = match (&existing, &file_record) {
+        (Some(here), Some(there)) => {
+            matches!((live_here, file_token), (Some(a), Some(b)) if fingerprint(a) == fingerprint(b))
+                || matches!((&here.chain_started_at, &there.chain_started_at),
+                    (Some(a), Some(b)) if a == b)
+        }
+        _ => false,
+    };
+    let keep_live = live_here.is_some() && same_chain;
     let take_token = with_tokens && file_record.is_some();
     if file_record.is_some() {
         if take_token && live_here.is_some() && !same_chain {
@@ -1278,6 +1292,7 @@ pub async fn import(
             checksummed,
             token_erased: token_erased && file_not_spent.is_none(),
             token_imported: false,
+            kept_live: false,
             replaced_reauth: false,
             finished_earlier: true,
             file_not_spent,
@@ -1302,12 +1317,15 @@ pub async fn import(
         let tx = conn.unchecked_transaction().map_err(sql(&cfg.database))?;
         let counts = copy_account(conn, &name, file, &cfg.database)?;
         // The token is durable before the rows commit; if the commit fails, it is taken back.
-        if take_token && let Some(record) = &file_record {
+        if take_token
+            && !keep_live
+            && let Some(record) = &file_record
+        {
             tokens.save(record)?;
         }
         crate::faultpoint::hit("import_token_saved");
         if let Err(e) = tx.commit() {
-            if take_token {
+            if take_token && !keep_live {
                 match &existing {
                     Some(old) => tokens.save(old)?,
                     None => {
@@ -1330,7 +1348,8 @@ pub async fn import(
                 matches!((r.and_then(|r| r.refresh_token), file_token),
                     (Some(a), Some(b)) if fingerprint(&a) == fingerprint(b))
             };
-            if file_record.is_some() && !holds(tokens.load(&name).ok().flatten()) {
+            // Kept claimed while this store holds the token or its chain.
+            if file_record.is_some() && !keep_live && !holds(tokens.load(&name).ok().flatten()) {
                 let _ = write_claim(file, None);
             }
             return Err(e);
@@ -1348,7 +1367,8 @@ pub async fn import(
         counts,
         checksummed,
         token_erased: token_erased && file_not_spent.is_none(),
-        token_imported: take_token,
+        token_imported: take_token && !keep_live,
+        kept_live: take_token && keep_live,
         replaced_reauth,
         finished_earlier: false,
         file_not_spent,
@@ -1438,6 +1458,12 @@ pub async fn import_cmd(
                         ""
                     },
                     summary(&done.counts)
+                );
+            }
+            if done.kept_live {
+                println!(
+                    "note: this instance already held `{name}`'s token chain (an earlier import of {} was cut off after it saved the token, and it may have been rotated since): that token was kept; the file's, older, was not restored",
+                    file.display()
                 );
             }
             if done.replaced_reauth {

@@ -822,3 +822,65 @@ async fn a_killed_export_leaves_the_token_in_exactly_one_place() {
     a.once().await;
     assert_eq!(a.sim.stats().reused_refresh, 0);
 }
+
+/// F8: an import cut off after it saved the token left it in the store and in the claimed
+/// file; once the instance had rotated it, the re-import refused and told the operator to
+/// delete the live record and import the file's token (rotated out: family revocation killed
+/// the chain). Now the re-import recognises the store's chain as the file's (the same chain
+/// start), keeps the live token, finishes the import and spends the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_import_is_finished_without_restoring_the_files_older_token() {
+    // Access tokens short enough that every run rotates the refresh token.
+    let sim = SimConfig {
+        access_ttl: Duration::from_secs(5),
+        ..revoking(1)
+    };
+    let a = Env::new(
+        sim,
+        |s| vec![Acct::bootstrapped(s, 1)],
+        Opts::default(),
+    )
+    .await;
+    assert_code(&a.once().await, 0);
+    let (bdir, bcfg) = instance(&a, &[Acct::bare(&a.sim, 1)], &Opts::default());
+    let (_cdir, ccfg) = instance(&a, &[Acct::bare(&a.sim, 1)], &Opts::default());
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("user1.sqlite");
+    let f = file.to_str().unwrap();
+    let exporting = [
+        "export-account",
+        "user1",
+        "--to",
+        f,
+        "--with-tokens",
+        "--remove",
+    ];
+    assert_code(&a.run(&exporting, &[]).await, 0);
+    let importing = ["import-account", f, "--with-tokens"];
+    let o = run(
+        &bcfg,
+        &importing,
+        &[("STELLANTIS_CRASH_AT", "import_token_saved")],
+    )
+    .await;
+    assert_eq!(o.status.code(), None, "not killed: {}", text(&o));
+    let bstate = bdir.path().join("state");
+    let saved = stored_refresh_token(&bstate, "user1").unwrap();
+    // The instance runs and rotates the token it holds.
+    assert_code(&run(&bcfg, &["--once"], &[]).await, 0);
+    assert_ne!(stored_refresh_token(&bstate, "user1").unwrap(), saved);
+    let live = stored_refresh_token(&bstate, "user1").unwrap();
+    let o = run(&bcfg, &importing, &[]).await;
+    assert_code(&o, 0);
+    assert!(text(&o).contains("finished it now"), "{}", text(&o));
+    assert!(!text(&o).contains("remove"), "{}", text(&o));
+    assert_eq!(stored_refresh_token(&bstate, "user1").unwrap(), live);
+    assert!(!contains(&std::fs::read(&file).unwrap(), &saved));
+    let o = run(&ccfg, &importing, &[]).await;
+    assert_code(&o, 65);
+    assert_code(&run(&bcfg, &["--once"], &[]).await, 0);
+    assert_code(&run(&bcfg, &["--once"], &[]).await, 0);
+    let bdb = bstate.join("stellantis-sync.sqlite");
+    assert!(ok_runs(&bdb, "user1") >= 3);
+    assert_eq!(a.sim.stats().reused_refresh, 0);
+}
