@@ -835,12 +835,7 @@ async fn a_cut_off_import_is_finished_without_restoring_the_files_older_token() 
         access_ttl: Duration::from_secs(5),
         ..revoking(1)
     };
-    let a = Env::new(
-        sim,
-        |s| vec![Acct::bootstrapped(s, 1)],
-        Opts::default(),
-    )
-    .await;
+    let a = Env::new(sim, |s| vec![Acct::bootstrapped(s, 1)], Opts::default()).await;
     assert_code(&a.once().await, 0);
     let (bdir, bcfg) = instance(&a, &[Acct::bare(&a.sim, 1)], &Opts::default());
     let (_cdir, ccfg) = instance(&a, &[Acct::bare(&a.sim, 1)], &Opts::default());
