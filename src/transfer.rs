@@ -302,6 +302,14 @@ pub enum TransferError {
         file: PathBuf,
     },
     #[error(
+        "`{name}`'s token chain is live in this instance ({path}): an import of {file} was cut off after it saved the token, and this instance has synced the account since, so the file's history was not imported and cannot be now (the account has history here). Keep {path} (the file's token is older and must never be used) and keep {file}: it holds the history from before the move; nothing was changed"
+    )]
+    CutOffHistory {
+        path: PathBuf,
+        name: String,
+        file: PathBuf,
+    },
+    #[error(
         "{path} holds `{name}`'s live refresh token and this instance has none for it: import it with --with-tokens, so that the token moves with the history (importing only the history would strand the chain in the file)"
     )]
     WouldStrand { path: PathBuf, name: String },
@@ -1013,6 +1021,27 @@ fn spend_file(file: &Path) -> Result<(), TransferError> {
     tx.commit().map_err(unwritable)
 }
 
+/// Whether every synced run of `name` in the export `file` is in `main` (an import of it
+/// committed).
+fn file_runs_here(
+    conn: &Connection,
+    file: &Path,
+    name: &str,
+    db: &Path,
+) -> Result<bool, TransferError> {
+    attach(conn, file, db)?;
+    let missing: Result<i64, _> = conn.query_row(
+        "SELECT count(*) FROM src.sync_runs r JOIN src.accounts a USING (account_id)
+         WHERE a.name = ?1 AND r.status = 'ok' AND r.started_at NOT IN
+           (SELECT m.started_at FROM main.sync_runs m JOIN main.accounts b USING (account_id)
+            WHERE b.name = ?1)",
+        [name],
+        |r| r.get(0),
+    );
+    let _ = conn.execute_batch("DETACH DATABASE src");
+    Ok(missing.map_err(sql(file))? == 0)
+}
+
 /// Whether `main` holds history of `name`: any row beyond a bare `accounts` row and runs that
 /// never synced (as [`copy_account`] counts it).
 fn has_history(conn: &Connection, name: &str, path: &Path) -> Result<bool, TransferError> {
@@ -1278,6 +1307,15 @@ pub async fn import(
     if claim.is_some() && has_history(conn, &name, &cfg.database)? {
         // Claimed here, and the history is here: an earlier import committed and was cut off
         // before it spent the file. Finish it (the token, saved before that commit, stays).
+        // Unless the history here is the instance's own: cut off before the commit, it has
+        // synced the chain it holds since.
+        if keep_live && !file_runs_here(conn, file, &name, &cfg.database)? {
+            return Err(TransferError::CutOffHistory {
+                path: tokens.path(&name),
+                name,
+                file: file.to_owned(),
+            });
+        }
         drop(db);
         if take_token
             && live_here.is_none()
