@@ -259,7 +259,8 @@ impl TokenStore {
         }
     }
 
-    fn try_lock(&self, account: &str) -> Result<AccountLock, StoreError> {
+    /// `tokens/<account>.lock`, opened (created 0600) but not locked.
+    fn lock_file(&self, account: &str) -> Result<(PathBuf, File), StoreError> {
         let path = self.dir.join(format!("{account}.lock"));
         let file = OpenOptions::new()
             .create(true)
@@ -268,6 +269,11 @@ impl TokenStore {
             .mode_0600()
             .open(&path)
             .map_err(|e| self.io(&path, e))?;
+        Ok((path, file))
+    }
+
+    fn try_lock(&self, account: &str) -> Result<AccountLock, StoreError> {
+        let (path, file) = self.lock_file(account)?;
         match file.try_lock() {
             Ok(()) => Ok(AccountLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
@@ -505,14 +511,7 @@ impl TokenStore {
 
     /// Takes the cross-process lock of one account, waiting up to `wait`.
     pub async fn lock(&self, account: &str, wait: Duration) -> Result<AccountLock, StoreError> {
-        let path = self.dir.join(format!("{account}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode_0600()
-            .open(&path)
-            .map_err(|e| self.io(&path, e))?;
+        let (path, file) = self.lock_file(account)?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match file.try_lock() {
