@@ -302,6 +302,14 @@ pub enum TransferError {
         file: PathBuf,
     },
     #[error(
+        "`{name}`'s token chain is live in this instance ({path}): an import of {file} was cut off after it saved the token, and this instance has synced the account since, so the file's history was not imported and cannot be now (the account has history here). Keep {path} (the file's token is older and must never be used) and keep {file}: it holds the history from before the move; nothing was changed"
+    )]
+    CutOffHistory {
+        path: PathBuf,
+        name: String,
+        file: PathBuf,
+    },
+    #[error(
         "{path} holds `{name}`'s live refresh token and this instance has none for it: import it with --with-tokens, so that the token moves with the history (importing only the history would strand the chain in the file)"
     )]
     WouldStrand { path: PathBuf, name: String },
@@ -706,7 +714,8 @@ fn spent_bootstraps(record: &TokenRecord) -> Vec<&str> {
 /// The file is built in a lock-owned temporary file next to `to` (no journal, no WAL: nothing
 /// else beside it ever holds its pages), listed in the token store while it is written, and
 /// renamed into place when complete; every failure removes it, and the next export, import or
-/// start removes what a killed one left. Errors name the file that failed: the export file for
+/// start removes what a killed one left. With `--with-tokens` the record is marked as moving out
+/// before the rename and removed last, after the history (`TokenStore::begin_move_out`). Errors name the file that failed: the export file for
 /// its writes, the database for its reads.
 pub async fn export(
     cfg: &Config,
@@ -764,6 +773,19 @@ pub async fn export(
     let tmp_path = tmp.path().to_owned();
     tokens.note_temporary(&tmp_path)?;
     let written = write_export(cfg, name, to, &tmp_path, record.as_ref());
+    // The token moves out before the rename makes the export file: from here a crash at any
+    // instant leaves it usable in one place (`TokenStore::recover_moves` decides by whether the
+    // temporary is still there), and this state directory never presents its bootstrap again.
+    let moving = match (&written, &record) {
+        (Ok(_), Some(record)) => {
+            let abs = |p: &Path| std::path::absolute(p).map_err(io(p));
+            tokens.begin_move_out(name, &abs(&tmp_path)?, &abs(to)?)?;
+            crate::faultpoint::hit("export_moving_out");
+            tokens.mark_bootstraps_used(&spent_bootstraps(record))?;
+            true
+        }
+        _ => false,
+    };
     let persisted = written.and_then(|counts| {
         tmp.persist(to)
             .map_err(|e| match e.kind() {
@@ -776,18 +798,21 @@ pub async fn export(
     });
     // Renamed or removed (persist and drop remove it on every failure).
     tokens.forget_temporary(&tmp_path);
-    let counts = persisted?;
-    if remove {
-        // The token leaves first (one token lives in one place: the export file now); if the
-        // history cannot be removed, the token goes back and the export file is deleted, so
-        // nothing has changed.
-        if let Some(record) = &record {
-            // This state directory must never present the bootstrap token again either.
-            tokens.mark_bootstraps_used(&spent_bootstraps(record))?;
-            let path = tokens.path(name);
-            std::fs::remove_file(&path).map_err(io(&path))?;
-            sync_dir(&path)?;
+    let counts = match persisted {
+        Ok(counts) => counts,
+        Err(e) => {
+            if moving {
+                tokens.end_move_out(name)?;
+            }
+            return Err(e);
         }
+    };
+    crate::faultpoint::hit("export_renamed");
+    if remove {
+        // The history goes next; if it cannot, the export file is renamed back to its
+        // temporary name (which undoes the move, as after a crash) and removed, so nothing
+        // has changed. The token record goes last, once the export file alone holds the
+        // account.
         let removed = (|| {
             if crate::faultpoint::fails("transfer_remove") {
                 return Err(TransferError::Io {
@@ -803,17 +828,28 @@ pub async fn export(
             Ok::<_, TransferError>(())
         })();
         if let Err(e) = removed {
-            if let Some(record) = &record {
-                tokens.save(record)?;
-            }
-            std::fs::remove_file(to).map_err(io(to))?;
+            std::fs::rename(to, &tmp_path).map_err(io(to))?;
+            sync_dir(to)?;
+            crate::faultpoint::hit("export_undo_renamed");
+            std::fs::remove_file(&tmp_path).map_err(io(&tmp_path))?;
             let _ = sync_dir(to);
+            if moving {
+                tokens.end_move_out(name)?;
+            }
             return Err(TransferError::RemoveUndone {
                 path: cfg.database.clone(),
                 name: name.to_owned(),
                 reason: e.to_string(),
                 export: to.to_owned(),
             });
+        }
+        crate::faultpoint::hit("export_history_removed");
+        if moving {
+            let path = tokens.path(name);
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            sync_dir(&path)?;
+            crate::faultpoint::hit("export_record_removed");
+            tokens.end_move_out(name)?;
         }
     }
     Ok(counts)
@@ -985,6 +1021,27 @@ fn spend_file(file: &Path) -> Result<(), TransferError> {
     tx.commit().map_err(unwritable)
 }
 
+/// Whether every synced run of `name` in the export `file` is in `main` (an import of it
+/// committed).
+fn file_runs_here(
+    conn: &Connection,
+    file: &Path,
+    name: &str,
+    db: &Path,
+) -> Result<bool, TransferError> {
+    attach(conn, file, db)?;
+    let missing: Result<i64, _> = conn.query_row(
+        "SELECT count(*) FROM src.sync_runs r JOIN src.accounts a USING (account_id)
+         WHERE a.name = ?1 AND r.status = 'ok' AND r.started_at NOT IN
+           (SELECT m.started_at FROM main.sync_runs m JOIN main.accounts b USING (account_id)
+            WHERE b.name = ?1)",
+        [name],
+        |r| r.get(0),
+    );
+    let _ = conn.execute_batch("DETACH DATABASE src");
+    Ok(missing.map_err(sql(file))? == 0)
+}
+
 /// Whether `main` holds history of `name`: any row beyond a bare `accounts` row and runs that
 /// never synced (as [`copy_account`] counts it).
 fn has_history(conn: &Connection, name: &str, path: &Path) -> Result<bool, TransferError> {
@@ -1022,6 +1079,9 @@ pub struct Imported {
     pub token_erased: bool,
     /// The file's token record was saved in this instance's token store.
     pub token_imported: bool,
+    /// This store already held the file's chain (an import cut off after it saved the token):
+    /// its token, maybe rotated since, was kept and the file's older one not restored.
+    pub kept_live: bool,
     /// A record without a refresh token (`needs_reauth`) was replaced by the file's.
     pub replaced_reauth: bool,
     /// An earlier import of this file here had committed; this run only finished the file.
@@ -1206,8 +1266,19 @@ pub async fn import(
     let existing = tokens.load(&name)?;
     let live_here = existing.as_ref().and_then(|r| r.refresh_token.as_ref());
     let file_token = file_record.as_ref().and_then(|r| r.refresh_token.as_ref());
-    let same_chain =
-        matches!((live_here, file_token), (Some(a), Some(b)) if fingerprint(a) == fingerprint(b));
+    // One chain, whatever its current token: the same token, or the same chain start (kept
+    // through every rotation). An import cut off after it saved the file's token leaves the
+    // store holding that chain, maybe rotated since: the file's token is then older and must
+    // never be restored over it.
+    let same_chain = match (&existing, &file_record) {
+        (Some(here), Some(there)) => {
+            matches!((live_here, file_token), (Some(a), Some(b)) if fingerprint(a) == fingerprint(b))
+                || matches!((&here.chain_started_at, &there.chain_started_at),
+                    (Some(a), Some(b)) if a == b)
+        }
+        _ => false,
+    };
+    let keep_live = live_here.is_some() && same_chain;
     let take_token = with_tokens && file_record.is_some();
     if file_record.is_some() {
         if take_token && live_here.is_some() && !same_chain {
@@ -1236,6 +1307,15 @@ pub async fn import(
     if claim.is_some() && has_history(conn, &name, &cfg.database)? {
         // Claimed here, and the history is here: an earlier import committed and was cut off
         // before it spent the file. Finish it (the token, saved before that commit, stays).
+        // Unless the history here is the instance's own: cut off before the commit, it has
+        // synced the chain it holds since.
+        if keep_live && !file_runs_here(conn, file, &name, &cfg.database)? {
+            return Err(TransferError::CutOffHistory {
+                path: tokens.path(&name),
+                name,
+                file: file.to_owned(),
+            });
+        }
         drop(db);
         if take_token
             && live_here.is_none()
@@ -1250,6 +1330,7 @@ pub async fn import(
             checksummed,
             token_erased: token_erased && file_not_spent.is_none(),
             token_imported: false,
+            kept_live: false,
             replaced_reauth: false,
             finished_earlier: true,
             file_not_spent,
@@ -1274,12 +1355,15 @@ pub async fn import(
         let tx = conn.unchecked_transaction().map_err(sql(&cfg.database))?;
         let counts = copy_account(conn, &name, file, &cfg.database)?;
         // The token is durable before the rows commit; if the commit fails, it is taken back.
-        if take_token && let Some(record) = &file_record {
+        if take_token
+            && !keep_live
+            && let Some(record) = &file_record
+        {
             tokens.save(record)?;
         }
         crate::faultpoint::hit("import_token_saved");
         if let Err(e) = tx.commit() {
-            if take_token {
+            if take_token && !keep_live {
                 match &existing {
                     Some(old) => tokens.save(old)?,
                     None => {
@@ -1302,7 +1386,8 @@ pub async fn import(
                 matches!((r.and_then(|r| r.refresh_token), file_token),
                     (Some(a), Some(b)) if fingerprint(&a) == fingerprint(b))
             };
-            if file_record.is_some() && !holds(tokens.load(&name).ok().flatten()) {
+            // Kept claimed while this store holds the token or its chain.
+            if file_record.is_some() && !keep_live && !holds(tokens.load(&name).ok().flatten()) {
                 let _ = write_claim(file, None);
             }
             return Err(e);
@@ -1320,7 +1405,8 @@ pub async fn import(
         counts,
         checksummed,
         token_erased: token_erased && file_not_spent.is_none(),
-        token_imported: take_token,
+        token_imported: take_token && !keep_live,
+        kept_live: take_token && keep_live,
         replaced_reauth,
         finished_earlier: false,
         file_not_spent,
@@ -1410,6 +1496,12 @@ pub async fn import_cmd(
                         ""
                     },
                     summary(&done.counts)
+                );
+            }
+            if done.kept_live {
+                println!(
+                    "note: this instance already held `{name}`'s token chain (an earlier import of {} was cut off after it saved the token, and it may have been rotated since): that token was kept; the file's, older, was not restored",
+                    file.display()
                 );
             }
             if done.replaced_reauth {

@@ -855,3 +855,141 @@ async fn litestream_mode_holds_from_the_first_statement_of_every_opener() {
     assert_eq!(size(), main, "import-account checkpointed");
     reader.execute_batch("COMMIT").unwrap();
 }
+
+/// F5: a SIGKILL of `export-account --remove --with-tokens` after the export file's rename and
+/// before the token record was unlinked left the live token in the store and in the final
+/// export file; the source rotated it and the file then imported a rotated-out token elsewhere
+/// (family revocation: the chain died). Now the record is marked as moving out before the
+/// rename and the next run finishes the move (the export file is there) or rolls it back (the
+/// rename never happened). Killed at every point of the export, and inside the undo of a
+/// failed history removal: afterwards the token is in exactly one place, the source's next run
+/// never presents it, and wherever it is, its chain lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_export_leaves_the_token_in_exactly_one_place() {
+    let points: [(&str, Option<&str>); 6] = [
+        ("export_written", None),
+        ("export_moving_out", None),
+        ("export_renamed", None),
+        ("export_history_removed", None),
+        ("export_record_removed", None),
+        ("export_undo_renamed", Some("transfer_remove")),
+    ];
+    let a = Env::new(
+        revoking(points.len()),
+        |s| {
+            (1..=points.len())
+                .map(|n| Acct::bootstrapped(s, n))
+                .collect()
+        },
+        Opts::default(),
+    )
+    .await;
+    assert_code(&a.once().await, 0);
+    let work = tempfile::tempdir().unwrap();
+    for (i, (crash, fail)) in points.iter().enumerate() {
+        let account = format!("user{}", i + 1);
+        let token = stored_refresh_token(&a.state_dir(), &account).unwrap();
+        let file = work.path().join(format!("{account}.sqlite"));
+        let f = file.to_str().unwrap();
+        let mut envs = vec![("STELLANTIS_CRASH_AT", *crash)];
+        envs.extend(fail.map(|p| ("STELLANTIS_FAIL_AT", p)));
+        let exporting = [
+            "export-account",
+            &account,
+            "--to",
+            f,
+            "--with-tokens",
+            "--remove",
+        ];
+        let o = a.run(&exporting, &envs).await;
+        assert_eq!(o.status.code(), None, "{crash}: not killed: {}", text(&o));
+        // The source's next run recovers and rotates what is still its own.
+        a.once().await;
+        let in_file = file.exists();
+        let in_store = stored_refresh_token(&a.state_dir(), &account);
+        assert!(
+            in_file != in_store.is_some(),
+            "{crash}: export file {in_file}, store {in_store:?}"
+        );
+        assert!(
+            !a.state_dir()
+                .join(format!("tokens/{account}.moving-out"))
+                .exists(),
+            "{crash}: the move was left undecided"
+        );
+        if in_file {
+            assert!(contains(&std::fs::read(&file).unwrap(), &token), "{crash}");
+            let (_bdir, bcfg) = instance(&a, &[Acct::bare(&a.sim, i + 1)], &Opts::default());
+            let o = run(&bcfg, &["import-account", f, "--with-tokens"], &[]).await;
+            assert_code(&o, 0);
+            assert_code(&run(&bcfg, &["--once"], &[]).await, 0);
+            assert_code(&run(&bcfg, &["--once"], &[]).await, 0);
+        } else {
+            // Rolled back: the export goes through now.
+            assert_code(&a.run(&exporting, &[]).await, 0);
+            assert!(stored_refresh_token(&a.state_dir(), &account).is_none());
+        }
+        assert_eq!(a.sim.stats().reused_refresh, 0, "{crash}");
+    }
+    a.once().await;
+    assert_eq!(a.sim.stats().reused_refresh, 0);
+}
+
+/// F8: an import cut off after it saved the token left it in the store and in the claimed
+/// file; once the instance had rotated it, the re-import refused and told the operator to
+/// delete the live record and import the file's token (rotated out: family revocation killed
+/// the chain). Now the re-import recognises the store's chain as the file's (the same chain
+/// start) and keeps the live token; as the instance has synced the account since, the file's
+/// history can no longer go in, and the refusal says to keep both the record and the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_import_is_finished_without_restoring_the_files_older_token() {
+    // Access tokens short enough that every run rotates the refresh token.
+    let sim = SimConfig {
+        access_ttl: Duration::from_secs(5),
+        ..revoking(1)
+    };
+    let a = Env::new(sim, |s| vec![Acct::bootstrapped(s, 1)], Opts::default()).await;
+    assert_code(&a.once().await, 0);
+    let (bdir, bcfg) = instance(&a, &[Acct::bare(&a.sim, 1)], &Opts::default());
+    let (_cdir, ccfg) = instance(&a, &[Acct::bare(&a.sim, 1)], &Opts::default());
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("user1.sqlite");
+    let f = file.to_str().unwrap();
+    let exporting = [
+        "export-account",
+        "user1",
+        "--to",
+        f,
+        "--with-tokens",
+        "--remove",
+    ];
+    assert_code(&a.run(&exporting, &[]).await, 0);
+    let importing = ["import-account", f, "--with-tokens"];
+    let o = run(
+        &bcfg,
+        &importing,
+        &[("STELLANTIS_CRASH_AT", "import_token_saved")],
+    )
+    .await;
+    assert_eq!(o.status.code(), None, "not killed: {}", text(&o));
+    let bstate = bdir.path().join("state");
+    let saved = stored_refresh_token(&bstate, "user1").unwrap();
+    // The instance runs and rotates the token it holds.
+    assert_code(&run(&bcfg, &["--once"], &[]).await, 0);
+    assert_ne!(stored_refresh_token(&bstate, "user1").unwrap(), saved);
+    let live = stored_refresh_token(&bstate, "user1").unwrap();
+    // The instance synced the account since, so the file's history cannot go in any more:
+    // refused, nothing changed, and the live token is the one to keep.
+    let o = run(&bcfg, &importing, &[]).await;
+    assert_code(&o, 65);
+    assert!(text(&o).contains("token chain is live"), "{}", text(&o));
+    assert!(!text(&o).contains("remove"), "{}", text(&o));
+    assert_eq!(stored_refresh_token(&bstate, "user1").unwrap(), live);
+    let o = run(&ccfg, &importing, &[]).await;
+    assert_code(&o, 65);
+    assert_code(&run(&bcfg, &["--once"], &[]).await, 0);
+    assert_code(&run(&bcfg, &["--once"], &[]).await, 0);
+    let bdb = bstate.join("stellantis-sync.sqlite");
+    assert!(ok_runs(&bdb, "user1") >= 3);
+    assert_eq!(a.sim.stats().reused_refresh, 0);
+}

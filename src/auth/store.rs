@@ -17,6 +17,12 @@
 //! is a random id of this state directory, which an import writes into the export file it
 //! claims, so that no other state directory can import it.
 //!
+//! A token moving out into an export file (`export-account --remove --with-tokens`) is marked by
+//! `tokens/<name>.moving-out` (the export's temporary path and final path) before the export file
+//! is renamed into place; while it exists [`TokenStore::load`] refuses the record, and
+//! [`TokenStore::recover_moves`] (run with the sweep) finishes or rolls back a move whose
+//! exporter died, so the token is usable in exactly one place at every instant.
+//!
 //! Cross-process single flight: `tokens/<name>.lock` is locked exclusively (`File::lock`) by
 //! whoever refreshes that account — the daemon, a `--once` run or `login`. Pending logins live in
 //! `tokens/pending-login/<name>.json`: account names cannot contain `/`, so no account's file can
@@ -114,6 +120,13 @@ pub enum StoreError {
         recorded: u64,
         found: u64,
     },
+    #[error(
+        "token store {path}: an interrupted `export-account --remove --with-tokens` may have moved \
+         this token into {export}, which is not there; the token is not used here while that is \
+         unknown. If you have that export file, import it where the account goes; if you do not, \
+         delete {path} to use the token here again"
+    )]
+    MovingOut { path: PathBuf, export: PathBuf },
 }
 
 /// SHA-256 of a secret as hex (for forensic comparisons; never the secret itself).
@@ -240,6 +253,105 @@ impl TokenStore {
         Ok(copied)
     }
 
+    /// The marker of an account's token moving out into an export file (`export-account
+    /// --remove --with-tokens`): while it exists the record is not used here.
+    pub fn moving_out_path(&self, account: &str) -> PathBuf {
+        self.dir.join(format!("{account}.moving-out"))
+    }
+
+    /// Marks `account`'s token as moving out, before the export's temporary file `tmp` is
+    /// renamed to `to` (both absolute). A crash at any instant then leaves the token usable in
+    /// one place: [`TokenStore::recover_moves`] finishes the move when `to` holds it, and rolls
+    /// it back when the rename never happened.
+    pub fn begin_move_out(&self, account: &str, tmp: &Path, to: &Path) -> Result<(), StoreError> {
+        let path = self.moving_out_path(account);
+        let text = format!("{}\n{}\n", tmp.display(), to.display());
+        crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600, true)
+            .map_err(|e| self.io(&path, e))
+    }
+
+    /// Ends a move: the marker goes (after the record, when the move happened).
+    pub fn end_move_out(&self, account: &str) -> Result<(), StoreError> {
+        let path = self.moving_out_path(account);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.io(&path, e)),
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.io(&self.dir, e))
+    }
+
+    /// Finishes or rolls back the moves that a killed export left (see
+    /// [`TokenStore::begin_move_out`]); skips an account whose lock is held (its export is
+    /// alive). The temporary file still there: the rename never happened, the temporary goes
+    /// and the record stays. The temporary gone and the export file there: it holds the token,
+    /// the record goes. Neither: the marker stays and [`TokenStore::load`] says what to do.
+    pub fn recover_moves(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(account) = name.strip_suffix(".moving-out") else {
+                continue;
+            };
+            let Ok(lock) = self.try_lock(account) else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let mut lines = text.lines();
+            let (Some(tmp), Some(to)) = (lines.next(), lines.next()) else {
+                continue;
+            };
+            let (tmp, to) = (Path::new(tmp), Path::new(to));
+            if tmp.exists() {
+                crate::fsutil::sweep_one(tmp);
+                if !tmp.exists() && self.end_move_out(account).is_ok() {
+                    tracing::warn!(
+                        account,
+                        "rolled back an interrupted export-account --remove: the token stays here"
+                    );
+                }
+            } else if to.exists() {
+                let record = self.path(account);
+                let gone = match std::fs::remove_file(&record) {
+                    Ok(()) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                };
+                if gone && self.end_move_out(account).is_ok() {
+                    tracing::warn!(account, export = %to.display(), "finished an interrupted export-account --remove: the token is in the export file only (its history is still in this database: delete it or leave it)");
+                }
+            }
+            drop(lock);
+        }
+    }
+
+    /// `tokens/<account>.lock`, opened (created 0600) but not locked.
+    fn lock_file(&self, account: &str) -> Result<(PathBuf, File), StoreError> {
+        let path = self.dir.join(format!("{account}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode_0600()
+            .open(&path)
+            .map_err(|e| self.io(&path, e))?;
+        Ok((path, file))
+    }
+
+    fn try_lock(&self, account: &str) -> Result<AccountLock, StoreError> {
+        let (path, file) = self.lock_file(account)?;
+        match file.try_lock() {
+            Ok(()) => Ok(AccountLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
+            Err(std::fs::TryLockError::Error(e)) => Err(self.io(&path, e)),
+        }
+    }
+
     fn temporaries(&self) -> PathBuf {
         self.dir.join("transfer-temporaries")
     }
@@ -303,6 +415,8 @@ impl TokenStore {
     /// Removes the listed temporary export files (and SQLite's companions) whose writer is
     /// gone, and takes them off the list; the files of live writers stay listed.
     pub fn sweep_temporaries(&self) {
+        // Before the temporaries go: whether a move's temporary is still there decides it.
+        self.recover_moves();
         if !self.temporaries().exists() {
             return;
         }
@@ -407,6 +521,13 @@ impl TokenStore {
     /// Reads an account's record; `None` when there is none yet.
     pub fn load(&self, account: &str) -> Result<Option<TokenRecord>, StoreError> {
         let path = self.path(account);
+        let moving = self.moving_out_path(account);
+        if let Ok(text) = std::fs::read_to_string(&moving) {
+            return Err(StoreError::MovingOut {
+                path: moving,
+                export: PathBuf::from(text.lines().nth(1).unwrap_or_default()),
+            });
+        }
         match std::fs::read(&path) {
             Ok(bytes) => {
                 serde_json::from_slice(&bytes)
@@ -461,14 +582,7 @@ impl TokenStore {
 
     /// Takes the cross-process lock of one account, waiting up to `wait`.
     pub async fn lock(&self, account: &str, wait: Duration) -> Result<AccountLock, StoreError> {
-        let path = self.dir.join(format!("{account}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode_0600()
-            .open(&path)
-            .map_err(|e| self.io(&path, e))?;
+        let (path, file) = self.lock_file(account)?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match file.try_lock() {
