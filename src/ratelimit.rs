@@ -419,7 +419,10 @@ impl Limits {
 
     /// Writes the budget to the state directory (atomic; losing the last write costs at most
     /// one second of spacing, so it is not fsynced).
+    /// Also gives back the daily budget's requests counted ahead and not sent
+    /// ([`crate::spend::DailyBudget::release`]).
     pub fn save(&self) {
+        self.daily.release();
         let Some(path) = &self.path else { return };
         let bytes = match serde_json::to_vec(&*self.budget()) {
             Ok(b) => b,
