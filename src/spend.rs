@@ -247,42 +247,7 @@ impl DailyBudget {
             }
             _ => 1,
         };
-        let lock = lock(path);
-        let mut day = read(path).unwrap_or_default();
-        if today > day.day {
-            day = Day {
-                day: today.clone(),
-                clients: BTreeMap::new(),
-            };
-        }
-        let mut spent = day.clients.get(client).copied().unwrap_or_default();
-        let list = plan.list_per_day.get(client).copied().unwrap_or(0.0);
-        // Never more than a 64th of what the day has left: near the end, one at a time.
-        let room = plan.budget.saturating_sub(spent.total()) / 64;
-        let want = want.min(room.max(1));
-        let mut granted = 0;
-        let mut refusal = None;
-        while granted < want {
-            if let Err(r) = fits(plan.budget, list, spent, purpose, fraction) {
-                refusal = Some(r);
-                break;
-            }
-            match purpose {
-                Purpose::List => spent.list += 1,
-                Purpose::Telemetry => spent.telemetry += 1,
-            }
-            granted += 1;
-        }
-        if granted == 0 {
-            drop(lock);
-            return Err(refusal.unwrap_or(Refusal::Spent {
-                spent: spent.total(),
-                budget: plan.budget,
-            }));
-        }
-        day.clients.insert(client.to_owned(), spent);
-        write(path, &day);
-        drop(lock);
+        let granted = count_in_file(path, &plan, client, purpose, (&today, fraction), want)?;
         lease.held.insert(
             key,
             Held {
@@ -323,6 +288,49 @@ impl DailyBudget {
         write(path, &day);
         drop(lock);
     }
+}
+
+/// Counts up to `want` requests of `client` for `purpose` in the file, each one checked by
+/// [`fits`], under the file's lock; how many were counted, or why not even one.
+fn count_in_file(
+    path: &Path,
+    plan: &Plan,
+    client: &str,
+    purpose: Purpose,
+    (today, fraction): (&str, f64),
+    want: u64,
+) -> Result<u64, Refusal> {
+    let lock = lock(path);
+    let mut day = read(path).unwrap_or_default();
+    if today > day.day.as_str() {
+        day = Day {
+            day: today.to_owned(),
+            clients: BTreeMap::new(),
+        };
+    }
+    let mut spent = day.clients.get(client).copied().unwrap_or_default();
+    let list = plan.list_per_day.get(client).copied().unwrap_or(0.0);
+    // Never more than a 64th of what the day has left: near the end, one at a time.
+    let room = plan.budget.saturating_sub(spent.total()) / 64;
+    let want = want.min(room.max(1));
+    let mut granted = 0;
+    while granted < want {
+        if let Err(r) = fits(plan.budget, list, spent, purpose, fraction) {
+            if granted == 0 {
+                return Err(r);
+            }
+            break;
+        }
+        match purpose {
+            Purpose::List => spent.list += 1,
+            Purpose::Telemetry => spent.telemetry += 1,
+        }
+        granted += 1;
+    }
+    day.clients.insert(client.to_owned(), spent);
+    write(path, &day);
+    drop(lock);
+    Ok(granted)
 }
 
 fn write(path: &Path, day: &Day) {
